@@ -1,0 +1,103 @@
+"""The merging baselines of Table 2, each returning a merged task-vector delta.
+
+All take task vectors (``TaskVector``) in benchmark order and work key by key, so only one
+layer of every task is materialised at a time on top of the inputs. ``apply_delta`` in
+:mod:`mass.tsv` turns a delta into encoder weights. Scaling coefficients are arguments:
+selecting them on validation data is the pipeline's job.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mass.svd import polar_factor, truncated_svd
+from mass.task_vectors import StateDict, TaskVector, is_matrix
+
+
+def _keys(task_vectors: Sequence[TaskVector]) -> list[str]:
+    if not task_vectors:
+        raise ValueError("need at least one task vector")
+    return list(task_vectors[0].vector)
+
+
+def _stack(task_vectors: Sequence[TaskVector], key: str) -> torch.Tensor:
+    return torch.stack([tv.vector[key].float() for tv in task_vectors])
+
+
+def weight_average(task_vectors: Sequence[TaskVector]) -> StateDict:
+    """theta_0 + (1/T) sum tau_t, i.e. the mean task vector."""
+    return {k: _stack(task_vectors, k).mean(0) for k in _keys(task_vectors)}
+
+
+def task_arithmetic(task_vectors: Sequence[TaskVector], alpha: float) -> StateDict:
+    """alpha * sum tau_t (Ilharco et al., 2023)."""
+    return {k: alpha * _stack(task_vectors, k).sum(0) for k in _keys(task_vectors)}
+
+
+def tall_masks(task_vectors: Sequence[TaskVector], lambdas: Sequence[float]) -> list[StateDict]:
+    """Per-task TALL masks m_t = 1[|tau_t| > lambda_t |sum_{j != t} tau_j|] (Wang et al., 2024)."""
+    if len(lambdas) != len(task_vectors):
+        raise ValueError("one lambda per task is required")
+    masks: list[StateDict] = [{} for _ in task_vectors]
+    for key in _keys(task_vectors):
+        stack = _stack(task_vectors, key)
+        total = stack.sum(0)
+        for t, lam in enumerate(lambdas):
+            masks[t][key] = stack[t].abs() > lam * (total - stack[t]).abs()
+    return masks
+
+
+def tall_mask_model(task_vectors: Sequence[TaskVector], mask: StateDict) -> StateDict:
+    """The localised model of one task: its TALL mask applied to the summed task vector."""
+    return {k: mask[k] * _stack(task_vectors, k).sum(0) for k in _keys(task_vectors)}
+
+
+def consensus(task_vectors: Sequence[TaskVector], lambdas: Sequence[float], alpha: float,
+              min_agreement: int = 2) -> StateDict:
+    """Consensus TA: keep the weights that at least ``min_agreement`` TALL masks select,
+    then alpha * (mask * sum tau_t). With ``min_agreement`` > T nothing survives: zero-shot."""
+    masks = tall_masks(task_vectors, lambdas)
+    merged: StateDict = {}
+    for key in _keys(task_vectors):
+        votes = torch.stack([m[key] for m in masks]).sum(0)
+        merged[key] = alpha * (votes >= min_agreement) * _stack(task_vectors, key).sum(0)
+    return merged
+
+
+def _mean_or_matrix(task_vectors: Sequence[TaskVector], per_matrix) -> StateDict:
+    """Apply ``per_matrix(stack)`` to task matrices; average every other tensor."""
+    merged: StateDict = {}
+    for key in _keys(task_vectors):
+        stack = _stack(task_vectors, key)
+        merged[key] = per_matrix(stack) if is_matrix(key, stack[0]) else stack.mean(0)
+    return merged
+
+
+def iso_c(task_vectors: Sequence[TaskVector], alpha: float) -> StateDict:
+    """Iso-C (Marczak et al., 2025): per matrix, flatten the spectrum of sum_t Delta_t to its mean."""
+    def flatten(stack: torch.Tensor) -> torch.Tensor:
+        u, s, vh = torch.linalg.svd(stack.sum(0), full_matrices=False)
+        return alpha * s.mean() * (u @ vh)
+    return _mean_or_matrix(task_vectors, flatten)
+
+
+def iso_cts(task_vectors: Sequence[TaskVector], alpha: float, common_fraction: float = 0.8) -> StateDict:
+    """Iso-CTS: a common subspace (top ``common_fraction`` of the summed matrix's rank, rounded
+    so the rest splits evenly across tasks) plus each task's top directions outside it,
+    orthogonalised as in TSV-M, with the spectrum flattened to its mean."""
+    def merge(stack: torch.Tensor) -> torch.Tensor:
+        num_tasks = stack.shape[0]
+        rank = min(stack.shape[1:])
+        per_task = (rank - int(rank * common_fraction)) // num_tasks
+        common = rank - per_task * num_tasks
+        u, s, v = truncated_svd(stack.sum(0), common)
+        us, ss, vs = [u], [s], [v]
+        for delta in stack:
+            outside = delta - u @ (u.T @ delta)
+            ut, st, vt = truncated_svd(outside, per_task)
+            us.append(ut), ss.append(st), vs.append(vt)
+        u_all, s_all, v_all = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
+        return alpha * s_all.mean() * (polar_factor(u_all) @ polar_factor(v_all).T)
+    return _mean_or_matrix(task_vectors, merge)

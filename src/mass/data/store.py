@@ -1,0 +1,119 @@
+"""On-disk layout of a prepared dataset split and a fast loader for it.
+
+A task ``<root>/<task>/`` holds ``info.json`` (class names, prompt templates, head name) and,
+per split, ``<split>_images.npy`` (N x H x W x 3 uint8, memory-mappable) and
+``<split>_labels.npy`` (N int64). Splits are stored once, already at the backbone's
+resolution, so later rules only normalise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from mass.io import ArtifactError, atomic_path, read_json, write_json
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class TaskInfo:
+    """What a task needs besides pixels: class names and prompts for its zero-shot head, and
+    the head it shares (STL10 and CIFAR10 share one 11-class head in MASS)."""
+
+    name: str
+    classnames: list[str]
+    templates: list[str]
+    head: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.head = self.head or self.name
+
+
+def save_info(root: str | Path, info: TaskInfo) -> None:
+    write_json(Path(root) / info.name / "info.json", asdict(info))
+
+
+def load_info(root: str | Path, task: str) -> TaskInfo:
+    return TaskInfo(**read_json(Path(root) / task / "info.json"))
+
+
+def split_paths(root: str | Path, task: str, split: str) -> tuple[Path, Path]:
+    base = Path(root) / task
+    return base / f"{split}_images.npy", base / f"{split}_labels.npy"
+
+
+def save_split(root: str | Path, task: str, split: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """Write labels, then images (the file rules declare as output), each atomically."""
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be uint8 N x H x W x 3, got {images.dtype} {images.shape}")
+    if len(images) != len(labels):
+        raise ValueError("images and labels differ in length")
+    img_path, lab_path = split_paths(root, task, split)
+    for path, array in ((lab_path, labels.astype(np.int64)), (img_path, images)):
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, array)
+
+
+def load_split(root: str | Path, task: str, split: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    img_path, lab_path = split_paths(root, task, split)
+    for path in (img_path, lab_path):
+        if not path.is_file():
+            raise ArtifactError(f"missing {path}: run the data preparation rule for task {task!r}")
+    try:
+        images = np.load(img_path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        labels = np.load(lab_path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ArtifactError(f"{img_path} or {lab_path} is corrupt ({err}); delete the task folder "
+                            "and rerun its data preparation rule") from err
+    if len(images) != len(labels):
+        raise ArtifactError(f"{img_path} and {lab_path} differ in length; delete and regenerate them")
+    return images, labels
+
+
+class ArrayDataset(Dataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None):
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        image = torch.from_numpy(np.ascontiguousarray(self.images[i]))
+        return (image, int(self.labels[i])) if self.labels is not None else image
+
+
+def make_loader(images: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 256,
+                workers: int = 0, shuffle: bool = False, seed: int = 0) -> DataLoader:
+    """DataLoader over uint8 arrays; ``workers`` > 0 reads memory-mapped splits in parallel."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(ArrayDataset(images, labels), batch_size=batch_size, shuffle=shuffle,
+                      num_workers=workers, generator=generator, persistent_workers=False)
+
+
+def to_model_input(batch: torch.Tensor, size: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """uint8 N x H x W x 3 -> normalised float N x 3 x size x size on ``device``."""
+    x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False)
+        x = x.clamp_(0, 1)
+    mean = torch.tensor(CLIP_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def carve_validation(num_train: int, seed: int = 0, max_val: int = 5000) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of the ``<X>Val`` convention: a seeded random split of the official
+    train split with val size min(floor(0.1 n), max_val), drawn like ``torch.utils.data.random_split``
+    with a generator seeded by ``seed`` (the task-vector code's convention)."""
+    val_size = min(num_train // 10, max_val)
+    perm = torch.randperm(num_train, generator=torch.Generator().manual_seed(seed)).numpy()
+    return perm[: num_train - val_size], perm[num_train - val_size:]

@@ -1,0 +1,123 @@
+"""open_clip image encoders: construction, weight loading and the first-pass probe.
+
+The probe hooks every residual block of a ViT and, while the merged model classifies a batch,
+computes the routing residuals of every task at every candidate location (input or output of
+the attention and MLP modules, CLS or mean token). One forward pass therefore feeds the TSV-M
+baseline, the per-layer routing sweep and any later choice of layer, eta and top-k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+
+import open_clip
+import torch
+from torch import nn
+
+from mass.routing import projection_residuals
+from mass.task_vectors import LayerId
+
+_REGISTERED = False
+
+
+def register_model_configs() -> None:
+    """Make the model configs shipped in ``mass/model_configs`` known to open_clip."""
+    global _REGISTERED
+    if not _REGISTERED:
+        open_clip.add_model_config(str(resources.files("mass") / "model_configs"))
+        _REGISTERED = True
+
+
+def create_clip(model_name: str, pretrained: str | None = None, device: str | torch.device = "cpu"):
+    """An open_clip CLIP model (``pretrained`` is an open_clip tag such as "openai", or None)."""
+    register_model_configs()
+    return open_clip.create_model(model_name, pretrained=pretrained, device=device)
+
+
+def create_visual(model_name: str, state_dict: Mapping[str, torch.Tensor] | None = None,
+                  device: str | torch.device = "cpu") -> nn.Module:
+    """The image tower alone, optionally loaded with a (visual-relative) state dict."""
+    visual = create_clip(model_name).visual
+    if state_dict is not None:
+        load_visual(visual, state_dict)
+    return visual.to(device).eval()
+
+
+def load_visual(visual: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:
+    """Copy weights into an existing image tower in place (no module rebuilt)."""
+    missing, unexpected = visual.load_state_dict(dict(state_dict), strict=False)
+    if missing or unexpected:
+        raise ValueError(f"encoder weights do not fit the architecture: missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}")
+
+
+def image_size(model_name: str) -> int:
+    register_model_configs()
+    size = open_clip.get_model_config(model_name)["vision_cfg"]["image_size"]
+    return size if isinstance(size, int) else size[0]
+
+
+def _token(x: torch.Tensor, token: str) -> torch.Tensor:
+    """CLS (position 0) or mean over the token axis of a batch-first (N, L, D) activation."""
+    return x[:, 0] if token == "cls" else x.mean(1)
+
+
+class FirstPassProbe:
+    """Hooks that record, per batch, routing residuals at every requested location and token.
+
+    ``bases`` maps each :class:`LayerId` to a (T, D, k) tensor of per-task orthonormal bases.
+    open_clip 3.x runs its transformer batch-first, so the CLS token is position 0 of axis 1.
+    """
+
+    def __init__(self, visual: nn.Module, bases: Mapping[LayerId, torch.Tensor],
+                 tokens: Sequence[str] = ("cls",)):
+        if not getattr(visual.transformer, "batch_first", True):
+            raise ValueError("FirstPassProbe expects a batch-first open_clip transformer")
+        self.tokens = tuple(tokens)
+        self.bases = dict(bases)
+        self.batch: dict[str, torch.Tensor] = {}
+        self._handles = []
+        blocks = visual.transformer.resblocks
+        for layer, basis in self.bases.items():
+            module = getattr(blocks[layer.block], layer.module)
+            if layer.io == "in":
+                hook = self._make_pre_hook(layer, basis)
+                self._handles.append(module.register_forward_pre_hook(hook))
+            else:
+                self._handles.append(module.register_forward_hook(self._make_post_hook(layer, basis)))
+
+    def _record(self, layer: LayerId, basis: torch.Tensor, x: torch.Tensor) -> None:
+        for token in self.tokens:
+            z = _token(x, token)
+            self.batch[f"{layer}.{token}"] = projection_residuals(z, basis.to(z.device)).cpu()
+
+    def _make_pre_hook(self, layer: LayerId, basis: torch.Tensor):
+        def hook(_module, args):
+            self._record(layer, basis, args[0])
+        return hook
+
+    def _make_post_hook(self, layer: LayerId, basis: torch.Tensor):
+        def hook(_module, _args, output):
+            self._record(layer, basis, output[0] if isinstance(output, tuple) else output)
+        return hook
+
+    def pop(self) -> dict[str, torch.Tensor]:
+        batch, self.batch = self.batch, {}
+        return batch
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def __enter__(self) -> FirstPassProbe:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.remove()
+
+
+def all_layers(num_blocks: int, ios: Iterable[str] = ("in",)) -> list[LayerId]:
+    """Every attention and MLP location of every block, in depth order."""
+    return [LayerId(b, m, io) for b in range(num_blocks) for m in ("attn", "mlp") for io in ios]

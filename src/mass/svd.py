@@ -1,0 +1,126 @@
+"""Truncated SVDs of task matrices and the per-task SVD cache that every benchmark reuses.
+
+TSV-M keeps k = floor(r / T) components per task and matrix. The cache stores
+``k_max = floor(r * rank_fraction)`` components once (rank_fraction = 1 / smallest benchmark
+size), so the 8-, 14- and 20-task benchmarks all slice the same file instead of recomputing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from mass.io import load_tensors, save_tensors
+from mass.task_vectors import StateDict, TaskVector, is_matrix
+
+
+@dataclass
+class LowRank:
+    """``U diag(s) V^T`` with ``U`` (m x k), ``s`` (k), ``V`` (n x k); columns sorted by ``s``."""
+
+    U: torch.Tensor
+    s: torch.Tensor
+    V: torch.Tensor
+
+    @property
+    def rank(self) -> int:
+        return self.s.numel()
+
+    def truncate(self, k: int) -> LowRank:
+        if k > self.rank:
+            raise ValueError(f"asked for {k} components but only {self.rank} are stored; "
+                             "rebuild the SVD cache with a larger rank_fraction")
+        return LowRank(self.U[:, :k], self.s[:k], self.V[:, :k])
+
+    def dense(self) -> torch.Tensor:
+        return (self.U * self.s) @ self.V.T
+
+
+def components_per_task(full_rank: int, num_tasks: int) -> int:
+    """k = floor(r / T): the share of the rank each task gets in TSV-M."""
+    if num_tasks < 1:
+        raise ValueError("num_tasks must be >= 1")
+    return full_rank // num_tasks
+
+
+def truncated_svd(matrices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k SVD of one (m x n) or a batch (B x m x n) of matrices, as (U, s, V).
+
+    LAPACK's divide-and-conquer is fastest on tall inputs, so wide matrices are decomposed
+    transposed and the factors swapped back: an m x n SVD costs the same as its transpose.
+    """
+    wide = matrices.shape[-2] < matrices.shape[-1]
+    work = matrices.mT if wide else matrices
+    u, s, vh = torch.linalg.svd(work.to(torch.promote_types(work.dtype, torch.float32)),
+                               full_matrices=False)
+    u, s, v = u[..., :k], s[..., :k], vh.mT[..., :k]
+    return (v, s, u) if wide else (u, s, v)
+
+
+def polar_factor(x: torch.Tensor) -> torch.Tensor:
+    """Closest matrix with orthonormal columns to ``x``: P Q^T from the thin SVD x = P S Q^T."""
+    p, _, qh = torch.linalg.svd(x, full_matrices=False)
+    return p @ qh
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class TaskComponents:
+    """What MASS keeps of one fine-tuned task: top components of every task matrix plus the
+    (small) non-matrix part of its task vector, which is merged by the mean."""
+
+    def __init__(self, matrices: dict[str, LowRank], others: StateDict):
+        self.matrices = matrices
+        self.others = others
+
+    @classmethod
+    def from_task_vector(cls, task_vector: TaskVector, rank_fraction: float,
+                         device: torch.device | None = None, progress: bool = False) -> TaskComponents:
+        """Decompose every task matrix, batching the SVDs of same-shaped matrices."""
+        device = device or default_device()
+        by_shape: dict[tuple[int, ...], list[str]] = {}
+        others: StateDict = {}
+        for name, tensor in task_vector.vector.items():
+            if is_matrix(name, tensor):
+                by_shape.setdefault(tuple(tensor.shape), []).append(name)
+            else:
+                others[name] = tensor.float().cpu()
+        matrices: dict[str, LowRank] = {}
+        groups = tqdm(by_shape.items(), desc="svd", disable=not progress, leave=False)
+        for shape, names in groups:
+            k = max(1, math.floor(min(shape) * rank_fraction))
+            stack = torch.stack([task_vector.vector[n].float() for n in names]).to(device)
+            u, s, v = truncated_svd(stack, k)
+            for i, name in enumerate(names):
+                matrices[name] = LowRank(u[i].cpu(), s[i].cpu(), v[i].cpu())
+        return cls(matrices, others)
+
+    def save(self, path, metadata: Mapping[str, str] | None = None) -> None:
+        tensors = {}
+        for name, lr in self.matrices.items():
+            tensors[f"{name}::U"], tensors[f"{name}::s"], tensors[f"{name}::V"] = lr.U, lr.s, lr.V
+        tensors.update({f"{name}::delta": t for name, t in self.others.items()})
+        save_tensors(path, tensors, metadata)
+
+    @classmethod
+    def load(cls, path, device: str | torch.device = "cpu") -> TaskComponents:
+        raw = load_tensors(path, device)
+        matrices: dict[str, dict[str, torch.Tensor]] = {}
+        others: StateDict = {}
+        for key, tensor in raw.items():
+            name, part = key.rsplit("::", 1)
+            if part == "delta":
+                others[name] = tensor
+            else:
+                matrices.setdefault(name, {})[part] = tensor
+        return cls({n: LowRank(p["U"], p["s"], p["V"]) for n, p in matrices.items()}, others)
+
+    def num_parameters(self) -> int:
+        low = sum(lr.U.numel() + lr.s.numel() + lr.V.numel() for lr in self.matrices.values())
+        return low + sum(t.numel() for t in self.others.values())

@@ -1,0 +1,92 @@
+"""Model-level checks on a real open_clip ViT (tiny config, random weights)."""
+
+import numpy as np
+import pytest
+import torch
+from conftest import perturbed_encoders
+
+from mass.encoder import FirstPassProbe, all_layers, create_visual
+from mass.heads import build_zero_shot_head, head_logits, tokenizer_for
+from mass.inference import MassModel, encode, first_pass, layer_bases, predict_over_heads
+from mass.routing import projection_residuals
+from mass.svd import TaskComponents
+from mass.task_vectors import LayerId, TaskVector
+from mass.tsv import apply_delta, tsv_merge
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_clip):
+    pre, fts = perturbed_encoders(tiny_clip, 3, scale=0.05)
+    comps = [TaskComponents.from_task_vector(TaskVector.from_state_dicts(pre, ft), 1 / 3) for ft in fts]
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(10, SIZE, SIZE, 3), dtype=np.uint8)
+    g = torch.Generator().manual_seed(0)
+    heads = [torch.randn(c, 64, generator=g) * 10 for c in (4, 5, 3)]
+    return pre, comps, images, heads
+
+
+def test_probe_reads_cls_token_of_batch_first_activations(setup):
+    pre, comps, images, _ = setup
+    visual = create_visual("mass-tiny-vit", pre)
+    layer = LayerId(2, "mlp", "in")
+    bases = layer_bases(comps, [layer], num_tasks=3)
+    seen = {}
+    handle = visual.transformer.resblocks[2].ln_2.register_forward_hook(
+        lambda m, a, out: seen.__setitem__("x", out.detach()))
+    feats, res = first_pass(visual, images, SIZE, bases, tokens=("cls", "mean"), batch_size=16)
+    handle.remove()
+    x = seen["x"]
+    assert x.shape[:2] == (10, 17)  # batch first, 16 patches + CLS
+    torch.testing.assert_close(res["2.mlp.in.cls"], projection_residuals(x[:, 0], bases[layer]))
+    torch.testing.assert_close(res["2.mlp.in.mean"], projection_residuals(x.mean(1), bases[layer]))
+    plain, _ = encode(visual, images, SIZE)
+    torch.testing.assert_close(feats, plain)  # the probe does not change the forward pass
+
+
+def test_probe_covers_every_layer_and_output_side(setup):
+    pre, comps, images, _ = setup
+    visual = create_visual("mass-tiny-vit", pre)
+    layers = all_layers(6, ios=("in", "out"))
+    _, res = first_pass(visual, images, SIZE, layer_bases(comps, layers, 3), batch_size=4)
+    assert len(res) == 24 and all(v.shape == (10, 3) for v in res.values())
+    with FirstPassProbe(visual, layer_bases(comps, layers[:1], 3)) as probe:
+        assert len(probe._handles) == 1
+    assert not visual.transformer.resblocks[0].attn._forward_pre_hooks
+
+
+def test_mass_with_forced_true_task_equals_single_task_tsvm_model(setup):
+    pre, comps, images, heads = setup
+    visual = create_visual("mass-tiny-vit", pre)
+    model = MassModel(visual, pre, comps, heads, ["a", "b", "c"], SIZE)
+    true_task = torch.tensor([0, 1, 2, 1, 0, 2, 2, 1, 0, 0])
+    selection = torch.nn.functional.one_hot(true_task, 3).bool()
+    pred = model.predict(images, selection, batch_size=3)
+    assert pred.task.tolist() == true_task.tolist()
+    for t in range(3):
+        delta, _ = tsv_merge([comps[t]], num_tasks=3)
+        ref = create_visual("mass-tiny-vit", apply_delta(pre, delta))
+        idx = np.nonzero(true_task.numpy() == t)[0]
+        feats, _ = encode(ref, images[idx], SIZE)
+        torch.testing.assert_close(pred.cls[idx], head_logits(feats, heads[t]).argmax(1))
+
+
+def test_multi_head_argmax_and_shared_heads():
+    feats = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    heads = [torch.tensor([[1.0, 0.0], [0.5, 0.5]]), torch.tensor([[0.0, 2.0], [3.0, 0.0]])]
+    task, cls = predict_over_heads(feats, heads, [0, 1])
+    assert task.tolist() == [1, 1] and cls.tolist() == [1, 0]
+    model = MassModel(None, {}, [None, None, None], heads + [heads[1]], ["x", "s", "s"], SIZE)
+    assert model.candidate_heads((0, 1, 2)) == [0, 1]
+    from mass.inference import Predictions
+    ok = model.is_correct(Predictions(torch.tensor([2, 0]), torch.tensor([1, 1])),
+                          torch.tensor([1, 0]), torch.tensor([1, 0]))
+    assert ok.tolist() == [True, False]
+
+
+def test_zero_shot_head_is_normalised_and_scaled(tiny_clip):
+    head = build_zero_shot_head(tiny_clip, tokenizer_for("mass-tiny-vit"), ["cat", "dog"],
+                                ["a photo of a {c}.", "a {c}."])
+    scale = float(tiny_clip.logit_scale.exp())
+    torch.testing.assert_close(head.norm(dim=-1), torch.full((2,), scale))
