@@ -8,6 +8,7 @@ baseline, the per-layer routing sweep and any later choice of layer, eta and top
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 
@@ -32,7 +33,12 @@ def register_model_configs() -> None:
 def create_clip(model_name: str, pretrained: str | None = None, device: str | torch.device = "cpu"):
     """An open_clip CLIP model (``pretrained`` is an open_clip tag such as "openai", or None)."""
     register_model_configs()
-    return open_clip.create_model(model_name, pretrained=pretrained, device=device)
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # "no pretrained weights" is expected here
+    try:
+        return open_clip.create_model(model_name, pretrained=pretrained, device=device)
+    finally:
+        logging.getLogger().setLevel(quiet)
 
 
 def create_visual(model_name: str, state_dict: Mapping[str, torch.Tensor] | None = None,

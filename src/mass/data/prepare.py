@@ -1,0 +1,257 @@
+"""Turn a task's downloaded hub parquet files into the pipeline's stored train/val/test splits.
+
+``python -m mass.data.prepare --task MNIST --raw resources/raw/MNIST --out resources/data/hub
+--image-size 224`` reads ``<raw>/manifest.json`` (written by ``python -m mass.fetch dataset``),
+decodes every image and applies CLIP's evaluation preprocessing up to the pixel level (resize
+the shortest side to ``image-size`` with bicubic filtering, centre crop, RGB), exactly as
+open_clip's eval transform does it, so later rules only normalise. Images are stored once per
+split with :func:`mass.data.store.save_split`; ``info.json`` (class names, templates, head,
+provenance and deviations) is written last.
+
+Splits: ``val`` is carved from the official train split with the ``<X>Val`` convention
+(:func:`mass.data.store.carve_validation`; EuroSAT: a fixed 2700), ``train`` is the rest and
+``test`` is the official test split. EMNIST images are re-oriented to what the checkpoint
+expects (``--emnist-orientation``); STL10 and CIFAR10 labels are mapped onto their shared head.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as tvf
+
+from mass.data import catalog
+from mass.data.store import TaskInfo, carve_validation, save_info, save_split
+from mass.io import ArtifactError, read_json
+
+MANIFEST = "manifest.json"
+
+
+def orient(image: Image.Image, source: str | None, wanted: str) -> Image.Image:
+    """Re-orient an EMNIST image from the source's orientation to the checkpoint's.
+
+    The two orientations differ by a transpose, which the MASS code writes as rotate -90
+    degrees then flip horizontally; a transpose is its own inverse, so any mismatch is fixed
+    by the same operation.
+    """
+    if source is None or source == wanted:
+        return image
+    return image.rotate(-90).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def clip_pixels(image: Image.Image, size: int) -> np.ndarray:
+    """open_clip's eval preprocessing without normalisation: shortest side -> ``size`` (bicubic),
+    centre crop ``size`` x ``size``, convert to RGB (in that order, like open_clip)."""
+    image = tvf.resize(image, size, interpolation=InterpolationMode.BICUBIC)
+    image = tvf.center_crop(image, [size, size])
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def decode(cell: Any) -> Image.Image:
+    """A parquet image cell as the hub stores it ({"bytes", "path"} struct, or raw bytes)."""
+    data = cell.get("bytes") if isinstance(cell, dict) else cell
+    if not data:
+        where = cell.get("path") if isinstance(cell, dict) else None
+        raise ArtifactError(f"image cell without embedded bytes (path {where!r}); only parquet files with embedded "
+                            "images are supported")
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def read_labels(files: Sequence[Path], column: str) -> np.ndarray:
+    """The label column of a split (all shards, in order) as int64."""
+    parts = []
+    for path in files:
+        table = pq.read_table(path, columns=[_require_column(path, column, "label_column")])
+        values = table.column(0)
+        if values.null_count:
+            raise ArtifactError(f"{path} has {values.null_count} missing labels in column {column!r}")
+        parts.append(values.to_numpy().astype(np.int64))
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+
+def source_label_names(path: Path, column: str) -> list[str] | None:
+    """Class names the ``datasets`` library stored in the parquet schema metadata, if any."""
+    meta = pq.read_schema(path).metadata or {}
+    try:
+        features = json.loads(meta[b"huggingface"])["info"]["features"]
+        names = features[column]["names"]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return [str(n) for n in names]
+
+
+def _require_column(path: Path, column: str, field: str) -> str:
+    names = pq.read_schema(path).names
+    if column not in names:
+        raise ArtifactError(f"{path} has no column {column!r} (columns: {names}); set {field} of this task's "
+                            "source in mass/data/catalog.py")
+    return column
+
+
+def iter_images(files: Sequence[Path], column: str, batch_rows: int = 256) -> Iterator[list[Any]]:
+    """Image cells of a split in row order, in batches (memory stays bounded on big splits)."""
+    for path in files:
+        _require_column(path, column, "image_column")
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=[column]):
+            yield batch.column(0).to_pylist()
+
+
+def carve(num_train: int, val_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) of the official train split. The ``<X>Val`` convention unless a fixed
+    ``val_size`` is given, which is drawn with the same seeded permutation."""
+    if val_size is None:
+        return carve_validation(num_train, seed=catalog.VAL_SEED, max_val=catalog.VAL_MAX)
+    if not 0 < val_size < num_train:
+        raise ArtifactError(f"cannot carve {val_size} validation images out of {num_train}")
+    perm = torch.randperm(num_train, generator=torch.Generator().manual_seed(catalog.VAL_SEED)).numpy()
+    return perm[: num_train - val_size], perm[num_train - val_size:]
+
+
+def write_images(files: Sequence[Path], column: str, destinations: Sequence[tuple[np.ndarray, np.ndarray]],
+                 size: int, source_orientation: str | None, orientation: str, threads: int) -> None:
+    """Decode a split row by row into its destination arrays.
+
+    ``destinations`` pairs each output array with ``position`` (one int per source row: its index
+    in that array, -1 if the row goes elsewhere), so a carved split is written in one pass.
+    """
+    def convert(cell: Any) -> np.ndarray:
+        return clip_pixels(orient(decode(cell), source_orientation, orientation), size)
+
+    row = 0
+    with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+        for cells in iter_images(files, column):
+            for offset, pixels in enumerate(pool.map(convert, cells)):
+                for array, position in destinations:
+                    if position[row + offset] >= 0:
+                        array[position[row + offset]] = pixels
+            row += len(cells)
+    expected = len(destinations[0][1])
+    if row != expected:
+        raise ArtifactError(f"{files[0]}: read {row} images but {expected} labels; the parquet files are inconsistent")
+
+
+def _positions(indices: np.ndarray, total: int) -> np.ndarray:
+    position = np.full(total, -1, dtype=np.int64)
+    position[indices] = np.arange(len(indices))
+    return position
+
+
+def _scratch(folder: Path, split: str, count: int, size: int) -> np.ndarray:
+    """A disk-backed uint8 array for a split (PCAM's train split alone is ~39 GB at 224 px)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f".{split}_images.scratch.npy"
+    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[\s_\-/]+", " ", name).strip().lower()
+
+
+def check_label_names(task: str, classnames: Sequence[str], source_names: Sequence[str] | None) -> list[str]:
+    """Compare the catalog's class names with the source's; notes to keep, or an error.
+
+    Same names in a different order would silently scramble every label, so that is an error;
+    differently spelled names are only recorded (the catalog keeps the CLIP prompt spellings).
+    """
+    if source_names is None:
+        return []
+    if len(source_names) != len(classnames):
+        raise ArtifactError(f"{task}: the source has {len(source_names)} classes, the catalog {len(classnames)}; "
+                            "the source or mass/data/prompts.json is wrong")
+    ours, theirs = [_normalise(c) for c in classnames], [_normalise(c) for c in source_names]
+    if ours != theirs and sorted(ours) == sorted(theirs):
+        raise ArtifactError(f"{task}: the source lists the same classes in a different label order; reorder the "
+                            "class names in mass/data/prompts.json to the source's order")
+    if ours == theirs:
+        return []
+    return [f"source class names (label order): {', '.join(source_names)}"]
+
+
+def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_size: int = 224,
+            emnist_orientation: str = "torchvision", threads: int = 1) -> TaskInfo:
+    """Prepare one task's train/val/test splits and info.json under ``out/<task>``."""
+    raw, out = Path(raw), Path(out)
+    manifest = read_json(raw / MANIFEST)
+    if manifest.get("task") != task:
+        raise ArtifactError(f"{raw / MANIFEST} describes task {manifest.get('task')!r}, not {task!r}; "
+                            "rerun the download rule for this task")
+    src = catalog.source(task, manifest.get("repo"))
+    files = {role: [raw / name for name in names] for role, names in manifest["splits"].items()}
+    classnames, templates = catalog.task_prompts(task)
+    notes = [f"source: hub dataset {manifest['repo']} at commit {manifest['commit']}", *src.notes]
+    notes += check_label_names(task, classnames, source_label_names(files["train"][0], src.label_column))
+    if src.orientation is not None:
+        notes.append(f"{task} images stored in {emnist_orientation!r} orientation (source: {src.orientation!r})")
+
+    labels = {role: read_labels(files[role], src.label_column) for role in ("train", "test")}
+    for role, values in labels.items():
+        if len(values) and (values.min() < 0 or values.max() >= len(classnames)):
+            raise ArtifactError(f"{task} {role} labels span {values.min()}..{values.max()} but there are "
+                                f"{len(classnames)} classes; the source does not match the catalog")
+    head = catalog.shared_head(task)
+    if head is not None:
+        label_map = np.asarray(head.label_maps[task], dtype=np.int64)
+        labels = {role: label_map[values] for role, values in labels.items()}
+        classnames, templates = list(head.classnames), list(head.templates)
+        notes.append(f"labels mapped onto the head {head.name} shared with "
+                     f"{', '.join(t for t in head.label_maps if t != task)} ({len(classnames)} classes)")
+
+    folder = out / task
+    train_idx, val_idx = carve(len(labels["train"]), src.val_size)
+    plan = [  # (source files, [(stored split, row indices)], labels): train and val come from one pass
+        (files["train"], [("train", train_idx), ("val", val_idx)], labels["train"]),
+        (files["test"], [("test", np.arange(len(labels["test"])))], labels["test"]),
+    ]
+    for split_files, parts, split_labels in plan:
+        arrays = {name: _scratch(folder, name, len(idx), image_size) for name, idx in parts}
+        try:
+            write_images(split_files, src.image_column,
+                         [(arrays[name], _positions(idx, len(split_labels))) for name, idx in parts],
+                         image_size, src.orientation, emnist_orientation, threads)
+            for name, idx in parts:
+                save_split(out, task, name, arrays[name], split_labels[idx])
+        finally:
+            for name in arrays:
+                (folder / f".{name}_images.scratch.npy").unlink(missing_ok=True)
+
+    sizes = {"val": len(val_idx), "test": len(labels["test"])}
+    published = {"val": src.published_val, "test": src.published_test}
+    for split, count in sizes.items():
+        if count != published[split]:
+            notes.append(f"{split} has {count} images; the published checkpoints used {published[split]}")
+    info = TaskInfo(task, classnames, templates, head=head.name if head else "", notes=notes)
+    save_info(out, info)
+    return info
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", required=True, choices=catalog.TASKS)
+    parser.add_argument("--raw", required=True, help="folder with manifest.json and the downloaded parquet files")
+    parser.add_argument("--out", required=True, help="data root; the task is written to <out>/<task>/")
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--emnist-orientation", choices=catalog.EMNIST_ORIENTATIONS, default="torchvision",
+                        help="orientation the EMNIST checkpoint was fine-tuned on (ignored for other tasks)")
+    parser.add_argument("--threads", type=int, default=1, help="image decoding threads")
+    args = parser.parse_args(argv)
+    info = prepare(args.task, args.raw, args.out, args.image_size, args.emnist_orientation, args.threads)
+    print(f"{args.task}: {len(info.classnames)} classes written to {Path(args.out) / args.task}")
+
+
+if __name__ == "__main__":
+    main()

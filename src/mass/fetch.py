@@ -1,0 +1,361 @@
+"""Fetch the pipeline's external inputs and store them in its own safe formats.
+
+Subcommands (each downloads through :mod:`mass.download`: resumable, verified, lock-pinned):
+
+* ``dataset``: a task's hub parquet files (train and test splits, see :mod:`mass.data.catalog`)
+  into ``--out``, plus ``manifest.json`` (written last) for :mod:`mass.data.prepare`.
+* ``pretrained``: OpenAI CLIP as open_clip builds it -> full CLIP state dict (safetensors). A
+  file already on disk is used as is: ``--from-file``, or the open_clip / Hugging Face cache.
+* ``finetuned``: a published fine-tuned image encoder (``single_task/<model>/<Task>Val/
+  nonlinear_finetuned.pt``) -> visual-relative state dict (safetensors).
+* ``head``: a published classification head (``single_task/<model>/head_<Task>Val.pt``) ->
+  ``{"weight": classes x d}`` (safetensors).
+
+The published ``.pt`` files are pickles, and unpickling runs code named in the file. They are
+loaded with ``torch.load(weights_only=True)``; a file that pickles whole modules (the heads)
+is read by a restricted unpickler instead, which rebuilds tensors and containers only and turns
+module classes of torch / open_clip / the task-vector code into inert placeholders whose
+tensors are then collected; any other class or function in the file is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import posixpath
+import types
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mass.data import catalog
+from mass.download import HubRepo, LockFile, download_hub_file, file_record, resolve_revision
+from mass.io import ArtifactError, save_tensors, write_json
+from mass.task_vectors import visual_state_dict
+
+# --------------------------------------------------------------------------- safe unpickling
+
+_ALLOWED_GLOBALS = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_tensor"): torch._utils._rebuild_tensor,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): torch._utils._rebuild_parameter_with_state,
+    ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
+    ("torch", "Tensor"): torch.Tensor,
+    ("torch", "Size"): torch.Size,
+    ("torch", "device"): torch.device,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("builtins", "slice"): slice,
+    ("builtins", "complex"): complex,
+}
+# Code that defined the pickled modules: its classes and functions become inert placeholders.
+_PLACEHOLDER_PREFIXES = ("torch.nn.modules.", "open_clip.", "src.", "modeling", "heads", "torchvision.transforms.")
+
+
+class Placeholder:
+    """Inert stand-in for a pickled class or function: records what it was given, runs nothing."""
+
+    qualname = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Placeholder:
+        obj = object.__new__(cls)
+        obj.args, obj.state, obj.items = args, None, {}
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    _placeholders: dict[tuple[str, str], type] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        module = "builtins" if module == "__builtin__" else module
+        if (module, name) in _ALLOWED_GLOBALS:
+            return _ALLOWED_GLOBALS[(module, name)]
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module.startswith(_PLACEHOLDER_PREFIXES):
+            key = (module, name)
+            if key not in self._placeholders:
+                self._placeholders[key] = type(name, (Placeholder,), {"qualname": f"{module}.{name}"})
+            return self._placeholders[key]
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only tensors, containers and module "
+                                     "classes of torch/open_clip/the task-vector code are allowed")
+
+
+def _restricted_load(file: Any, **kwargs: Any) -> Any:
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
+_RESTRICTED_PICKLE = types.SimpleNamespace(__name__="mass_restricted_pickle", Unpickler=_RestrictedUnpickler,
+                                           load=_restricted_load)
+
+
+def safe_torch_load(path: str | os.PathLike) -> Any:
+    """Load a torch checkpoint without executing code from it (see the module docstring)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass  # not a plain state dict (e.g. a pickled module): retry with the restricted unpickler
+    except (RuntimeError, OSError, EOFError) as err:
+        raise ArtifactError(f"{path} is not a readable torch checkpoint ({err}); delete it and rerun") from err
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RESTRICTED_PICKLE)
+    except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, RuntimeError) as err:
+        raise ArtifactError(f"{path}: {err}. The file was not loaded; if you trust it, convert it to a state dict "
+                            "yourself (torch.save(obj.state_dict())) and place that file there instead.") from err
+
+
+def state_dict_of(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint: a (nested ``state_dict``) mapping, or a module placeholder
+    whose ``_parameters``/``_buffers``/``_modules`` are walked like ``nn.Module.state_dict``."""
+    if isinstance(obj, Mapping):
+        if isinstance(obj.get("state_dict"), Mapping):
+            obj = obj["state_dict"]
+        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+            return {k: v.detach() for k, v in obj.items()}
+    if isinstance(obj, torch.nn.Module):
+        return {k: v.detach() for k, v in obj.state_dict().items()}
+    if isinstance(obj, Placeholder):
+        out: dict[str, torch.Tensor] = {}
+        _collect(obj, "", out, path)
+        if out:
+            return out
+    raise ArtifactError(f"{path} holds no state dict (found {type(obj).__name__})")
+
+
+def _collect(module: Placeholder, prefix: str, out: dict[str, torch.Tensor], path: str | os.PathLike) -> None:
+    state = module.state
+    if not isinstance(state, dict) or "_parameters" not in state:
+        raise ArtifactError(f"{path}: {module.qualname} at {prefix or '<root>'} is not a pickled torch module")
+    skip = state.get("_non_persistent_buffers_set") or set()
+    for name, tensor in state["_parameters"].items():
+        if tensor is not None:
+            out[prefix + name] = tensor.detach()
+    for name, tensor in state.get("_buffers", {}).items():
+        if tensor is not None and name not in skip:
+            out[prefix + name] = tensor.detach()
+    for name, child in state.get("_modules", {}).items():
+        if child is not None:
+            _collect(child, f"{prefix}{name}.", out, path)
+
+
+# --------------------------------------------------------------------------- subcommands
+
+
+def fetch_dataset(task: str, out: str | os.PathLike, lock: LockFile, repo: str | None = None,
+                  revision: str | None = None, endpoint: str | None = None, **download_kwargs: Any) -> dict:
+    """Download a task's train/test parquet files into ``out`` and write ``out/manifest.json``."""
+    out = Path(out)
+    src = catalog.source(task, repo, revision)
+    requested = src.revision or src.ref
+    snapshot = resolve_revision(HubRepo(src.repo, "dataset"), requested, lock, endpoint=endpoint,
+                                keep_listing=lambda name: name.endswith(".parquet"))
+    splits = src.split_files(snapshot.files)
+    for names in splits.values():
+        for name in names:
+            download_hub_file(snapshot, name, out / name, lock, endpoint=endpoint, **download_kwargs)
+    manifest = {"task": task, "repo": src.repo, "revision": requested, "commit": snapshot.commit, "splits": splits}
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+def _hub_checkpoint(repo: str, filename: str, revision: str | None, lock: LockFile, raw: Path,
+                    endpoint: str | None, **download_kwargs: Any) -> bool:
+    """Make ``raw`` the verified hub file; True if it was downloaded now (not already on disk)."""
+    existed = raw.exists()
+    snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint)
+    download_hub_file(snapshot, filename, raw, lock, endpoint=endpoint, **download_kwargs)
+    return not existed
+
+
+def _check_visual(model: str, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    from mass.encoder import create_clip
+
+    reference = create_clip(model).visual.state_dict()
+    missing = sorted(set(reference) - set(tensors))
+    unexpected = sorted(set(tensors) - set(reference))
+    wrong = sorted(k for k in set(reference) & set(tensors) if reference[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        raise ArtifactError(f"{path} is not a {model} image encoder: missing {missing[:3]}, unexpected "
+                            f"{unexpected[:3]}, wrong shapes {wrong[:3]}; check --model and the file")
+
+
+def fetch_finetuned(model: str, task: str, repo: str, out: str | os.PathLike, lock: LockFile,
+                    revision: str | None = None, endpoint: str | None = None, raw: str | os.PathLike | None = None,
+                    keep_raw: bool = False, hub_model_dir: str | None = None, **download_kwargs: Any) -> None:
+    """Published fine-tuned encoder of ``task`` -> visual-relative safetensors at ``out``."""
+    out = Path(out)
+    raw = Path(raw) if raw else out.with_suffix(".pt")
+    filename = f"single_task/{hub_model_dir or model}/{task}Val/nonlinear_finetuned.pt"
+    downloaded = _hub_checkpoint(repo, filename, revision, lock, raw, endpoint, **download_kwargs)
+    tensors = visual_state_dict(state_dict_of(safe_torch_load(raw), raw))
+    _check_visual(model, tensors, raw)
+    save_tensors(out, tensors, {"model": model, "task": task, "source": f"{repo}/{filename}"})
+    if downloaded and not keep_raw:
+        raw.unlink()
+
+
+def fetch_head(model: str, task: str, repo: str, out: str | os.PathLike, lock: LockFile,
+               revision: str | None = None, endpoint: str | None = None, raw: str | os.PathLike | None = None,
+               keep_raw: bool = False, hub_model_dir: str | None = None, **download_kwargs: Any) -> None:
+    """Published classification head of ``task`` -> ``{"weight": classes x d}`` safetensors at ``out``.
+
+    The pipeline's heads are bias-free and applied to L2-normalised features (as the published
+    heads are); a head that differs is refused rather than silently changed.
+    """
+    out = Path(out)
+    raw = Path(raw) if raw else out.with_suffix(".pt")
+    filename = f"single_task/{hub_model_dir or model}/head_{task}Val.pt"
+    downloaded = _hub_checkpoint(repo, filename, revision, lock, raw, endpoint, **download_kwargs)
+    obj = safe_torch_load(raw)
+    tensors = state_dict_of(obj, raw)
+    weight, bias = tensors.get("weight"), tensors.get("bias")
+    if weight is None or weight.ndim != 2:
+        raise ArtifactError(f"{raw} has no 2-D 'weight' (keys: {sorted(tensors)}); it is not a classification head")
+    if bias is not None and bool(bias.abs().max() > 0):
+        raise ArtifactError(f"{raw} has a non-zero bias, but the pipeline's heads are bias-free")
+    if isinstance(obj, Placeholder) and isinstance(obj.state, dict) and obj.state.get("normalize") is False:
+        raise ArtifactError(f"{raw} is a head without input normalisation; the pipeline's heads normalise features")
+    save_tensors(out, {"weight": weight}, {"model": model, "task": task, "source": f"{repo}/{filename}"})
+    if downloaded and not keep_raw:
+        raw.unlink()
+
+
+def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None = None,
+                     from_file: str | os.PathLike | None = None, repo: str | None = None,
+                     filename: str | None = None, revision: str | None = None, endpoint: str | None = None,
+                     cache_dir: str | None = None, raw: str | os.PathLike | None = None, keep_raw: bool = False,
+                     **download_kwargs: Any) -> None:
+    """OpenAI CLIP ``model`` as open_clip builds it -> full CLIP state dict (safetensors) at ``out``.
+
+    Weights already on disk are used first: ``from_file``, then open_clip's own download cache
+    of OpenAI's file (verified against the sha256 in its URL). Otherwise they come from the hub
+    repository open_clip uses for ``pretrained="openai"`` (or ``repo``/``filename``), pinned in
+    ``lock``: from the Hugging Face cache when already there, else downloaded to ``raw``.
+    """
+    import open_clip
+    from huggingface_hub import try_to_load_from_cache
+
+    from mass.encoder import register_model_configs
+
+    register_model_configs()
+    out = Path(out)
+    downloaded = False
+    if from_file is not None:
+        path = Path(from_file)
+        if not path.is_file():
+            raise ArtifactError(f"--from-file {path} does not exist")
+    elif (path := None if repo else _openai_url_cache(model, cache_dir)) is None:
+        if lock is None:
+            raise ArtifactError("fetching pretrained weights from the hub needs a lock file (--lock)")
+        repo, candidates = _openai_weights(model, repo, filename)
+        snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint,
+                                    keep_listing=lambda name: name in candidates)
+        name = next((c for c in candidates if c in snapshot.files), candidates[0])
+        cached = try_to_load_from_cache(repo, name, cache_dir=cache_dir, revision=snapshot.commit)
+        default_raw = out.with_name(f"{out.stem}.hub{Path(name).suffix}")
+        path = Path(cached) if isinstance(cached, str) else Path(raw) if raw else default_raw
+        downloaded = not path.exists()
+        download_hub_file(snapshot, name, path, lock, endpoint=endpoint, **download_kwargs)
+    try:
+        clip = open_clip.create_model(model, pretrained=str(path), weights_only=True)
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ArtifactError(f"{path} is not a {model} CLIP checkpoint open_clip can load ({err})") from err
+    save_tensors(out, clip.state_dict(), {"model": model, "pretrained": "openai", "source": str(path)})
+    if downloaded and not keep_raw:
+        path.unlink()
+
+
+def _openai_url_cache(model: str, cache_dir: str | None) -> Path | None:
+    """OpenAI's original checkpoint in open_clip's URL download cache, if present and intact."""
+    import open_clip
+
+    url = open_clip.get_pretrained_url(model, "openai")
+    if not url:
+        return None
+    path = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / posixpath.basename(url)
+    if not path.is_file():
+        return None
+    return path if file_record(path).sha256 == url.split("/")[-2] else None
+
+
+def _openai_weights(model: str, repo: str | None, filename: str | None) -> tuple[str, list[str]]:
+    """Hub repository and candidate file names (safetensors first) of open_clip's ``openai`` weights."""
+    import open_clip
+
+    if repo:
+        return repo, [filename or "open_clip_model.safetensors"]
+    hub = open_clip.get_pretrained_cfg(model, "openai").get("hf_hub", "")
+    if not hub:
+        raise ArtifactError(f"open_clip has no hub copy of OpenAI weights for {model}; pass --repo/--filename "
+                            "or --from-file")
+    repo, name = posixpath.split(hub)
+    return repo, [name] if name else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fetch datasets and checkpoints into the pipeline's formats.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, lock_required: bool = True) -> None:
+        p.add_argument("--out", required=True)
+        p.add_argument("--lock", required=lock_required, help="lock file pinning revisions and checksums")
+        p.add_argument("--revision", default=None, help="branch, tag or commit (default: pinned default branch)")
+        p.add_argument("--endpoint", default=None, help="hub endpoint (default: $HF_ENDPOINT or huggingface.co)")
+        p.add_argument("--retries", type=int, default=5)
+        p.add_argument("--timeout", type=float, default=60.0)
+
+    p = sub.add_parser("dataset", help="a task's hub parquet files + manifest.json")
+    p.add_argument("--task", required=True, choices=catalog.TASKS)
+    p.add_argument("--repo", default=None, help="override the catalog's hub dataset repository")
+    common(p)
+    p = sub.add_parser("pretrained", help="OpenAI CLIP weights -> full CLIP safetensors")
+    p.add_argument("--model", required=True)
+    p.add_argument("--from-file", default=None, help="use this checkpoint on disk instead of the hub")
+    p.add_argument("--repo", default=None, help="hub repository (default: open_clip's for pretrained='openai')")
+    p.add_argument("--filename", default=None)
+    p.add_argument("--cache-dir", default=None, help="Hugging Face cache to look in first (default: HF_HUB_CACHE)")
+    p.add_argument("--raw", default=None, help="where a downloaded checkpoint goes (default: next to --out)")
+    p.add_argument("--keep-raw", action="store_true")
+    common(p, lock_required=False)
+    for name, text in (("finetuned", "published fine-tuned image encoder -> visual safetensors"),
+                       ("head", "published classification head -> {'weight'} safetensors")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--model", required=True)
+        p.add_argument("--task", required=True, choices=catalog.TASKS)
+        p.add_argument("--repo", required=True, help="hub model repository, e.g. nik-dim/tall_masks")
+        p.add_argument("--hub-model-dir", default=None, help="folder name of the model in the repo (default: --model)")
+        p.add_argument("--raw", default=None, help="where the downloaded .pt goes (default: next to --out)")
+        p.add_argument("--keep-raw", action="store_true")
+        common(p)
+    args = parser.parse_args(argv)
+    lock = LockFile(args.lock) if args.lock else None
+    net = {"retries": args.retries, "timeout": args.timeout}
+    if args.command == "dataset":
+        fetch_dataset(args.task, args.out, lock, args.repo, args.revision, args.endpoint, **net)
+    elif args.command == "pretrained":
+        fetch_pretrained(args.model, args.out, lock, args.from_file, args.repo, args.filename, args.revision,
+                         args.endpoint, args.cache_dir, args.raw, args.keep_raw, **net)
+    else:
+        fetch = fetch_finetuned if args.command == "finetuned" else fetch_head
+        fetch(args.model, args.task, args.repo, args.out, lock, args.revision, args.endpoint, args.raw, args.keep_raw,
+              args.hub_model_dir, **net)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

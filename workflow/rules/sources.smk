@@ -1,0 +1,153 @@
+# External inputs: hub datasets -> prepared splits, OpenAI CLIP, published fine-tuned encoders and heads.
+# Every download is resumable and verified against the lock file (see src/mass/download.py).
+#
+# Config keys read here (example values for config.yaml):
+#   sources:
+#     lock_file: workflow/sources.lock.json    # pins hub revisions + size/sha256 of every download (commit it)
+#     hf_endpoint: null                        # hub endpoint; null: $HF_ENDPOINT, else https://huggingface.co
+#     finetuned_repo: nik-dim/tall_masks       # published single-task checkpoints and heads
+#     finetuned_revision: null                 # commit sha; null: default branch, resolved once and pinned
+#     emnist_orientation: torchvision          # orientation the EMNIST checkpoint expects: torchvision | mnist
+#     image_size: 224                          # optional (default 224): stored resolution of prepared images
+#     finetuned_model_dirs: {}                 # optional: backbone -> folder name in finetuned_repo
+#     pretrained_files: {}                     # optional: backbone -> CLIP checkpoint on disk (no download)
+#   datasets:                                  # optional per task; dataset facts stay in src/mass/data/catalog.py
+#     MNIST: {repo: null, revision: null}      # repo null: the catalog's; revision null: resolved once, pinned
+
+import os
+import shlex
+
+# Task names are checked by the scripts (mass.data.catalog.TASKS); importing mass here would make
+# every Snakemake start-up pay for importing torch.
+_HUB_TASK = "[A-Za-z0-9]+"
+
+
+def _opt(flag, value):
+    """A command-line option, or nothing when the config leaves it unset."""
+    return f"{flag} {shlex.quote(str(value))}" if value else ""
+
+
+def _dataset_cfg(task):
+    return (config.get("datasets") or {}).get(task) or {}
+
+
+_SOURCES = config["sources"]
+_LOCK = _SOURCES["lock_file"]
+_ENDPOINT = _opt("--endpoint", _SOURCES["hf_endpoint"])
+
+
+rule download_dataset:
+    output:
+        manifest="resources/raw/{task}/manifest.json",
+    wildcard_constraints:
+        task=_HUB_TASK,
+    params:
+        out=lambda w: f"resources/raw/{w.task}",
+        lock=_LOCK,
+        endpoint=_ENDPOINT,
+        repo=lambda w: _opt("--repo", _dataset_cfg(w.task).get("repo")),
+        revision=lambda w: _opt("--revision", _dataset_cfg(w.task).get("revision")),
+    log:
+        "results/logs/sources/download_dataset/{task}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=360,
+    localrule: True
+    shell:
+        "python -m mass.fetch dataset --task {wildcards.task} --out {params.out} --lock {params.lock} "
+        "{params.endpoint} {params.repo} {params.revision} > {log} 2>&1"
+
+
+rule prepare_dataset:
+    input:
+        manifest="resources/raw/{task}/manifest.json",
+    output:
+        images=multiext("resources/data/hub/{task}/", "train_images.npy", "val_images.npy", "test_images.npy"),
+        info="resources/data/hub/{task}/info.json",
+    wildcard_constraints:
+        task=_HUB_TASK,
+    params:
+        raw=lambda w, input: os.path.dirname(input.manifest),
+        image_size=_SOURCES.get("image_size", 224),
+        orientation=_SOURCES["emnist_orientation"],
+    log:
+        "results/logs/sources/prepare_dataset/{task}.log",
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    localrule: True
+    shell:
+        "python -m mass.data.prepare --task {wildcards.task} --raw {params.raw} --out resources/data/hub "
+        "--image-size {params.image_size} --emnist-orientation {params.orientation} --threads {threads} "
+        "> {log} 2>&1"
+
+
+rule fetch_pretrained:
+    output:
+        "resources/checkpoints/{backbone}/pretrained_openai.safetensors",
+    wildcard_constraints:
+        backbone="[^/]+",
+    params:
+        lock=_LOCK,
+        endpoint=_ENDPOINT,
+        from_file=lambda w: _opt("--from-file", (_SOURCES.get("pretrained_files") or {}).get(w.backbone)),
+    log:
+        "results/logs/sources/fetch_pretrained/{backbone}.log",
+    threads: 1
+    resources:
+        mem_mb=6000,
+        runtime=120,
+    localrule: True
+    shell:
+        "python -m mass.fetch pretrained --model {wildcards.backbone} --out {output} --lock {params.lock} "
+        "{params.endpoint} {params.from_file} > {log} 2>&1"
+
+
+rule fetch_finetuned:
+    output:
+        "resources/checkpoints/{backbone}/hub/{task}.safetensors",
+    wildcard_constraints:
+        task=_HUB_TASK,
+        backbone="[^/]+",
+    params:
+        lock=_LOCK,
+        endpoint=_ENDPOINT,
+        repo=_SOURCES["finetuned_repo"],
+        revision=_opt("--revision", _SOURCES["finetuned_revision"]),
+        model_dir=lambda w: _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone)),
+    log:
+        "results/logs/sources/fetch_finetuned/{backbone}/{task}.log",
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    localrule: True
+    shell:
+        "python -m mass.fetch finetuned --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
+        "--out {output} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} > {log} 2>&1"
+
+
+rule fetch_head:
+    output:
+        "resources/checkpoints/{backbone}/hub/heads/{task}.safetensors",
+    wildcard_constraints:
+        task=_HUB_TASK,
+        backbone="[^/]+",
+    params:
+        lock=_LOCK,
+        endpoint=_ENDPOINT,
+        repo=_SOURCES["finetuned_repo"],
+        revision=_opt("--revision", _SOURCES["finetuned_revision"]),
+        model_dir=lambda w: _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone)),
+    log:
+        "results/logs/sources/fetch_head/{backbone}/{task}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    localrule: True
+    shell:
+        "python -m mass.fetch head --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
+        "--out {output} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} > {log} 2>&1"
