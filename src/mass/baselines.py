@@ -36,17 +36,20 @@ def task_arithmetic(task_vectors: Sequence[TaskVector], alpha: float) -> StateDi
     return {k: alpha * _stack(task_vectors, k).sum(0) for k in _keys(task_vectors)}
 
 
-def tall_masks(task_vectors: Sequence[TaskVector], lambdas: Sequence[float]) -> list[StateDict]:
-    """Per-task TALL masks m_t = 1[|tau_t| > lambda_t |sum_{j != t} tau_j|] (Wang et al., 2024)."""
-    if len(lambdas) != len(task_vectors):
-        raise ValueError("one lambda per task is required")
-    masks: list[StateDict] = [{} for _ in task_vectors]
+def tall_mask(task_vectors: Sequence[TaskVector], t: int, lam: float) -> StateDict:
+    """TALL mask of task t: m_t = 1[|tau_t| > lambda_t |sum_{j != t} tau_j|] (Wang et al., 2024)."""
+    masks: StateDict = {}
     for key in _keys(task_vectors):
         stack = _stack(task_vectors, key)
-        total = stack.sum(0)
-        for t, lam in enumerate(lambdas):
-            masks[t][key] = stack[t].abs() > lam * (total - stack[t]).abs()
+        masks[key] = stack[t].abs() > lam * (stack.sum(0) - stack[t]).abs()
     return masks
+
+
+def tall_masks(task_vectors: Sequence[TaskVector], lambdas: Sequence[float]) -> list[StateDict]:
+    """Every task's TALL mask, one lambda per task."""
+    if len(lambdas) != len(task_vectors):
+        raise ValueError("one lambda per task is required")
+    return [tall_mask(task_vectors, t, lam) for t, lam in enumerate(lambdas)]
 
 
 def tall_mask_model(task_vectors: Sequence[TaskVector], mask: StateDict) -> StateDict:

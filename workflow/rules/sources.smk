@@ -128,26 +128,3 @@ rule fetch_finetuned:
         "python -m mass.fetch finetuned --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
         "--out {output} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} > {log} 2>&1"
 
-
-rule fetch_head:
-    output:
-        "resources/checkpoints/{backbone}/hub/heads/{task}.safetensors",
-    wildcard_constraints:
-        task=_HUB_TASK,
-        backbone="[^/]+",
-    params:
-        lock=_LOCK,
-        endpoint=_ENDPOINT,
-        repo=_SOURCES["finetuned_repo"],
-        revision=_opt("--revision", _SOURCES["finetuned_revision"]),
-        model_dir=lambda w: _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone)),
-    log:
-        "results/logs/sources/fetch_head/{backbone}/{task}.log",
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    localrule: True
-    shell:
-        "python -m mass.fetch head --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
-        "--out {output} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} > {log} 2>&1"

@@ -1,0 +1,26 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORES ?= 2
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: demo test lint paper-dry-run clean-demo
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	/usr/bin/time -f "demo wall time: %e s" snakemake --cores $(CORES) --configfile workflow/presets/demo.yaml
+
+test: $(VENV)/.installed
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/pytest -q
+
+paper-dry-run: $(VENV)/.installed
+	snakemake -n --cores all
+
+clean-demo:
+	rm -rf results/tiny resources/data/demo resources/checkpoints/tiny results/tables figures/*.p* figures/*.csv

@@ -1,0 +1,121 @@
+"""Loading what a benchmark's pipeline steps share: task data, heads and cached components.
+
+Paths are passed in by the rules (nothing here reads the config); tasks keep benchmark order,
+which is the order of the epsilon filter, of tables and of plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mass.data.store import load_info, load_split
+from mass.io import ArtifactError, load_arrays, load_tensors
+from mass.svd import TaskComponents
+from mass.training import set_threads
+
+
+@dataclass
+class SplitData:
+    """All tasks' samples of one split, concatenated in benchmark order."""
+
+    images: np.ndarray
+    labels: torch.Tensor
+    task: torch.Tensor
+    task_names: list[str]
+
+    def indices_of(self, t: int) -> np.ndarray:
+        return np.flatnonzero(self.task.numpy() == t)
+
+
+def load_benchmark_split(data_dirs: Sequence[str], tasks: Sequence[str], split: str) -> SplitData:
+    """``data_dirs[i]`` is the data root holding ``tasks[i]``."""
+    images, labels, owner = [], [], []
+    for t, (root, name) in enumerate(zip(data_dirs, tasks, strict=True)):
+        x, y = load_split(root, name, split, mmap=False)
+        images.append(x)
+        labels.append(torch.as_tensor(y))
+        owner.append(torch.full((len(y),), t, dtype=torch.long))
+    return SplitData(np.concatenate(images), torch.cat(labels), torch.cat(owner), list(tasks))
+
+
+def load_heads(paths: Sequence[str]) -> tuple[list[torch.Tensor], list[str]]:
+    """Head matrices and head names (tasks sharing a head, like STL10/CIFAR10, share the name)."""
+    heads, names = [], []
+    for path in paths:
+        heads.append(load_tensors(path)["weight"])
+        names.append(_head_name(path))
+    return heads, names
+
+
+def _head_name(path: str) -> str:
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as fh:
+        meta = fh.metadata() or {}
+    return meta.get("head") or meta.get("task") or Path(path).stem
+
+
+def head_names_from_info(data_dirs: Sequence[str], tasks: Sequence[str]) -> list[str]:
+    return [load_info(root, name).head for root, name in zip(data_dirs, tasks, strict=True)]
+
+
+def load_components(paths: Sequence[str]) -> list[TaskComponents]:
+    return [TaskComponents.load(p) for p in paths]
+
+
+@dataclass
+class FirstPassResult:
+    """What the first pass stored for one split: final features, residuals per location, owners."""
+
+    features: torch.Tensor
+    residuals: dict[str, torch.Tensor]
+    task: torch.Tensor
+    labels: torch.Tensor
+
+    @classmethod
+    def load(cls, path: str) -> FirstPassResult:
+        arrays = load_arrays(path)
+        try:
+            residuals = {k[len("res:"):]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("res:")}
+            return cls(torch.from_numpy(arrays["features"]), residuals, torch.from_numpy(arrays["task"]),
+                       torch.from_numpy(arrays["labels"]))
+        except KeyError as err:
+            raise ArtifactError(f"{path} lacks {err}; delete it and rerun the first-pass rule") from err
+
+    def residuals_at(self, key: str) -> torch.Tensor:
+        if key not in self.residuals:
+            raise ArtifactError(f"the first pass did not record location {key!r} (recorded: "
+                                f"{sorted(self.residuals)[:6]}...); add its io/token to first_pass in the config")
+        return self.residuals[key]
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def common_parser(description: str) -> argparse.ArgumentParser:
+    """Options every benchmark step takes: tasks in order, where their files are, threads."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", required=True, help="open_clip architecture name")
+    parser.add_argument("--tasks", nargs="+", required=True, help="task names in benchmark order")
+    parser.add_argument("--data-dirs", nargs="+", required=True, help="data root of each task")
+    parser.add_argument("--heads", nargs="+", required=True, help="head safetensors of each task")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def setup(args: argparse.Namespace) -> None:
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    if len(args.tasks) not in (len(args.data_dirs), 1) or len(args.heads) != len(args.tasks):
+        raise SystemExit("--tasks, --data-dirs and --heads must list one entry per task")
+    if len(args.data_dirs) == 1:
+        args.data_dirs = args.data_dirs * len(args.tasks)

@@ -1,0 +1,57 @@
+"""Pipeline step: gather every per-task number of every method into one long CSV.
+
+Columns: backbone, benchmark, method, task, accuracy (test), finetuned (test), normalized.
+Tables and figures are drawn from this file only, so each printed number can be traced back.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import pandas as pd
+
+from mass.io import atomic_path, read_json, write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", nargs="+", required=True,
+                        help="BACKBONE:BENCHMARK:path/to/method.json entries")
+    parser.add_argument("--endpoints", nargs="+", required=True, help="BACKBONE:path/to/endpoints.json entries")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--hparams-out", required=True, help="JSON of every selected hyperparameter")
+    args = parser.parse_args()
+    ft, zs = {}, {}
+    for entry in args.endpoints:
+        backbone, path = entry.split(":", 1)
+        data = read_json(path)
+        ft[backbone, data["task"]] = data["finetuned_test"]
+        zs[backbone, data["task"]] = data["zeroshot_test"]
+    rows, hparams = [], {}
+    for entry in args.results:
+        backbone, bench, path = entry.split(":", 2)
+        data = read_json(path)
+        hparams.setdefault(backbone, {}).setdefault(bench, {})[data["method"]] = data.get("hyperparameters", {})
+        for task, acc in data["test"].items():
+            rows.append(dict(backbone=backbone, benchmark=bench, method=data["method"], task=task, accuracy=acc,
+                             routing_accuracy=data.get("routing_accuracy", {}).get(task)))
+    benches = {(r["backbone"], r["benchmark"]): [] for r in rows}
+    for r in rows:
+        if r["task"] not in benches[r["backbone"], r["benchmark"]]:
+            benches[r["backbone"], r["benchmark"]].append(r["task"])
+    for (backbone, bench), tasks in benches.items():
+        for task in tasks:
+            rows.append(dict(backbone=backbone, benchmark=bench, method="zeroshot", task=task,
+                             accuracy=zs[backbone, task], routing_accuracy=None))
+            rows.append(dict(backbone=backbone, benchmark=bench, method="finetuned", task=task,
+                             accuracy=ft[backbone, task], routing_accuracy=None))
+    table = pd.DataFrame(rows)
+    table["finetuned"] = [ft[b, t] for b, t in zip(table.backbone, table.task, strict=True)]
+    table["normalized"] = table.accuracy / table.finetuned
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, index=False)
+    write_json(args.hparams_out, hparams)
+
+
+if __name__ == "__main__":
+    main()

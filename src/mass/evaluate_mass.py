@@ -1,0 +1,152 @@
+"""Pipeline step: MASS on a benchmark's test splits with one router, tuned on validation.
+
+Routers: ``proj`` (Algorithm 2 on the TSV-M first pass), ``proj_pre`` (same on the pretrained
+first pass), ``nn`` and ``mlp`` (trained on validation first-pass features). For the projection
+routers the routing location is the best candidate of the validation sweep and eta is found by
+Bayesian optimisation (optuna TPE) on validation accuracy, exactly and without forward passes
+per trial: with top-k selection a sample can only end up with its top-1 .. top-k tasks, so the
+second pass is run once per m <= k on validation and every eta is a table lookup.
+"""
+
+from __future__ import annotations
+
+import optuna
+import torch
+
+from mass.benchmark import (
+    FirstPassResult,
+    SplitData,
+    common_parser,
+    device,
+    load_benchmark_split,
+    load_components,
+    load_heads,
+    setup,
+)
+from mass.encoder import create_visual, image_size
+from mass.inference import MassModel
+from mass.io import load_tensors, write_json
+from mass.routing import (
+    MLPRouter,
+    NearestNeighbourRouter,
+    one_hot_selection,
+    routing_weights,
+    select_tasks,
+    top1_accuracy_per_task,
+)
+from mass.routing_sweep import best_layer, sweep
+from mass.task_vectors import visual_state_dict
+
+ROUTERS = ("proj", "proj_pre", "nn", "mlp")
+
+
+def per_task_accuracy(correct: torch.Tensor, data: SplitData) -> dict[str, float]:
+    return {name: float(correct[data.indices_of(t)].float().mean()) for t, name in enumerate(data.task_names)}
+
+
+def top_m(weights: torch.Tensor, m: int) -> torch.Tensor:
+    """The m highest-weighted tasks of every sample."""
+    return torch.zeros_like(weights, dtype=torch.bool).scatter_(-1, weights.topk(m, -1).indices, True)
+
+
+def selection_size(weights: torch.Tensor, eta: float, top_k: int) -> torch.Tensor:
+    """How many tasks ``select_tasks`` keeps per sample (its choices are always the top ones)."""
+    return select_tasks(weights, eta, top_k).sum(-1)
+
+
+def tune_eta(weights: torch.Tensor, correct_by_m: dict[int, torch.Tensor], top_k: int, low: float, high: float,
+             trials: int, seed: int) -> tuple[float, float]:
+    """Eta maximising mean-over-samples validation accuracy (TPE, seeded)."""
+    def accuracy(eta: float) -> float:
+        sizes = selection_size(weights, eta, top_k)
+        correct = torch.zeros(len(sizes), dtype=torch.bool)
+        for m, ok in correct_by_m.items():
+            correct |= (sizes == m) & ok
+        return float(correct.float().mean())
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    study.optimize(lambda trial: accuracy(trial.suggest_float("eta", low, high)), n_trials=trials)
+    return float(study.best_params["eta"]), float(study.best_value)
+
+
+def main() -> None:
+    parser = common_parser(__doc__.splitlines()[0])
+    parser.add_argument("--router", required=True, choices=ROUTERS)
+    parser.add_argument("--pretrained", required=True)
+    parser.add_argument("--components", nargs="+", required=True)
+    parser.add_argument("--val-first-pass", required=True)
+    parser.add_argument("--test-first-pass", required=True)
+    parser.add_argument("--layer", default="auto", help="'<block>.<attn|mlp>.<in|out>' or 'auto' (val sweep)")
+    parser.add_argument("--blocks", nargs=2, type=int, required=True, help="candidate block range for 'auto'")
+    parser.add_argument("--modules", nargs="+", default=["attn", "mlp"])
+    parser.add_argument("--io", default="in")
+    parser.add_argument("--token", default="cls")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--no-standardize", action="store_true")
+    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--eta", default="auto", help="a value, or 'auto' for Bayesian search")
+    parser.add_argument("--eta-range", nargs=2, type=float, default=[0.05, 0.5])
+    parser.add_argument("--eta-trials", type=int, default=30)
+    parser.add_argument("--mlp-hidden", type=int, default=1024)
+    parser.add_argument("--mlp-epochs", type=int, default=20)
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    setup(args)
+    tasks, T = args.tasks, len(args.tasks)
+    pre = visual_state_dict(load_tensors(args.pretrained))
+    heads, head_names = load_heads(args.heads)
+    model = MassModel(create_visual(args.model, pre, device()), pre, load_components(args.components), heads,
+                      head_names, image_size(args.model), device(), args.alpha, cache_size=2 * T)
+    fp_val, fp_test = FirstPassResult.load(args.val_first_pass), FirstPassResult.load(args.test_first_pass)
+    hparams: dict = {"router": args.router}
+
+    if args.router in ("proj", "proj_pre"):
+        layer = args.layer
+        if layer == "auto":
+            layer, val_acc = best_layer(sweep(fp_val, tasks), tuple(args.blocks), args.modules, args.io, args.token)
+            hparams["val_routing_accuracy_at_layer"] = val_acc
+        key = f"{layer}.{args.token}"
+        hparams.update(layer=layer, token=args.token, top_k=args.top_k, temperature=args.temperature)
+
+        def weights_of(fp: FirstPassResult) -> torch.Tensor:
+            return routing_weights(fp.residuals_at(key), args.temperature, not args.no_standardize)
+        w_val, w_test = weights_of(fp_val), weights_of(fp_test)
+        if args.eta == "auto":
+            val = load_benchmark_split(args.data_dirs, tasks, "val")
+            correct_by_m = {}
+            for m in range(1, min(args.top_k, T) + 1):
+                pred = model.predict(val.images, top_m(w_val, m), args.batch_size, desc=f"val second pass top-{m}")
+                correct_by_m[m] = model.is_correct(pred, val.task, val.labels)
+            eta, val_mass = tune_eta(w_val, correct_by_m, args.top_k, *args.eta_range, args.eta_trials, args.seed)
+            hparams.update(eta=eta, val_accuracy=val_mass, eta_selected_on="val")
+        else:
+            eta = float(args.eta)
+            hparams["eta"] = eta
+        selection = select_tasks(w_test, eta, args.top_k)
+        routed = fp_test.residuals_at(key).argmin(-1)
+    else:
+        router = NearestNeighbourRouter().fit(fp_val.features, fp_val.task) if args.router == "nn" else \
+            MLPRouter(fp_val.features.shape[1], T, args.mlp_hidden, seed=args.seed).fit(
+                fp_val.features, fp_val.task, epochs=args.mlp_epochs, seed=args.seed)
+        routed = router.predict(fp_test.features)
+        selection = one_hot_selection(routed, T)
+        hparams.update(features="first-pass final embedding", trained_on="val")
+
+    test = load_benchmark_split(args.data_dirs, tasks, "test")
+    if not torch.equal(fp_test.task, test.task):
+        raise SystemExit(f"{args.test_first_pass} was made for other tasks; rerun the first pass")
+    pred = model.predict(test.images, selection, args.batch_size, desc="test second pass")
+    correct = model.is_correct(pred, test.task, test.labels)
+    one_hot = torch.nn.functional.one_hot(routed, T).float()
+    write_json(args.out, {
+        "method": f"mass_{args.router}", "test": per_task_accuracy(correct, test),
+        "routing_accuracy": top1_accuracy_per_task(-one_hot, test.task, tasks),
+        "mean_selected_tasks": float(selection.sum(-1).float().mean()),
+        "distinct_task_subsets": int(torch.unique(selection, dim=0).shape[0]),
+        "hyperparameters": hparams})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Pipeline step: the TSV-M baseline (oracle heads) read off the stored first-pass features."""
+
+from __future__ import annotations
+
+import argparse
+
+from mass.benchmark import FirstPassResult, SplitData, load_heads
+from mass.evaluation import accuracy_with_oracle_heads
+from mass.io import write_json
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tasks", nargs="+", required=True)
+    parser.add_argument("--heads", nargs="+", required=True)
+    parser.add_argument("--first-pass", required=True, help="test-split first pass of the unfiltered merge")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    fp = FirstPassResult.load(args.first_pass)
+    data = SplitData(None, fp.labels, fp.task, args.tasks)
+    heads, _ = load_heads(args.heads)
+    write_json(args.out, {"method": "tsvm", "test": accuracy_with_oracle_heads(fp.features, data, heads),
+                          "hyperparameters": {"alpha": 1.0, "epsilon": None}})
+
+
+if __name__ == "__main__":
+    main()

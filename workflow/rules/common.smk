@@ -1,0 +1,130 @@
+# Path helpers: which rule produces what, decided from the config. Scripts never read config.
+
+import shlex
+
+BACKBONES = [str(b) for b in config["run"]["backbones"]]
+BENCHMARKS = [str(b) for b in config["run"]["benchmarks"]]
+EPSILONS = [str(e) for e in config["merge"]["epsilon_grid"]]
+ROUTERS = list(config["routers"])
+BASELINES = list(config["baselines"]["methods"])
+
+
+wildcard_constraints:
+    backbone="|".join(BACKBONES),
+    bench="|".join(BENCHMARKS),
+    eps="|".join(EPSILONS + ["none"]),
+    fpmodel="eps(" + "|".join(EPSILONS + ["none"]) + ")|selected|pretrained",
+    split="val|test",
+    router="|".join(ROUTERS),
+    method="|".join(BASELINES),
+
+
+def arch(w):
+    return config["backbones"][w.backbone]["arch"]
+
+
+def tasks(w):
+    return list(config["benchmarks"][w.bench])
+
+
+def check_selection():
+    """Every selected backbone and benchmark must be defined: fail early, naming the key."""
+    for name, table in (("backbones", BACKBONES), ("benchmarks", BENCHMARKS)):
+        missing = [x for x in table if x not in config[name]]
+        if missing:
+            raise ValueError(f"config run.{name} lists {missing}, not defined under '{name}:' "
+                             f"(defined: {sorted(config[name])})")
+
+
+check_selection()
+
+
+def all_tasks():
+    return list(dict.fromkeys(t for b in BENCHMARKS for t in config["benchmarks"][b]))
+
+
+def data_root():
+    return f"resources/data/{config['data_source']}"
+
+
+def data_marker(task):
+    return ancient(f"{data_root()}/{task}/test_images.npy")
+
+
+def pretrained(backbone):
+    tag = config["backbones"][backbone]["pretrained"]
+    return ancient(f"resources/checkpoints/{backbone}/pretrained_{tag}.safetensors")
+
+
+def finetuned(backbone, task):
+    fetched = config["finetuned"]["source"] == "hub" and task not in config["finetuned"]["refinetune"]
+    kind = "hub" if fetched else "trained"
+    path = f"resources/checkpoints/{backbone}/{kind}/{task}.safetensors"
+    return ancient(path) if fetched else path
+
+
+def head(backbone, task):
+    return f"resources/checkpoints/{backbone}/heads/{task}.safetensors"
+
+
+def components(backbone, task):
+    return f"results/{backbone}/svd/{task}.safetensors"
+
+
+def bench_inputs(w):
+    """Files every benchmark-level step needs: data, heads, SVD components of its tasks."""
+    return {
+        "data": [data_marker(t) for t in tasks(w)],
+        "heads": [head(w.backbone, t) for t in tasks(w)],
+        "components": [components(w.backbone, t) for t in tasks(w)],
+        "pretrained": pretrained(w.backbone),
+    }
+
+
+def bench_args(w, input):
+    """Command-line options shared by the benchmark steps."""
+    return (
+        f"--model {arch(w)} --tasks {' '.join(tasks(w))} --data-dirs {data_root()} "
+        f"--heads {' '.join(input.heads)} --components {' '.join(input.components)} "
+        f"--pretrained {input.pretrained} --batch-size {config['first_pass']['batch_size']} --seed {config['seed']}"
+    )
+
+
+def blocks(w):
+    low, high = config["backbones"][w.backbone]["candidate_blocks"]
+    return f"{low} {high}"
+
+
+def quoted(values):
+    return " ".join(shlex.quote(str(v)) for v in values)
+
+
+def method_results(backbone, bench):
+    base = f"results/{backbone}/{bench}/methods"
+    return (
+        [f"{base}/tsvm.json", f"{base}/mass_batched.json"]
+        + [f"{base}/{m}.json" for m in BASELINES]
+        + [f"{base}/mass_{r}.json" for r in ROUTERS]
+    )
+
+
+def final_outputs():
+    return [
+        "results/tables/table2.tex",
+        "results/tables/table2_vs_paper.tex",
+        "results/tables/table3.tex",
+        *[f"figures/radar_{b}.pdf" for b in BENCHMARKS],
+        *[f"figures/per_layer_{bb}_{b}.pdf" for bb in BACKBONES for b in BENCHMARKS],
+        "figures/batched.pdf",
+    ]
+
+
+def check_rank_fraction():
+    """The SVD cache must hold k = floor(r / T) components for the smallest benchmark."""
+    smallest = min(len(config["benchmarks"][b]) for b in BENCHMARKS)
+    if config["svd"]["rank_fraction"] < 1 / smallest:
+        raise ValueError(f"svd.rank_fraction={config['svd']['rank_fraction']} is below 1/{smallest}, the share "
+                         f"of the smallest selected benchmark; set it to at least {1 / smallest:.4f}")
+
+
+check_rank_fraction()

@@ -1,0 +1,47 @@
+# Offline demo sources: generated tasks and a CLIP pretrained here (no download).
+
+
+rule generate_demo_task:
+    output:
+        images=multiext("resources/data/demo/{task}/", "train_images.npy", "val_images.npy", "test_images.npy"),
+        info="resources/data/demo/{task}/info.json",
+    params:
+        n_train=config["demo"]["n_train"],
+        n_test=config["demo"]["n_test"],
+        seed=config["seed"],
+    log:
+        "results/logs/generate_demo_task/{task}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.demo_data --task {wildcards.task} --out resources/data/demo --n-train {params.n_train} "
+        "--n-test {params.n_test} --seed {params.seed} > {log} 2>&1"
+
+
+rule pretrain_demo_clip:
+    output:
+        "resources/checkpoints/{backbone}/pretrained_demo.safetensors",
+    params:
+        arch=arch,
+        per_task=config["demo"]["pretrain"]["per_task"],
+        steps=config["demo"]["pretrain"]["steps"],
+        batch_size=config["demo"]["pretrain"]["batch_size"],
+        lr=config["demo"]["pretrain"]["lr"],
+        seed=config["seed"],
+    log:
+        "results/logs/pretrain_demo_clip/{backbone}.log",
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+        gpu=1,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.pretrain --model {params.arch} --out {output} --per-task {params.per_task} "
+        "--steps {params.steps} --batch-size {params.batch_size} --lr {params.lr} --seed {params.seed} "
+        "--threads {threads} > {log} 2>&1"

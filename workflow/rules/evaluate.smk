@@ -1,0 +1,129 @@
+# Table 2 / Table 3 / Fig. 6 evaluations on test splits, every selection made on validation.
+
+
+rule evaluate_tsvm:
+    input:
+        first_pass="results/{backbone}/{bench}/first_pass/epsnone_test.npz",
+        heads=lambda w: bench_inputs(w)["heads"],
+    output:
+        "results/{backbone}/{bench}/methods/tsvm.json",
+    params:
+        tasks=lambda w: " ".join(tasks(w)),
+    log:
+        "results/logs/evaluate_tsvm/{backbone}/{bench}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.evaluate_tsvm --tasks {params.tasks} --heads {input.heads} --first-pass {input.first_pass} "
+        "--out {output} > {log} 2>&1"
+
+
+def baseline_grid(w):
+    b = config["baselines"]
+    grids = {
+        "weight_averaging": "",
+        "task_arithmetic": f"--alphas {quoted(b['task_arithmetic_alphas'])}",
+        "consensus": f"--alphas {quoted(b['consensus_alphas'])} --lambdas {quoted(b['consensus_lambdas'])} "
+        f"--min-agreement {b['consensus_min_agreement']}",
+        "iso_c": f"--alphas {quoted(b['iso_alphas'])}",
+        "iso_cts": f"--alphas {quoted(b['iso_alphas'])} --common-fraction {b['iso_cts_common_fraction']}",
+    }
+    return grids[w.method]
+
+
+rule evaluate_baseline:
+    input:
+        unpack(bench_inputs),
+        finetuned=lambda w: [finetuned(w.backbone, t) for t in tasks(w)],
+    output:
+        "results/{backbone}/{bench}/methods/{method}.json",
+    params:
+        common=bench_args,
+        grid=baseline_grid,
+    log:
+        "results/logs/evaluate_baseline/{backbone}/{bench}/{method}.log",
+    threads: 2
+    resources:
+        mem_mb=32000,
+        runtime=240,
+        gpu=1,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.evaluate_baseline {params.common} --method {wildcards.method} {params.grid} "
+        "--finetuned {input.finetuned} --threads {threads} --out {output} > {log} 2>&1"
+
+
+def mass_first_passes(w):
+    model = "pretrained" if w.router == "proj_pre" else "selected"
+    base = f"results/{w.backbone}/{w.bench}/first_pass/{model}"
+    return {**bench_inputs(w), "val_first_pass": f"{base}_val.npz", "test_first_pass": f"{base}_test.npz"}
+
+
+rule evaluate_mass:
+    input:
+        unpack(mass_first_passes),
+    output:
+        "results/{backbone}/{bench}/methods/mass_{router}.json",
+    params:
+        common=bench_args,
+        blocks=blocks,
+        layer=config["routing"]["layer"],
+        modules=" ".join(config["routing"]["modules"]),
+        io=config["routing"]["io"],
+        token=config["routing"]["token"],
+        temperature=config["routing"]["temperature"],
+        standardize="" if config["routing"]["standardize"] else "--no-standardize",
+        top_k=config["routing"]["top_k"],
+        eta=config["routing"]["eta"],
+        eta_range=quoted(config["routing"]["eta_range"]),
+        eta_trials=config["routing"]["eta_trials"],
+        mlp_hidden=config["mlp_router"]["hidden"],
+        mlp_epochs=config["mlp_router"]["epochs"],
+        alpha=config["merge"]["alpha"],
+    log:
+        "results/logs/evaluate_mass/{backbone}/{bench}/{router}.log",
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=240,
+        gpu=1,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.evaluate_mass {params.common} --router {wildcards.router} "
+        "--val-first-pass {input.val_first_pass} --test-first-pass {input.test_first_pass} "
+        "--layer {params.layer} --blocks {params.blocks} --modules {params.modules} --io {params.io} "
+        "--token {params.token} --temperature {params.temperature} {params.standardize} --top-k {params.top_k} "
+        "--eta {params.eta} --eta-range {params.eta_range} --eta-trials {params.eta_trials} "
+        "--mlp-hidden {params.mlp_hidden} --mlp-epochs {params.mlp_epochs} --alpha {params.alpha} "
+        "--threads {threads} --out {output} > {log} 2>&1"
+
+
+rule evaluate_batched:
+    input:
+        unpack(bench_inputs),
+        test_first_pass="results/{backbone}/{bench}/first_pass/selected_test.npz",
+        mass_result="results/{backbone}/{bench}/methods/mass_proj.json",
+    output:
+        "results/{backbone}/{bench}/methods/mass_batched.json",
+    params:
+        common=bench_args,
+        route_batch_size=config["routing"]["batched_size"],
+    log:
+        "results/logs/evaluate_batched/{backbone}/{bench}.log",
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.evaluate_batched {params.common} --test-first-pass {input.test_first_pass} "
+        "--mass-result {input.mass_result} --route-batch-size {params.route_batch_size} "
+        "--threads {threads} --out {output} > {log} 2>&1"

@@ -1,0 +1,108 @@
+# Fixed merge (Algorithm 1), first pass, per-layer routing sweeps and the choice of epsilon.
+
+
+rule merge:
+    input:
+        components=lambda w: bench_inputs(w)["components"],
+    output:
+        merged="results/{backbone}/{bench}/merge/eps{eps}.safetensors",
+        accepted="results/{backbone}/{bench}/merge/eps{eps}.json",
+    params:
+        tasks=lambda w: " ".join(tasks(w)),
+    log:
+        "results/logs/merge/{backbone}/{bench}/eps{eps}.log",
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.build_merge --tasks {params.tasks} --components {input.components} --epsilon {wildcards.eps} "
+        "--out {output.merged} --accepted {output.accepted} --threads {threads} > {log} 2>&1"
+
+
+def first_pass_inputs(w):
+    files = bench_inputs(w)
+    if w.fpmodel == "selected":
+        files["merged"] = [f"results/{w.backbone}/{w.bench}/merge/eps{e}.safetensors" for e in EPSILONS]
+        files["selection"] = f"results/{w.backbone}/{w.bench}/selected_epsilon.json"
+    elif w.fpmodel != "pretrained":
+        files["merged"] = [f"results/{w.backbone}/{w.bench}/merge/{w.fpmodel}.safetensors"]
+    return files
+
+
+def first_pass_model_args(w, input):
+    merged = f"--merged {' '.join(input.merged)}" if "merged" in input.keys() else ""
+    return merged + (f" --selection {input.selection}" if "selection" in input.keys() else "")
+
+
+rule first_pass:
+    input:
+        unpack(first_pass_inputs),
+    output:
+        "results/{backbone}/{bench}/first_pass/{fpmodel}_{split}.npz",
+    params:
+        common=bench_args,
+        model=first_pass_model_args,
+        ios=" ".join(config["first_pass"]["ios"]),
+        tokens=" ".join(config["first_pass"]["tokens"]),
+        alpha=config["merge"]["alpha"],
+    log:
+        "results/logs/first_pass/{backbone}/{bench}/{fpmodel}_{split}.log",
+    threads: 2
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.run_first_pass {params.common} {params.model} --split {wildcards.split} "
+        "--ios {params.ios} --tokens {params.tokens} --alpha {params.alpha} --threads {threads} "
+        "--out {output} > {log} 2>&1"
+
+
+rule routing_sweep:
+    input:
+        "results/{backbone}/{bench}/first_pass/{fpmodel}_{split}.npz",
+    output:
+        "results/{backbone}/{bench}/sweep/{fpmodel}_{split}.csv",
+    params:
+        tasks=lambda w: " ".join(tasks(w)),
+    log:
+        "results/logs/routing_sweep/{backbone}/{bench}/{fpmodel}_{split}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=10,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.routing_sweep --first-pass {input} --tasks {params.tasks} --out {output} > {log} 2>&1"
+
+
+rule select_epsilon:
+    input:
+        sweeps=expand("results/{{backbone}}/{{bench}}/sweep/eps{eps}_val.csv", eps=EPSILONS),
+        merges=expand("results/{{backbone}}/{{bench}}/merge/eps{eps}.safetensors", eps=EPSILONS),
+    output:
+        "results/{backbone}/{bench}/selected_epsilon.json",
+    params:
+        epsilons=" ".join(EPSILONS),
+        blocks=blocks,
+        modules=" ".join(config["routing"]["modules"]),
+        io=config["routing"]["io"],
+        token=config["routing"]["token"],
+    log:
+        "results/logs/select_epsilon/{backbone}/{bench}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.select_epsilon --epsilons {params.epsilons} --sweeps {input.sweeps} --merges {input.merges} "
+        "--blocks {params.blocks} --modules {params.modules} --io {params.io} --token {params.token} "
+        "--out {output} > {log} 2>&1"
