@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
+SHELL := /bin/bash
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: demo test lint paper-dry-run clean-demo
@@ -13,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	/usr/bin/time -f "demo wall time: %e s" snakemake --cores $(CORES) --configfile workflow/presets/demo.yaml
+	time snakemake --cores $(CORES) --configfile workflow/presets/demo.yaml
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests

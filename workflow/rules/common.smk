@@ -1,5 +1,6 @@
 # Path helpers: which rule produces what, decided from the config. Scripts never read config.
 
+import os
 import shlex
 
 BACKBONES = [str(b) for b in config["run"]["backbones"]]
@@ -128,3 +129,56 @@ def check_rank_fraction():
 
 
 check_rank_fraction()
+
+
+def _opt(flag, value):
+    """A command-line option, or nothing when the config leaves it unset."""
+    return f"{flag} {shlex.quote(str(value))}" if value else ""
+
+
+def _dataset_cfg(task):
+    return (config.get("datasets") or {}).get(task) or {}
+
+
+_SOURCES = config["sources"]
+_LOCK = _SOURCES["lock_file"]
+_ENDPOINT = _opt("--endpoint", _SOURCES["hf_endpoint"])
+
+
+# Task names are checked by the scripts (mass.data.catalog.TASKS); importing mass here would make
+# every Snakemake start-up pay for importing torch.
+_HUB_TASK = "[A-Za-z0-9]+"
+
+
+def first_pass_inputs(w):
+    files = bench_inputs(w)
+    if w.fpmodel == "selected":
+        files["merged"] = [f"results/{w.backbone}/{w.bench}/merge/eps{e}.safetensors" for e in EPSILONS]
+        files["selection"] = f"results/{w.backbone}/{w.bench}/selected_epsilon.json"
+    elif w.fpmodel != "pretrained":
+        files["merged"] = [f"results/{w.backbone}/{w.bench}/merge/{w.fpmodel}.safetensors"]
+    return files
+
+
+def first_pass_model_args(w, input):
+    merged = f"--merged {' '.join(input.merged)}" if "merged" in input.keys() else ""
+    return merged + (f" --selection {input.selection}" if "selection" in input.keys() else "")
+
+
+def baseline_grid(w):
+    b = config["baselines"]
+    grids = {
+        "weight_averaging": "",
+        "task_arithmetic": f"--alphas {quoted(b['task_arithmetic_alphas'])}",
+        "consensus": f"--alphas {quoted(b['consensus_alphas'])} --lambdas {quoted(b['consensus_lambdas'])} "
+        f"--min-agreement {b['consensus_min_agreement']}",
+        "iso_c": f"--alphas {quoted(b['iso_alphas'])}",
+        "iso_cts": f"--alphas {quoted(b['iso_alphas'])} --common-fraction {b['iso_cts_common_fraction']}",
+    }
+    return grids[w.method]
+
+
+def mass_first_passes(w):
+    model = "pretrained" if w.router == "proj_pre" else "selected"
+    base = f"results/{w.backbone}/{w.bench}/first_pass/{model}"
+    return {**bench_inputs(w), "val_first_pass": f"{base}_val.npz", "test_first_pass": f"{base}_test.npz"}

@@ -22,19 +22,6 @@ rule evaluate_tsvm:
         "--out {output} > {log} 2>&1"
 
 
-def baseline_grid(w):
-    b = config["baselines"]
-    grids = {
-        "weight_averaging": "",
-        "task_arithmetic": f"--alphas {quoted(b['task_arithmetic_alphas'])}",
-        "consensus": f"--alphas {quoted(b['consensus_alphas'])} --lambdas {quoted(b['consensus_lambdas'])} "
-        f"--min-agreement {b['consensus_min_agreement']}",
-        "iso_c": f"--alphas {quoted(b['iso_alphas'])}",
-        "iso_cts": f"--alphas {quoted(b['iso_alphas'])} --common-fraction {b['iso_cts_common_fraction']}",
-    }
-    return grids[w.method]
-
-
 rule evaluate_baseline:
     input:
         unpack(bench_inputs),
@@ -56,12 +43,6 @@ rule evaluate_baseline:
     shell:
         "python -m mass.evaluate_baseline {params.common} --method {wildcards.method} {params.grid} "
         "--finetuned {input.finetuned} --threads {threads} --out {output} > {log} 2>&1"
-
-
-def mass_first_passes(w):
-    model = "pretrained" if w.router == "proj_pre" else "selected"
-    base = f"results/{w.backbone}/{w.bench}/first_pass/{model}"
-    return {**bench_inputs(w), "val_first_pass": f"{base}_val.npz", "test_first_pass": f"{base}_test.npz"}
 
 
 rule evaluate_mass:

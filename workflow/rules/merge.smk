@@ -22,21 +22,6 @@ rule merge:
         "--out {output.merged} --accepted {output.accepted} --threads {threads} > {log} 2>&1"
 
 
-def first_pass_inputs(w):
-    files = bench_inputs(w)
-    if w.fpmodel == "selected":
-        files["merged"] = [f"results/{w.backbone}/{w.bench}/merge/eps{e}.safetensors" for e in EPSILONS]
-        files["selection"] = f"results/{w.backbone}/{w.bench}/selected_epsilon.json"
-    elif w.fpmodel != "pretrained":
-        files["merged"] = [f"results/{w.backbone}/{w.bench}/merge/{w.fpmodel}.safetensors"]
-    return files
-
-
-def first_pass_model_args(w, input):
-    merged = f"--merged {' '.join(input.merged)}" if "merged" in input.keys() else ""
-    return merged + (f" --selection {input.selection}" if "selection" in input.keys() else "")
-
-
 rule first_pass:
     input:
         unpack(first_pass_inputs),

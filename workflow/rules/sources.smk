@@ -14,27 +14,6 @@
 #   datasets:                                  # optional per task; dataset facts stay in src/mass/data/catalog.py
 #     MNIST: {repo: null, revision: null}      # repo null: the catalog's; revision null: resolved once, pinned
 
-import os
-import shlex
-
-# Task names are checked by the scripts (mass.data.catalog.TASKS); importing mass here would make
-# every Snakemake start-up pay for importing torch.
-_HUB_TASK = "[A-Za-z0-9]+"
-
-
-def _opt(flag, value):
-    """A command-line option, or nothing when the config leaves it unset."""
-    return f"{flag} {shlex.quote(str(value))}" if value else ""
-
-
-def _dataset_cfg(task):
-    return (config.get("datasets") or {}).get(task) or {}
-
-
-_SOURCES = config["sources"]
-_LOCK = _SOURCES["lock_file"]
-_ENDPOINT = _opt("--endpoint", _SOURCES["hf_endpoint"])
-
 
 rule download_dataset:
     output:
@@ -54,6 +33,8 @@ rule download_dataset:
         mem_mb=2000,
         runtime=360,
     localrule: True
+    conda:
+        "../../envs/mass.yaml"
     shell:
         "python -m mass.fetch dataset --task {wildcards.task} --out {params.out} --lock {params.lock} "
         "{params.endpoint} {params.repo} {params.revision} > {log} 2>&1"
@@ -78,6 +59,8 @@ rule prepare_dataset:
         mem_mb=8000,
         runtime=240,
     localrule: True
+    conda:
+        "../../envs/mass.yaml"
     shell:
         "python -m mass.data.prepare --task {wildcards.task} --raw {params.raw} --out resources/data/hub "
         "--image-size {params.image_size} --emnist-orientation {params.orientation} --threads {threads} "
@@ -100,6 +83,8 @@ rule fetch_pretrained:
         mem_mb=6000,
         runtime=120,
     localrule: True
+    conda:
+        "../../envs/mass.yaml"
     shell:
         "python -m mass.fetch pretrained --model {wildcards.backbone} --out {output} --lock {params.lock} "
         "{params.endpoint} {params.from_file} > {log} 2>&1"
@@ -124,7 +109,8 @@ rule fetch_finetuned:
         mem_mb=8000,
         runtime=120,
     localrule: True
+    conda:
+        "../../envs/mass.yaml"
     shell:
         "python -m mass.fetch finetuned --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
         "--out {output} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} > {log} 2>&1"
-
