@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 import types
 from collections import OrderedDict
@@ -336,21 +335,3 @@ def test_fetch_pretrained_from_file_and_from_hub(hub, tmp_path):  # noqa: F811
                      endpoint=hub.url, cache_dir=str(tmp_path / "hf-cache"), retries=0)
     assert all(torch.equal(load_tensors(out2)[k], state[k]) for k in state)
     assert sorted(p.name for p in out2.parent.iterdir()) == ["pretrained_openai.safetensors"]
-
-
-def test_sources_rules_dry_run(tmp_path):
-    config = {"sources": {"lock_file": "workflow/sources.lock.json", "hf_endpoint": None,
-                          "finetuned_repo": "nik-dim/tall_masks", "finetuned_revision": None,
-                          "emnist_orientation": "torchvision"},
-              "datasets": {"MNIST": {"repo": None, "revision": None}}}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    targets = ["resources/data/hub/MNIST/val_images.npy", "resources/checkpoints/ViT-B-32/hub/MNIST.safetensors",
-               "resources/checkpoints/ViT-B-32/hub/heads/EMNIST.safetensors",
-               "resources/checkpoints/ViT-B-32/pretrained_openai.safetensors"]
-    (tmp_path / "Snakefile").write_text(f'include: "{REPO / "workflow/rules/sources.smk"}"\n'
-                                        f'rule all:\n    input: {targets!r}\n')
-    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1", "--configfile", "config.json"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
-    for rule in ("download_dataset", "prepare_dataset", "fetch_finetuned", "fetch_head", "fetch_pretrained"):
-        assert rule in result.stdout
