@@ -35,6 +35,7 @@ def job_counts(output: str) -> dict[str, int]:
 
 def workdir(tmp_path: Path) -> Path:
     """A copy of the workflow (not the results) to run in isolation."""
+    shutil.copytree(ROOT / "envs", tmp_path / "envs")
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "workflow", tmp_path / "workflow")

@@ -115,7 +115,7 @@ def common_parser(description: str) -> argparse.ArgumentParser:
 def setup(args: argparse.Namespace) -> None:
     set_threads(args.threads)
     torch.manual_seed(args.seed)
-    if len(args.tasks) not in (len(args.data_dirs), 1) or len(args.heads) != len(args.tasks):
+    if len(args.data_dirs) not in (len(args.tasks), 1) or len(args.heads) != len(args.tasks):
         raise SystemExit("--tasks, --data-dirs and --heads must list one entry per task")
     if len(args.data_dirs) == 1:
         args.data_dirs = args.data_dirs * len(args.tasks)

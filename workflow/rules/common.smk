@@ -86,7 +86,7 @@ def bench_args(w, input):
     """Command-line options shared by the benchmark steps."""
     return (
         f"--model {arch(w)} --tasks {' '.join(tasks(w))} --data-dirs {data_root()} "
-        f"--heads {' '.join(input.heads)} --components {' '.join(input.components)} "
+        f"--heads {' '.join(input.heads)} "
         f"--pretrained {input.pretrained} --batch-size {config['first_pass']['batch_size']} --seed {config['seed']}"
     )
 

@@ -76,7 +76,7 @@ rule evaluate_mass:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.evaluate_mass {params.common} --router {wildcards.router} "
+        "python -m mass.evaluate_mass {params.common} --components {input.components} --router {wildcards.router} "
         "--val-first-pass {input.val_first_pass} --test-first-pass {input.test_first_pass} "
         "--layer {params.layer} --blocks {params.blocks} --modules {params.modules} --io {params.io} "
         "--token {params.token} --temperature {params.temperature} {params.standardize} --top-k {params.top_k} "
@@ -105,6 +105,6 @@ rule evaluate_batched:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.evaluate_batched {params.common} --test-first-pass {input.test_first_pass} "
+        "python -m mass.evaluate_batched {params.common} --components {input.components} --test-first-pass {input.test_first_pass} "
         "--mass-result {input.mass_result} --route-batch-size {params.route_batch_size} "
         "--threads {threads} --out {output} > {log} 2>&1"

@@ -43,7 +43,7 @@ rule first_pass:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.run_first_pass {params.common} {params.model} --split {wildcards.split} "
+        "python -m mass.run_first_pass {params.common} --components {input.components} {params.model} --split {wildcards.split} "
         "--ios {params.ios} --tokens {params.tokens} --alpha {params.alpha} --threads {threads} "
         "--out {output} > {log} 2>&1"
 
