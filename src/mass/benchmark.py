@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mass.data.store import load_info, load_split
+from mass.data.store import load_split
 from mass.io import ArtifactError, load_arrays, load_tensors
 from mass.svd import TaskComponents
 from mass.training import set_threads
@@ -59,10 +59,6 @@ def _head_name(path: str) -> str:
     with safe_open(path, "pt") as fh:
         meta = fh.metadata() or {}
     return meta.get("head") or meta.get("task") or Path(path).stem
-
-
-def head_names_from_info(data_dirs: Sequence[str], tasks: Sequence[str]) -> list[str]:
-    return [load_info(root, name).head for root, name in zip(data_dirs, tasks, strict=True)]
 
 
 def load_components(paths: Sequence[str]) -> list[TaskComponents]:

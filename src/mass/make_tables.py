@@ -37,17 +37,24 @@ def _columns(per_task: pd.DataFrame) -> list[tuple[str, str]]:
     return list(dict.fromkeys(zip(per_task.backbone, per_task.benchmark.astype(str), strict=True)))
 
 
-def table2(avg: pd.DataFrame, cols: list[tuple[str, str]]) -> pd.DataFrame:
+def _cell(avg: pd.DataFrame, method: str, backbone: str, bench: str) -> pd.Series | None:
+    """The averaged row of one method on one (backbone, benchmark), or None if it was not run."""
+    hit = avg[(avg.method == method) & (avg.backbone == backbone) & (avg.benchmark.astype(str) == bench)]
+    return None if hit.empty else hit.iloc[0]
+
+
+def _grid(avg: pd.DataFrame, cols: list[tuple[str, str]], names: dict[str, str], fmt) -> pd.DataFrame:
+    """Methods as rows, (backbone, benchmark) as columns, ``fmt(row)`` in each cell; empty rows dropped."""
     out = {}
-    for method, name in METHOD_NAMES.items():
-        row = {}
-        for bb, bench in cols:
-            hit = avg[(avg.method == method) & (avg.backbone == bb) & (avg.benchmark.astype(str) == bench)]
-            row[(bb, f"{bench} tasks")] = "" if hit.empty else \
-                f"{hit.accuracy.iloc[0]:.1f} ({hit.normalized.iloc[0]:.1f})"
-        if any(row.values()):
-            out[name] = row
+    for method, name in names.items():
+        cells = {(bb, f"{bench} tasks"): _cell(avg, method, bb, bench) for bb, bench in cols}
+        if any(c is not None for c in cells.values()):
+            out[name] = {k: "" if c is None else fmt(c) for k, c in cells.items()}
     return pd.DataFrame.from_dict(out, orient="index")
+
+
+def table2(avg: pd.DataFrame, cols: list[tuple[str, str]]) -> pd.DataFrame:
+    return _grid(avg, cols, METHOD_NAMES, lambda c: f"{c.accuracy:.1f} ({c.normalized:.1f})")
 
 
 def table2_vs_paper(avg: pd.DataFrame, cols: list[tuple[str, str]]) -> pd.DataFrame:
@@ -55,28 +62,20 @@ def table2_vs_paper(avg: pd.DataFrame, cols: list[tuple[str, str]]) -> pd.DataFr
     rows = []
     for method, name in METHOD_NAMES.items():
         for bb, bench in cols:
-            hit = avg[(avg.method == method) & (avg.backbone == bb) & (avg.benchmark.astype(str) == bench)]
-            if hit.empty:
+            cell = _cell(avg, method, bb, bench)
+            if cell is None:
                 continue
             idx = pub["benchmarks"].index(bench) if bench in pub["benchmarks"] else None
             paper = pub["table2_absolute"].get(method, {}).get(bb)
             paper_abs = paper[idx] if paper and idx is not None else None
-            ours = float(hit.accuracy.iloc[0])
+            ours = float(cell.accuracy)
             rows.append({"method": name, "backbone": bb, "benchmark": bench, "reproduced": round(ours, 1),
                          "paper": paper_abs, "difference": None if paper_abs is None else round(ours - paper_abs, 1)})
     return pd.DataFrame(rows)
 
 
 def table3(avg: pd.DataFrame, cols: list[tuple[str, str]]) -> pd.DataFrame:
-    out = {}
-    for method, name in ROUTER_NAMES.items():
-        row = {}
-        for bb, bench in cols:
-            hit = avg[(avg.method == method) & (avg.backbone == bb) & (avg.benchmark.astype(str) == bench)]
-            row[(bb, f"{bench} tasks")] = "" if hit.empty else f"{hit.normalized.iloc[0]:.1f}"
-        if any(row.values()):
-            out[name] = row
-    return pd.DataFrame.from_dict(out, orient="index")
+    return _grid(avg, cols, ROUTER_NAMES, lambda c: f"{c.normalized:.1f}")
 
 
 def write_latex(frame: pd.DataFrame, path: Path, caption: str, label: str) -> None:

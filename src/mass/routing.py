@@ -133,8 +133,3 @@ def top1_accuracy_per_task(residuals: torch.Tensor, true_task: torch.Tensor,
     pred = residuals.argmin(-1)
     return {name: float((pred[true_task == t] == t).float().mean())
             for t, name in enumerate(task_names) if bool((true_task == t).any())}
-
-
-def stack_bases(bases: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Stack per-task (D, k) bases into (T, D, k)."""
-    return torch.stack([b.float() for b in bases])

@@ -8,7 +8,7 @@ embedding, the 4-D patch-embedding conv) is merged by the mean over tasks.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -123,8 +123,3 @@ class TaskVector:
         pre = visual_state_dict(pretrained)
         return {k: (v + alpha * self.vector[k].to(v.dtype)) if k in self.vector else v.clone()
                 for k, v in pre.items()}
-
-
-def mean_of(vectors: Iterable[torch.Tensor]) -> torch.Tensor:
-    stacked = torch.stack([v.float() for v in vectors])
-    return stacked.mean(dim=0)

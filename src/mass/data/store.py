@@ -19,7 +19,6 @@ from mass.io import ArtifactError, atomic_path, read_json, write_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
