@@ -301,6 +301,18 @@ def test_new_branch_commit_does_not_move_a_pin(hub, tmp_path):
     assert resolve_revision(HubRepo("org/model"), None, lock, endpoint=hub.url).commit == COMMIT
 
 
+def test_config_revision_is_pinned_on_first_resolution_and_reused(hub, tmp_path):
+    hub.add("org/model", "weights.bin", payload(), branch="v1")
+    lock = LockFile(tmp_path / "lock.json")
+    assert resolve_revision(HubRepo("org/model"), "v1", lock, endpoint=hub.url).commit == COMMIT
+    assert lock.revision("org/model@v1") == {"commit": COMMIT}
+    hub.add("org/model", "weights.bin", payload(seed=5), commit="f" * 40, branch="v1")  # the tag is moved
+    assert resolve_revision(HubRepo("org/model"), "v1", lock, endpoint=hub.url).commit == COMMIT
+    assert hub.api_calls() == 1
+    pinned = resolve_revision(HubRepo("org/model"), "f" * 40, lock, endpoint="http://127.0.0.1:9")
+    assert pinned.commit == "f" * 40  # a commit sha needs no resolution, hence no network
+
+
 def test_snapshot_matches_folder_case(hub, tmp_path):
     hub.add("org/model", "single_task/VIT-B-16/head_MNISTVal.pt", payload(1000))
     snapshot = resolve_revision(HubRepo("org/model"), None, LockFile(tmp_path / "lock.json"), endpoint=hub.url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
+from test_tables import assert_tables_summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_RULES = {
@@ -18,6 +21,7 @@ ALL_RULES = {
     "evaluate_endpoints", "svd_cache", "merge", "first_pass", "routing_sweep", "select_epsilon", "evaluate_tsvm",
     "evaluate_baseline", "evaluate_mass", "evaluate_batched", "collect_results", "make_tables", "make_plots",
 }
+CI_BENCHMARKS = yaml.safe_load((ROOT / "tests" / "ci_demo.yaml").read_text())["benchmarks"]
 DEMO_RULES = ALL_RULES - {"download_dataset", "prepare_dataset", "fetch_pretrained", "fetch_finetuned"} | {
     "generate_demo_task", "pretrain_demo_clip"}
 
@@ -94,3 +98,23 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     again = snakemake("-n", "--cores", "2", "--configfile", "workflow/presets/demo.yaml", "ci_demo.yaml", cwd=cwd)
     assert "Nothing to be done" in again.stdout + again.stderr
     assert not list(cwd.rglob("*.part"))
+    # the tables summarise the per-task results; every choice made on validation is recorded
+    assert_tables_summarise(cwd / "results/tables/per_task.csv", cwd / "results/tables")
+    chosen = json.loads((cwd / "results/tables/selected_hyperparameters.json").read_text())["tiny"]
+    for bench in ("3", "4"):
+        assert chosen[bench]["epsilon"]["selected_on"] == "val"
+        assert {"layer", "eta"} <= set(chosen[bench]["mass_proj"]) and "alpha" in chosen[bench]["task_arithmetic"]
+        assert set(chosen[bench]["consensus"]["lambdas"]) == set(CI_BENCHMARKS[bench])
+    # the report holds every table, figure and data file, each with its caption
+    report = snakemake("--report", "report.html", "--configfile", "workflow/presets/demo.yaml", "ci_demo.yaml",
+                       cwd=cwd)
+    assert report.returncode == 0, report.stderr[-4000:]
+    html = (cwd / "report.html").read_text()
+    items = [f"{t}.{ext}" for t in ("table2", "table2_vs_paper", "table3") for ext in ("tex", "csv")]
+    items += [f"{f}.{ext}" for f in ("radar_3", "radar_4", "per_layer_tiny_3", "per_layer_tiny_4", "batched")
+              for ext in ("pdf", "png")]
+    for item in [*items, "per_task.csv", "selected_hyperparameters.json", "backbones tiny"]:
+        assert item in html, item
+    for caption in (ROOT / "workflow/report").glob("*.rst"):
+        if caption.name != "workflow.rst":
+            assert caption.read_text().splitlines()[0][:60] in html, caption.name

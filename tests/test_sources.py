@@ -10,6 +10,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
+import shutil
+import subprocess
 import sys
 import types
 from collections import OrderedDict
@@ -21,16 +24,19 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from test_download import HubServer, hub  # noqa: F401  (fixture)
+from test_download import COMMIT, HubServer, hub  # noqa: F401  (fixture)
 
+from mass.benchmark import load_benchmark_split
+from mass.build_heads import head_prompts
 from mass.data import catalog
-from mass.data.prepare import carve, orient, prepare
+from mass.data.prepare import carve, check_orientation, orient, prepare
 from mass.data.prepare import main as prepare_main
-from mass.data.store import carve_validation, load_info, load_split
+from mass.data.store import carve_validation, load_info, load_split, make_loader, save_split
 from mass.download import LockFile
 from mass.encoder import create_clip
 from mass.fetch import fetch_dataset, fetch_finetuned, fetch_head, fetch_pretrained, safe_torch_load, state_dict_of
-from mass.io import ArtifactError, load_tensors
+from mass.io import ArtifactError, load_tensors, save_tensors
+from mass.training import set_threads
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = [str(i) for i in range(10)]
@@ -167,6 +173,35 @@ def test_mnist_download_and_prepare_end_to_end(hub, tmp_path):  # noqa: F811
     assert not list((tmp_path / "data" / "MNIST").glob(".*"))  # scratch files are gone
 
 
+def mnist_on_hub(hub: HubServer, seed: int, commit: str = COMMIT) -> tuple[bytes, bytes]:  # noqa: F811
+    """Tiny MNIST train/test parquet files on the test hub at ``commit`` (which main then points to)."""
+    files = (parquet_bytes(gray(20, seed), np.arange(20) % 10, DIGITS),
+             parquet_bytes(gray(10, seed + 1), np.arange(10)))
+    for split, data in zip(("train", "test"), files, strict=True):
+        hub.add("datasets/ylecun/mnist", f"mnist/{split}-00000-of-00001.parquet", data, commit=commit)
+    return files
+
+
+def test_second_dataset_fetch_uses_the_locked_commit(hub, tmp_path):  # noqa: F811
+    first = mnist_on_hub(hub, 1)
+    lock = LockFile(tmp_path / "sources.lock.json")
+    fetch_dataset("MNIST", tmp_path / "raw1", lock, endpoint=hub.url, retries=0)
+    mnist_on_hub(hub, 7, commit="e" * 40)  # the dataset's main branch moves on
+    manifest = fetch_dataset("MNIST", tmp_path / "raw2", lock, endpoint=hub.url, retries=0)
+    assert manifest["commit"] == COMMIT and hub.api_calls() == 1
+    assert (tmp_path / "raw2" / "mnist" / "train-00000-of-00001.parquet").read_bytes() == first[0]
+
+
+def test_dataset_revision_from_config_is_fetched_and_pinned(hub, tmp_path):  # noqa: F811
+    old = mnist_on_hub(hub, 1)
+    mnist_on_hub(hub, 7, commit="e" * 40)  # main is now the newer commit
+    lock = LockFile(tmp_path / "sources.lock.json")
+    manifest = fetch_dataset("MNIST", tmp_path / "raw", lock, revision=COMMIT, endpoint=hub.url, retries=0)
+    assert manifest["commit"] == COMMIT and manifest["revision"] == COMMIT
+    assert lock.revision(f"datasets/ylecun/mnist@{COMMIT}")["commit"] == COMMIT
+    assert (tmp_path / "raw" / "mnist" / "test-00000-of-00001.parquet").read_bytes() == old[1]
+
+
 def test_prepare_resizes_shortest_side_and_centre_crops(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (12, 30, 40, 3), dtype=np.uint8)
     write_raw(tmp_path / "raw", "STL10", parquet_bytes(rgb[:10], np.arange(10)), parquet_bytes(rgb[10:], np.arange(2)))
@@ -178,27 +213,73 @@ def test_prepare_resizes_shortest_side_and_centre_crops(tmp_path):
     assert np.abs(images[0].astype(int) - expected.astype(int)).max() <= 1
 
 
-def test_stl10_labels_are_mapped_onto_the_shared_head(tmp_path):
-    imgs = gray(20, 3, size=8)
+def test_stl10_and_cifar10_share_a_head_only_when_both_are_in_the_benchmark(tmp_path):
     labels = np.arange(20) % 10
-    write_raw(tmp_path / "raw", "STL10", parquet_bytes(imgs[:10], labels[:10]), parquet_bytes(imgs[10:], labels[10:]))
-    info = prepare("STL10", tmp_path / "raw", tmp_path / "data", image_size=8)
+    for task, seed in (("STL10", 3), ("CIFAR10", 4)):
+        imgs = gray(20, seed, size=8)
+        write_raw(tmp_path / "raw" / task, task, parquet_bytes(imgs[:10], labels[:10]),
+                  parquet_bytes(imgs[10:], labels[10:]))
+        info = prepare(task, tmp_path / "raw" / task, tmp_path / "data", image_size=8)
+        assert info.head == task and info.classnames == catalog.task_prompts(task)[0]  # own head for fine-tuning
+        np.testing.assert_array_equal(load_split(tmp_path / "data", task, "test")[1], labels[10:])
     head = catalog.shared_head("STL10")
-    _, stored = load_split(tmp_path / "data", "STL10", "test")
-    np.testing.assert_array_equal(stored, np.asarray(head.label_maps["STL10"])[labels[10:]])
-    assert info.head == "CIFAR10_STL10" and info.classnames == list(head.classnames)
-    assert info.templates == list(head.templates)
+    root = str(tmp_path / "data")
+    alone = load_benchmark_split([root], ["STL10"], "test")  # 14 tasks: STL10 keeps its own head
+    np.testing.assert_array_equal(alone.labels.numpy(), labels[10:])
+    both = load_benchmark_split([root, root], ["STL10", "CIFAR10"], "test")
+    stl10 = both.labels[both.indices_of(0)].numpy()
+    np.testing.assert_array_equal(stl10, np.asarray(head.label_maps["STL10"])[labels[10:]])
+    np.testing.assert_array_equal(both.labels[both.indices_of(1)].numpy(), labels[10:])
+    assert catalog.benchmark_head("STL10", catalog.BENCHMARKS[14]) is None
+    assert catalog.benchmark_head("CIFAR10", catalog.BENCHMARKS[20]) == head
+    classnames, templates, name = head_prompts(root, "CIFAR10_STL10")
+    assert name == "CIFAR10_STL10" and classnames == list(head.classnames) and len(classnames) == 11
+    assert head_prompts(root, "STL10")[:2] == catalog.task_prompts("STL10")
+
+
+def emnist_like(labels: np.ndarray, seed: int) -> np.ndarray:
+    """Faint noise, plus a stroke for every digit 1: horizontal, as in the raw (torchvision) EMNIST layout."""
+    images = np.random.default_rng(seed).integers(0, 40, (len(labels), 28, 28), dtype=np.uint8)
+    images[labels == 1, 12:16, 5:23] = 255
+    return images
 
 
 @pytest.mark.parametrize("orientation", catalog.EMNIST_ORIENTATIONS)
 def test_emnist_is_stored_in_the_checkpoints_orientation(tmp_path, orientation):
-    train, test = gray(30, 4), gray(5, 5)
-    write_raw(tmp_path / "raw", "EMNIST", parquet_bytes(train, np.arange(30) % 10), parquet_bytes(test, np.arange(5)))
+    train_labels, test_labels = np.arange(30) % 10, np.arange(12) % 10
+    test = emnist_like(test_labels, 5)
+    write_raw(tmp_path / "raw", "EMNIST", parquet_bytes(emnist_like(train_labels, 4), train_labels),
+              parquet_bytes(test, test_labels))
     prepare_main(["--task", "EMNIST", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "data"),
                   "--image-size", "28", "--emnist-orientation", orientation, "--threads", "2"])
     images, _ = load_split(tmp_path / "data", "EMNIST", "test")
     expected = test.transpose(0, 2, 1) if orientation == "mnist" else test
     np.testing.assert_array_equal(images[..., 0], expected)
+
+
+def test_emnist_source_in_another_orientation_is_refused_before_storing(tmp_path):
+    labels = np.arange(30) % 10
+    upright = emnist_like(labels, 6).transpose(0, 2, 1)  # a source that is already in MNIST orientation
+    write_raw(tmp_path / "raw", "EMNIST", parquet_bytes(upright[:20], labels[:20]),
+              parquet_bytes(upright[20:], labels[20:]))
+    with pytest.raises(ArtifactError, match="datasets.EMNIST.source_orientation"):
+        prepare("EMNIST", tmp_path / "raw", tmp_path / "data", image_size=28, emnist_orientation="mnist")
+    assert not (tmp_path / "data" / "EMNIST").exists() or not list((tmp_path / "data" / "EMNIST").iterdir())
+    prepare("EMNIST", tmp_path / "raw", tmp_path / "data", image_size=28, emnist_orientation="mnist",
+            source_orientation="mnist")
+    np.testing.assert_array_equal(load_split(tmp_path / "data", "EMNIST", "test")[0][..., 0], upright[20:])
+
+
+def test_orientation_check_reads_the_digit_one_stroke():
+    labels = np.array([1, 1, 0])
+    flat = np.zeros((3, 8, 8, 3), dtype=np.uint8)
+    flat[:2, 3:5, 1:7] = 255
+    check_orientation("EMNIST", flat, labels, "torchvision")
+    check_orientation("EMNIST", flat.transpose(0, 2, 1, 3), labels, "mnist")
+    with pytest.raises(ArtifactError, match="wider than it is tall"):
+        check_orientation("EMNIST", flat, labels, "mnist")
+    with pytest.raises(ArtifactError, match="no images of the digit 1"):
+        check_orientation("EMNIST", flat, np.zeros(3, dtype=int), "mnist")
 
 
 def test_fer2013_reads_its_own_columns_and_raw_bytes(tmp_path):
@@ -229,6 +310,24 @@ def test_source_label_order_is_checked(tmp_path):
               parquet_bytes(imgs[10:], [0, 1]))
     with pytest.raises(ArtifactError, match="9 classes"):
         prepare("EuroSAT", tmp_path / "count", tmp_path / "data", image_size=8)
+
+
+def test_loader_reads_a_stored_split_in_order_with_the_rules_threads(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
+    save_split(tmp_path, "T", "test", images, np.arange(10))
+    stored, _ = load_split(tmp_path, "T", "test")  # memory-mapped
+    previous = torch.get_num_threads()
+    try:
+        set_threads(3)  # what a rule with threads: 3 does first
+        loader = make_loader(stored, batch_size=4)
+        assert loader.num_workers == 2
+        batches = list(loader)
+        set_threads(1)
+        assert make_loader(stored).num_workers == 0
+    finally:
+        torch.set_num_threads(previous)
+    assert [len(b) for b in batches] == [4, 4, 2] and batches[0].dtype == torch.uint8
+    np.testing.assert_array_equal(torch.cat(batches).numpy(), images)
 
 
 # --------------------------------------------------------------------------- safe unpickling
@@ -316,6 +415,34 @@ def test_fetch_head_and_finetuned_from_the_hub(hub, tmp_path, monkeypatch):  # n
     with pytest.raises(ArtifactError, match="not a ViT-B-32 image encoder"):
         fetch_finetuned("ViT-B-32", "MNIST", "nik-dim/tall_masks", tmp_path / "x.safetensors", lock,
                         endpoint=hub.url, hub_model_dir="mass-tiny-vit", retries=0)
+    buf = io.BytesIO()
+    torch.save(OrderedDict((k, v + 5) for k, v in encoder.items()), buf)
+    hub.add("nik-dim/tall_masks", "single_task/mass-tiny-vit/MNISTVal/nonlinear_finetuned.pt", buf.getvalue(),
+            commit="d" * 40)  # a newer commit on main: a rerun keeps the pinned one
+    out.unlink()
+    fetch_finetuned("mass-tiny-vit", "MNIST", "nik-dim/tall_masks", out, lock, endpoint=hub.url, retries=0)
+    assert all(torch.equal(load_tensors(out)[k], visual[k] + 1) for k in visual)
+
+
+def test_published_head_is_compared_with_the_head_built_from_text(hub, tmp_path, monkeypatch):  # noqa: F811
+    weight = torch.nn.functional.normalize(torch.randn(4, 16), dim=1) * 100
+    pickled_head(monkeypatch, tmp_path / "head.pt", weight)
+    hub.add("nik-dim/tall_masks", "single_task/mass-tiny-vit/head_DTDVal.pt", (tmp_path / "head.pt").read_bytes())
+    lock = LockFile(tmp_path / "lock.json")
+    built = tmp_path / "built.safetensors"
+    fetch = {"model": "mass-tiny-vit", "task": "DTD", "repo": "nik-dim/tall_masks", "lock": lock, "endpoint": hub.url,
+             "retries": 0, "compare_with": built}
+    save_tensors(built, {"weight": weight + 0.01 * torch.randn(4, 16)})
+    fetch_head(out=tmp_path / "published.safetensors", report=tmp_path / "same.json", **fetch)
+    same = json.loads((tmp_path / "same.json").read_text())
+    assert same["classes"] == 4 and same["min_cosine"] > 0.99 and same["same_order"]
+    save_tensors(built, {"weight": weight[[1, 0, 2, 3]]})  # two class names swapped
+    fetch_head(out=tmp_path / "published.safetensors", report=tmp_path / "swapped.json", **fetch)
+    swapped = json.loads((tmp_path / "swapped.json").read_text())
+    assert not swapped["same_order"] and swapped["least_similar_class"] in (0, 1)
+    save_tensors(built, {"weight": weight[:3]})
+    with pytest.raises(ArtifactError, match=r"published head is \(4, 16\), the pipeline's \(3, 16\)"):
+        fetch_head(out=tmp_path / "published.safetensors", report=tmp_path / "bad.json", **fetch)
 
 
 def test_fetch_pretrained_from_file_and_from_hub(hub, tmp_path):  # noqa: F811
@@ -326,6 +453,9 @@ def test_fetch_pretrained_from_file_and_from_hub(hub, tmp_path):  # noqa: F811
     fetch_pretrained("mass-tiny-vit", out, from_file=tmp_path / "clip.pt")
     stored = load_tensors(out)
     assert stored.keys() == state.keys() and all(torch.equal(stored[k], state[k]) for k in state)
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), tmp_path / "openai.pt")  # OpenAI's .pt are TorchScript
+    with pytest.raises(ArtifactError, match="TorchScript"):
+        fetch_pretrained("mass-tiny-vit", tmp_path / "x.safetensors", from_file=tmp_path / "openai.pt")
 
     from safetensors.torch import save
 
@@ -335,3 +465,45 @@ def test_fetch_pretrained_from_file_and_from_hub(hub, tmp_path):  # noqa: F811
                      endpoint=hub.url, cache_dir=str(tmp_path / "hf-cache"), retries=0)
     assert all(torch.equal(load_tensors(out2)[k], state[k]) for k in state)
     assert sorted(p.name for p in out2.parent.iterdir()) == ["pretrained_openai.safetensors"]
+
+
+# --------------------------------------------------------------------------- pipeline rules
+
+
+def test_rules_pass_config_pins_and_pick_the_shared_head(tmp_path):
+    """Dry run of a copy of the workflow (the catalog's data file is then found through the installed package)."""
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(REPO / name, tmp_path / name)
+    for name in ("workflow", "envs"):
+        shutil.copytree(REPO / name, tmp_path / name)
+    pins = {"datasets": {"MNIST": {"revision": "1" * 40}, "EMNIST": {"source_orientation": "mnist"}},
+            "sources": {"finetuned_revision": "2" * 40, "pretrained_revisions": {"ViT-B-32": "3" * 40}}}
+    (tmp_path / "pins.yaml").write_text(json.dumps(pins))
+    targets = ["resources/raw/MNIST/manifest.json", "resources/data/hub/EMNIST/info.json",
+               "resources/checkpoints/ViT-B-32/hub/MNIST.safetensors",
+               "resources/checkpoints/ViT-B-32/pretrained_openai.safetensors",
+               "results/ViT-B-32/14/methods/tsvm.json", "results/ViT-B-32/20/methods/tsvm.json"]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", *targets, "-n", "-p", "--cores", "2",
+               "--configfile", "config.yaml", "pins.yaml"]
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [" ".join(line.removeprefix("Shell command:").split()) for line in run.stdout.splitlines()
+             if line.startswith("Shell command: python -m mass.")]
+    commands = {line.split()[3]: line for line in lines if line.startswith("python -m mass.fetch")}
+    mnist = f"dataset --task MNIST --out resources/raw/MNIST --lock workflow/sources.lock.json --revision {'1' * 40}"
+    assert any(mnist in line for line in lines)
+    assert f"--revision {'2' * 40}" in commands["finetuned"] and f"--revision {'3' * 40}" in commands["pretrained"]
+    assert any("--emnist-orientation mnist --source-orientation mnist" in line for line in lines)
+    tsvm = [line for line in lines if line.startswith("python -m mass.evaluate_tsvm")]
+    heads = {line.count("/14/") > 0: re.findall(r"heads/(\w+)\.safetensors", line) for line in tsvm}
+    assert heads[True][8] == "STL10" and len(heads[True]) == 14
+    assert heads[False][8] == heads[False][14] == "CIFAR10_STL10" and len(heads[False]) == 20
+
+
+def test_download_rules_are_local_rules():
+    """Compute nodes may have no internet: every rule that downloads runs where Snakemake runs."""
+    rules = re.split(r"^rule ", (REPO / "workflow" / "rules" / "sources.smk").read_text(), flags=re.M)[1:]
+    local = {block.split(":", 1)[0]: "localrule: True" in block for block in rules}
+    assert local == {"download_dataset": True, "prepare_dataset": True, "fetch_pretrained": True,
+                     "fetch_finetuned": True, "check_head": True}

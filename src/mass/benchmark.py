@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mass.data import catalog
 from mass.data.store import load_split
 from mass.io import ArtifactError, load_arrays, load_tensors
 from mass.svd import TaskComponents
@@ -34,10 +35,14 @@ class SplitData:
 
 
 def load_benchmark_split(data_dirs: Sequence[str], tasks: Sequence[str], split: str) -> SplitData:
-    """``data_dirs[i]`` is the data root holding ``tasks[i]``."""
+    """``data_dirs[i]`` is the data root holding ``tasks[i]``. Labels of tasks that share a head in
+    this benchmark (STL10 and CIFAR10 in the 20-task one) are mapped onto that head's classes."""
     images, labels, owner = [], [], []
     for t, (root, name) in enumerate(zip(data_dirs, tasks, strict=True)):
         x, y = load_split(root, name, split, mmap=False)
+        shared = catalog.benchmark_head(name, tasks)
+        if shared is not None:
+            y = np.asarray(shared.label_maps[name], dtype=np.int64)[y]
         images.append(x)
         labels.append(torch.as_tensor(y))
         owner.append(torch.full((len(y),), t, dtype=torch.long))

@@ -55,15 +55,16 @@ def main() -> None:
 
     hparams: dict = {}
     if args.method == "consensus":
-        lambdas = []
+        lambdas, lambda_scores = [], {}
         for t, task in enumerate(args.tasks):
             own = load_benchmark_split([args.data_dirs[t]], [task], "val")
 
             def tall_score(lam: float, t: int = t, own: SplitData = own) -> float:
                 mask = baselines.tall_mask(tvs, t, lam)
                 return evaluate(baselines.tall_mask_model(tvs, mask), own, [heads[t]])[args.tasks[t]]
-            lambdas.append(pick(args.lambdas, tall_score, f"lambda {task}")[0])
-        hparams["lambdas"] = dict(zip(args.tasks, lambdas, strict=True))
+            lam, lambda_scores[task] = pick(args.lambdas, tall_score, f"lambda {task}")
+            lambdas.append(lam)
+        hparams.update(lambdas=dict(zip(args.tasks, lambdas, strict=True)), val_accuracy_by_lambda=lambda_scores)
         build = lambda a: baselines.consensus(tvs, lambdas, a, args.min_agreement)  # noqa: E731
     elif args.method == "weight_averaging":
         build = lambda a: baselines.weight_average(tvs)  # noqa: E731
@@ -76,7 +77,7 @@ def main() -> None:
 
     grid = args.alphas if args.method != "weight_averaging" else [1.0]
     alpha, scores = pick(grid, lambda a: float(np.mean(list(evaluate(build(a), val).values()))), args.method)
-    hparams.update({"alpha": alpha, "val_mean_accuracy_by_alpha": scores})
+    hparams.update({"alpha": alpha, "val_mean_accuracy_by_alpha": scores, "selected_on": "val"})
     merged = build(alpha)
     test = load_benchmark_split(args.data_dirs, args.tasks, "test")
     write_json(args.out, {"method": args.method, "test": evaluate(merged, test), "val": evaluate(merged, val),

@@ -9,7 +9,8 @@ Subcommands (each downloads through :mod:`mass.download`: resumable, verified, l
 * ``finetuned``: a published fine-tuned image encoder (``single_task/<model>/<Task>Val/
   nonlinear_finetuned.pt``) -> visual-relative state dict (safetensors).
 * ``head``: a published classification head (``single_task/<model>/head_<Task>Val.pt``) ->
-  ``{"weight": classes x d}`` (safetensors).
+  ``{"weight": classes x d}`` (safetensors); with ``--compare-with``, also a JSON report of how
+  well the pipeline's head, rebuilt from text, agrees with it.
 
 The published ``.pt`` files are pickles, and unpickling runs code named in the file. They are
 loaded with ``torch.load(weights_only=True)``; a file that pickles whole modules (the heads)
@@ -33,8 +34,8 @@ from typing import Any
 import torch
 
 from mass.data import catalog
-from mass.download import HubRepo, LockFile, download_hub_file, file_record, resolve_revision
-from mass.io import ArtifactError, save_tensors, write_json
+from mass.download import HubRepo, LockFile, download_hub_file, resolve_revision
+from mass.io import ArtifactError, load_tensors, save_tensors, write_json
 from mass.task_vectors import visual_state_dict
 
 # --------------------------------------------------------------------------- safe unpickling
@@ -211,11 +212,13 @@ def fetch_finetuned(model: str, task: str, repo: str, out: str | os.PathLike, lo
 
 def fetch_head(model: str, task: str, repo: str, out: str | os.PathLike, lock: LockFile,
                revision: str | None = None, endpoint: str | None = None, raw: str | os.PathLike | None = None,
-               keep_raw: bool = False, hub_model_dir: str | None = None, **download_kwargs: Any) -> None:
+               keep_raw: bool = False, hub_model_dir: str | None = None, compare_with: str | os.PathLike | None = None,
+               report: str | os.PathLike | None = None, **download_kwargs: Any) -> None:
     """Published classification head of ``task`` -> ``{"weight": classes x d}`` safetensors at ``out``.
 
     The pipeline's heads are bias-free and applied to L2-normalised features (as the published
-    heads are); a head that differs is refused rather than silently changed.
+    heads are); a head that differs is refused rather than silently changed. ``compare_with``
+    (a head built by the pipeline) writes :func:`compare_heads` to ``report``.
     """
     out = Path(out)
     raw = Path(raw) if raw else out.with_suffix(".pt")
@@ -233,6 +236,29 @@ def fetch_head(model: str, task: str, repo: str, out: str | os.PathLike, lock: L
     save_tensors(out, {"weight": weight}, {"model": model, "task": task, "source": f"{repo}/{filename}"})
     if downloaded and not keep_raw:
         raw.unlink()
+    if compare_with is not None:
+        agreement = compare_heads(weight, load_tensors(compare_with)["weight"], compare_with)
+        write_json(report, {"task": task, "model": model, "published": f"{repo}/{filename}",
+                            "built": str(compare_with), **agreement})
+
+
+def compare_heads(published: torch.Tensor, built: torch.Tensor, path: str | os.PathLike) -> dict[str, Any]:
+    """How well a head rebuilt from text agrees with the published one, class by class.
+
+    Both are (classes x d) matrices of scaled unit rows, so the per-class cosine says whether the
+    same class names and templates were used; ``same_order`` whether each row is closest to the
+    published row of the same index (else the label order differs). A shape mismatch means a
+    different class list or backbone and is an error.
+    """
+    if published.shape != built.shape:
+        raise ArtifactError(f"{path}: the published head is {tuple(published.shape)}, the pipeline's "
+                            f"{tuple(built.shape)}; the class list or the backbone differs")
+    similarity = (torch.nn.functional.normalize(published.double(), dim=1)
+                  @ torch.nn.functional.normalize(built.double(), dim=1).T)
+    own = similarity.diagonal()
+    return {"classes": len(own), "min_cosine": float(own.min()), "mean_cosine": float(own.mean()),
+            "least_similar_class": int(own.argmin()),
+            "same_order": bool((similarity.argmax(dim=1) == torch.arange(len(own))).all())}
 
 
 def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None = None,
@@ -242,10 +268,11 @@ def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None =
                      **download_kwargs: Any) -> None:
     """OpenAI CLIP ``model`` as open_clip builds it -> full CLIP state dict (safetensors) at ``out``.
 
-    Weights already on disk are used first: ``from_file``, then open_clip's own download cache
-    of OpenAI's file (verified against the sha256 in its URL). Otherwise they come from the hub
-    repository open_clip uses for ``pretrained="openai"`` (or ``repo``/``filename``), pinned in
-    ``lock``: from the Hugging Face cache when already there, else downloaded to ``raw``.
+    ``from_file`` (a state dict: safetensors or a weights-only ``.pt``) is used as is. Otherwise
+    the weights come from the hub repository open_clip uses for ``pretrained="openai"`` (or
+    ``repo``/``filename``), pinned in ``lock``: from the Hugging Face cache when already there,
+    else downloaded to ``raw``. OpenAI's original ``.pt`` files are TorchScript archives, which
+    cannot be loaded without running their code, so they are refused.
     """
     import open_clip
     from huggingface_hub import try_to_load_from_cache
@@ -259,7 +286,7 @@ def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None =
         path = Path(from_file)
         if not path.is_file():
             raise ArtifactError(f"--from-file {path} does not exist")
-    elif (path := None if repo else _openai_url_cache(model, cache_dir)) is None:
+    else:
         if lock is None:
             raise ArtifactError("fetching pretrained weights from the hub needs a lock file (--lock)")
         repo, candidates = _openai_weights(model, repo, filename)
@@ -278,19 +305,6 @@ def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None =
     save_tensors(out, clip.state_dict(), {"model": model, "pretrained": "openai", "source": str(path)})
     if downloaded and not keep_raw:
         path.unlink()
-
-
-def _openai_url_cache(model: str, cache_dir: str | None) -> Path | None:
-    """OpenAI's original checkpoint in open_clip's URL download cache, if present and intact."""
-    import open_clip
-
-    url = open_clip.get_pretrained_url(model, "openai")
-    if not url:
-        return None
-    path = Path(cache_dir or os.path.expanduser("~/.cache/clip")) / posixpath.basename(url)
-    if not path.is_file():
-        return None
-    return path if file_record(path).sha256 == url.split("/")[-2] else None
 
 
 def _openai_weights(model: str, repo: str | None, filename: str | None) -> tuple[str, list[str]]:
@@ -342,6 +356,8 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--raw", default=None, help="where the downloaded .pt goes (default: next to --out)")
         p.add_argument("--keep-raw", action="store_true")
         common(p)
+    p.add_argument("--compare-with", default=None, help="the pipeline's head of this task (safetensors)")
+    p.add_argument("--report", default=None, help="JSON report of the comparison (with --compare-with)")
     args = parser.parse_args(argv)
     lock = LockFile(args.lock) if args.lock else None
     net = {"retries": args.retries, "timeout": args.timeout}
@@ -350,10 +366,14 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "pretrained":
         fetch_pretrained(args.model, args.out, lock, args.from_file, args.repo, args.filename, args.revision,
                          args.endpoint, args.cache_dir, args.raw, args.keep_raw, **net)
+    elif args.command == "finetuned":
+        fetch_finetuned(args.model, args.task, args.repo, args.out, lock, args.revision, args.endpoint, args.raw,
+                        args.keep_raw, args.hub_model_dir, **net)
     else:
-        fetch = fetch_finetuned if args.command == "finetuned" else fetch_head
-        fetch(args.model, args.task, args.repo, args.out, lock, args.revision, args.endpoint, args.raw, args.keep_raw,
-              args.hub_model_dir, **net)
+        if (args.compare_with is None) != (args.report is None):
+            parser.error("--compare-with and --report go together")
+        fetch_head(args.model, args.task, args.repo, args.out, lock, args.revision, args.endpoint, args.raw,
+                   args.keep_raw, args.hub_model_dir, args.compare_with, args.report, **net)
     print(f"wrote {args.out}")
 
 

@@ -1,5 +1,7 @@
 # Path helpers: which rule produces what, decided from the config. Scripts never read config.
 
+import importlib.util
+import json
 import os
 import shlex
 
@@ -68,6 +70,33 @@ def head(backbone, task):
     return f"resources/checkpoints/{backbone}/heads/{task}.safetensors"
 
 
+def _catalog_file(name):
+    """A data file of mass.data, found without importing mass (that would make every Snakemake
+    start-up pay for importing torch): next to the Snakefile, else where mass is installed."""
+    local = os.path.join(workflow.basedir, "src", "mass", "data", name)
+    if os.path.exists(local):
+        return local
+    return os.path.join(importlib.util.find_spec("mass").submodule_search_locations[0], "data", name)
+
+
+# Heads several tasks share (STL10 + CIFAR10, paper supp. 8.1) and the tasks sharing them.
+with open(_catalog_file("prompts.json")) as _fh:
+    SHARED_HEADS = {name: sorted(e["label_maps"]) for name, e in json.load(_fh)["shared_heads"].items()}
+
+
+def bench_head(backbone, task, bench_tasks):
+    """A task's head in a benchmark: the shared head when all of its tasks are in the benchmark."""
+    for name, members in SHARED_HEADS.items():
+        if task in members and set(members) <= set(bench_tasks):
+            return head(backbone, name)
+    return head(backbone, task)
+
+
+def head_data(task):
+    """Prepared data a head is built from: its task's, or every member's for a shared head."""
+    return [data_marker(t) for t in SHARED_HEADS.get(task, [task])]
+
+
 def components(backbone, task):
     return f"results/{backbone}/svd/{task}.safetensors"
 
@@ -76,7 +105,7 @@ def bench_inputs(w):
     """Files every benchmark-level step needs: data, heads, SVD components of its tasks."""
     return {
         "data": [data_marker(t) for t in tasks(w)],
-        "heads": [head(w.backbone, t) for t in tasks(w)],
+        "heads": [bench_head(w.backbone, t, tasks(w)) for t in tasks(w)],
         "components": [components(w.backbone, t) for t in tasks(w)],
         "pretrained": pretrained(w.backbone),
     }
@@ -117,7 +146,15 @@ def final_outputs():
         *[f"figures/radar_{b}.pdf" for b in BENCHMARKS],
         *[f"figures/per_layer_{bb}_{b}.pdf" for bb in BACKBONES for b in BENCHMARKS],
         "figures/batched.pdf",
+        *head_checks(),
     ]
+
+
+def head_checks():
+    """Agreement of the heads built from text with the published ones (hub data only)."""
+    if config["data_source"] != "hub":
+        return []
+    return [f"results/{bb}/tasks/{t}/head_check.json" for bb in BACKBONES for t in all_tasks()]
 
 
 def check_rank_fraction():

@@ -4,7 +4,7 @@
 rule build_head:
     input:
         clip=lambda w: pretrained(w.backbone),
-        data=lambda w: data_marker(w.task),
+        data=lambda w: head_data(w.task),
     output:
         "resources/checkpoints/{backbone}/heads/{task}.safetensors",
     params:

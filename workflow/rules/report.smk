@@ -5,12 +5,15 @@ rule collect_results:
     input:
         results=[m for bb in BACKBONES for b in BENCHMARKS for m in method_results(bb, b)],
         endpoints=[f"results/{bb}/tasks/{t}/endpoints.json" for bb in BACKBONES for t in all_tasks()],
+        epsilons=[f"results/{bb}/{b}/selected_epsilon.json" for bb in BACKBONES for b in BENCHMARKS],
     output:
-        per_task=report("results/tables/per_task.csv", caption="../report/per_task.rst", category="Tables"),
-        hparams="results/tables/selected_hyperparameters.json",
+        per_task=report("results/tables/per_task.csv", caption="../report/per_task.rst", category="Data"),
+        hparams=report("results/tables/selected_hyperparameters.json", caption="../report/hyperparameters.rst",
+                       category="Data"),
     params:
         results=" ".join(f"{bb}:{b}:{m}" for bb in BACKBONES for b in BENCHMARKS for m in method_results(bb, b)),
         endpoints=" ".join(f"{bb}:results/{bb}/tasks/{t}/endpoints.json" for bb in BACKBONES for t in all_tasks()),
+        epsilons=" ".join(f"{bb}:{b}:results/{bb}/{b}/selected_epsilon.json" for bb in BACKBONES for b in BENCHMARKS),
     log:
         "results/logs/collect_results.log",
     threads: 1
@@ -21,17 +24,19 @@ rule collect_results:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.collect_results --results {params.results} --endpoints {params.endpoints} "
-        "--out {output.per_task} --hparams-out {output.hparams} > {log} 2>&1"
+        "--epsilons {params.epsilons} --out {output.per_task} --hparams-out {output.hparams} > {log} 2>&1"
 
 
 rule make_tables:
     input:
         "results/tables/per_task.csv",
     output:
-        table2=report("results/tables/table2.tex", caption="../report/table2.rst", category="Tables"),
-        vs_paper=report("results/tables/table2_vs_paper.tex", caption="../report/table2_vs_paper.rst",
-                        category="Tables"),
-        table3=report("results/tables/table3.tex", caption="../report/table3.rst", category="Tables"),
+        table2=report(multiext("results/tables/table2", ".tex", ".csv"), caption="../report/table2.rst",
+                      category="Tables"),
+        vs_paper=report(multiext("results/tables/table2_vs_paper", ".tex", ".csv"),
+                        caption="../report/table2_vs_paper.rst", category="Tables"),
+        table3=report(multiext("results/tables/table3", ".tex", ".csv"), caption="../report/table3.rst",
+                      category="Tables"),
     log:
         "results/logs/make_tables.log",
     threads: 1
@@ -47,17 +52,22 @@ rule make_tables:
 rule make_plots:
     input:
         per_task="results/tables/per_task.csv",
+        hparams="results/tables/selected_hyperparameters.json",
         sweeps=[f"results/{bb}/{b}/sweep/selected_test.csv" for bb in BACKBONES for b in BENCHMARKS],
     output:
         radar=report(expand("figures/radar_{bench}.{ext}", bench=BENCHMARKS, ext=["pdf", "png"]),
-                     caption="../report/radar.rst", category="Figures"),
+                     caption="../report/radar.rst", category="Figures", subcategory="Radar charts"),
         per_layer=report(expand("figures/per_layer_{backbone}_{bench}.{ext}", backbone=BACKBONES,
                                 bench=BENCHMARKS, ext=["pdf", "png"]),
-                         caption="../report/per_layer.rst", category="Figures"),
+                         caption="../report/per_layer.rst", category="Figures", subcategory="Per-layer routing"),
         batched=report(multiext("figures/batched", ".pdf", ".png"), caption="../report/batched.rst",
-                       category="Figures"),
+                       category="Figures", subcategory="Batched routing"),
+        data=expand("figures/{name}.csv", name=[f"radar_{b}" for b in BENCHMARKS] + ["batched"]
+                    + [f"per_layer_{bb}_{b}" for bb in BACKBONES for b in BENCHMARKS]),
     params:
         sweeps=" ".join(f"{bb}:{b}:results/{bb}/{b}/sweep/selected_test.csv" for bb in BACKBONES for b in BENCHMARKS),
+        io=config["routing"]["io"],
+        token=config["routing"]["token"],
         dpi=config["plots"]["dpi"],
         style=config["plots"]["style"],
     log:
@@ -69,5 +79,6 @@ rule make_plots:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.make_plots --per-task {input.per_task} --sweeps {params.sweeps} --out-dir figures "
-        "--dpi {params.dpi} --style {params.style} > {log} 2>&1"
+        "python -m mass.make_plots --per-task {input.per_task} --hparams {input.hparams} --sweeps {params.sweeps} "
+        "--io {params.io} --token {params.token} --out-dir figures --dpi {params.dpi} --style {params.style} "
+        "> {log} 2>&1"

@@ -1,5 +1,7 @@
 # External inputs: hub datasets -> prepared splits, OpenAI CLIP, published fine-tuned encoders and heads.
-# Every download is resumable and verified against the lock file (see src/mass/download.py).
+# Every download is resumable and verified against the lock file (see src/mass/download.py). The
+# pipeline builds every head from text; check_head compares each with the published (pickled) head,
+# read with a restricted unpickler, and reports the per-class agreement.
 #
 # Config keys read here (example values for config.yaml):
 #   sources:
@@ -11,8 +13,10 @@
 #     image_size: 224                          # optional (default 224): stored resolution of prepared images
 #     finetuned_model_dirs: {}                 # optional: backbone -> folder name in finetuned_repo
 #     pretrained_files: {}                     # optional: backbone -> CLIP checkpoint on disk (no download)
+#     pretrained_revisions: {}                 # optional: backbone -> commit of open_clip's hub copy of OpenAI CLIP
 #   datasets:                                  # optional per task; dataset facts stay in src/mass/data/catalog.py
 #     MNIST: {repo: null, revision: null}      # repo null: the catalog's; revision null: resolved once, pinned
+#     EMNIST: {source_orientation: null}       # null: the catalog's (torchvision); prepare checks it
 
 
 rule download_dataset:
@@ -52,6 +56,7 @@ rule prepare_dataset:
         raw=lambda w, input: os.path.dirname(input.manifest),
         image_size=_SOURCES.get("image_size", 224),
         orientation=_SOURCES["emnist_orientation"],
+        source_orientation=lambda w: _opt("--source-orientation", _dataset_cfg(w.task).get("source_orientation")),
     log:
         "results/logs/sources/prepare_dataset/{task}.log",
     threads: 4
@@ -63,8 +68,8 @@ rule prepare_dataset:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.data.prepare --task {wildcards.task} --raw {params.raw} --out resources/data/hub "
-        "--image-size {params.image_size} --emnist-orientation {params.orientation} --threads {threads} "
-        "> {log} 2>&1"
+        "--image-size {params.image_size} --emnist-orientation {params.orientation} {params.source_orientation} "
+        "--threads {threads} > {log} 2>&1"
 
 
 rule fetch_pretrained:
@@ -76,6 +81,7 @@ rule fetch_pretrained:
         lock=_LOCK,
         endpoint=_ENDPOINT,
         from_file=lambda w: _opt("--from-file", (_SOURCES.get("pretrained_files") or {}).get(w.backbone)),
+        revision=lambda w: _opt("--revision", (_SOURCES.get("pretrained_revisions") or {}).get(w.backbone)),
     log:
         "results/logs/sources/fetch_pretrained/{backbone}.log",
     threads: 1
@@ -87,7 +93,7 @@ rule fetch_pretrained:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.fetch pretrained --model {wildcards.backbone} --out {output} --lock {params.lock} "
-        "{params.endpoint} {params.from_file} > {log} 2>&1"
+        "{params.endpoint} {params.from_file} {params.revision} > {log} 2>&1"
 
 
 rule fetch_finetuned:
@@ -114,3 +120,33 @@ rule fetch_finetuned:
     shell:
         "python -m mass.fetch finetuned --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
         "--out {output} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} > {log} 2>&1"
+
+
+rule check_head:
+    input:
+        built="resources/checkpoints/{backbone}/heads/{task}.safetensors",
+    output:
+        published="resources/checkpoints/{backbone}/published_heads/{task}.safetensors",
+        report="results/{backbone}/tasks/{task}/head_check.json",
+    wildcard_constraints:
+        task=_HUB_TASK,
+        backbone="[^/]+",
+    params:
+        lock=_LOCK,
+        endpoint=_ENDPOINT,
+        repo=_SOURCES["finetuned_repo"],
+        revision=_opt("--revision", _SOURCES["finetuned_revision"]),
+        model_dir=lambda w: _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone)),
+    log:
+        "results/logs/sources/check_head/{backbone}/{task}.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    localrule: True
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.fetch head --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
+        "--out {output.published} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} "
+        "--compare-with {input.built} --report {output.report} > {log} 2>&1"

@@ -11,7 +11,8 @@ provenance and deviations) is written last.
 Splits: ``val`` is carved from the official train split with the ``<X>Val`` convention
 (:func:`mass.data.store.carve_validation`; EuroSAT: a fixed 2700), ``train`` is the rest and
 ``test`` is the official test split. EMNIST images are re-oriented to what the checkpoint
-expects (``--emnist-orientation``); STL10 and CIFAR10 labels are mapped onto their shared head.
+expects (``--emnist-orientation``). STL10 and CIFAR10 keep their own labels: the benchmark code maps
+them onto their shared head where both are present (:func:`mass.data.catalog.benchmark_head`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,31 @@ def orient(image: Image.Image, source: str | None, wanted: str) -> Image.Image:
     if source is None or source == wanted:
         return image
     return image.rotate(-90).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+
+
+def check_orientation(task: str, images: np.ndarray, labels: np.ndarray, wanted: str, max_images: int = 2000) -> None:
+    """Fail unless the stored digit-1 images stand upright in the ``mnist`` orientation (lie flat in
+    ``torchvision``'s): a source whose orientation differs from the catalog's would otherwise be
+    stored silently transposed, and EMNIST would then be routed to MNIST (paper, supp. 8.1)."""
+    ones = np.flatnonzero(labels == 1)[:max_images]
+    if len(ones) == 0:
+        raise ArtifactError(f"{task}: no images of the digit 1 to check the orientation on")
+    mean = images[np.sort(ones), ..., 0].astype(np.float64).mean(axis=0)
+    spread = [_spread(mean.sum(axis=axis)) for axis in (1, 0)]  # along rows (height), along columns (width)
+    upright = spread[0] > spread[1]
+    if upright != (wanted == "mnist"):
+        raise ArtifactError(
+            f"{task}: after re-orienting to {wanted!r}, the mean digit 1 is {'taller' if upright else 'wider'} than "
+            f"it is {'wide' if upright else 'tall'}, so the source's images are not in the orientation the catalog "
+            "says. Set datasets.EMNIST.source_orientation in config.yaml to the other value and rerun.")
+
+
+def _spread(profile: np.ndarray) -> float:
+    """Standard deviation of positions weighted by ``profile`` (how far the ink extends)."""
+    weights = profile / profile.sum()
+    positions = np.arange(len(profile))
+    centre = (weights * positions).sum()
+    return float(np.sqrt((weights * (positions - centre) ** 2).sum()))
 
 
 def clip_pixels(image: Image.Image, size: int) -> np.ndarray:
@@ -183,14 +210,20 @@ def check_label_names(task: str, classnames: Sequence[str], source_names: Sequen
 
 
 def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_size: int = 224,
-            emnist_orientation: str = "torchvision", threads: int = 1) -> TaskInfo:
-    """Prepare one task's train/val/test splits and info.json under ``out/<task>``."""
+            emnist_orientation: str = "torchvision", threads: int = 1,
+            source_orientation: str | None = None) -> TaskInfo:
+    """Prepare one task's train/val/test splits and info.json under ``out/<task>``.
+
+    ``source_orientation`` overrides the catalog's orientation of the source's EMNIST images.
+    """
     raw, out = Path(raw), Path(out)
     manifest = read_json(raw / MANIFEST)
     if manifest.get("task") != task:
         raise ArtifactError(f"{raw / MANIFEST} describes task {manifest.get('task')!r}, not {task!r}; "
                             "rerun the download rule for this task")
     src = catalog.source(task, manifest.get("repo"))
+    if src.orientation is not None and source_orientation is not None:
+        src = replace(src, orientation=source_orientation)
     files = {role: [raw / name for name in names] for role, names in manifest["splits"].items()}
     classnames, templates = catalog.task_prompts(task)
     notes = [f"source: hub dataset {manifest['repo']} at commit {manifest['commit']}", *src.notes]
@@ -205,17 +238,15 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
                                 f"{len(classnames)} classes; the source does not match the catalog")
     head = catalog.shared_head(task)
     if head is not None:
-        label_map = np.asarray(head.label_maps[task], dtype=np.int64)
-        labels = {role: label_map[values] for role, values in labels.items()}
-        classnames, templates = list(head.classnames), list(head.templates)
-        notes.append(f"labels mapped onto the head {head.name} shared with "
-                     f"{', '.join(t for t in head.label_maps if t != task)} ({len(classnames)} classes)")
+        notes.append(f"in a benchmark with {', '.join(t for t in head.label_maps if t != task)}, labels are mapped "
+                     f"onto the shared head {head.name} ({len(head.classnames)} classes)")
 
     folder = out / task
     train_idx, val_idx = carve(len(labels["train"]), src.val_size)
-    plan = [  # (source files, [(stored split, row indices)], labels): train and val come from one pass
-        (files["train"], [("train", train_idx), ("val", val_idx)], labels["train"]),
+    plan = [  # (source files, [(stored split, row indices)], labels): train and val come from one pass;
+        # test goes first, so that the EMNIST orientation check fails before anything is stored
         (files["test"], [("test", np.arange(len(labels["test"])))], labels["test"]),
+        (files["train"], [("train", train_idx), ("val", val_idx)], labels["train"]),
     ]
     for split_files, parts, split_labels in plan:
         arrays = {name: _scratch(folder, name, len(idx), image_size) for name, idx in parts}
@@ -223,6 +254,8 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
             write_images(split_files, src.image_column,
                          [(arrays[name], _positions(idx, len(split_labels))) for name, idx in parts],
                          image_size, src.orientation, emnist_orientation, threads)
+            if src.orientation is not None and "test" in arrays:
+                check_orientation(task, arrays["test"], split_labels, emnist_orientation)
             for name, idx in parts:
                 save_split(out, task, name, arrays[name], split_labels[idx])
         finally:
@@ -234,7 +267,7 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
     for split, count in sizes.items():
         if count != published[split]:
             notes.append(f"{split} has {count} images; the published checkpoints used {published[split]}")
-    info = TaskInfo(task, classnames, templates, head=head.name if head else "", notes=notes)
+    info = TaskInfo(task, classnames, templates, notes=notes)
     save_info(out, info)
     return info
 
@@ -247,9 +280,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--emnist-orientation", choices=catalog.EMNIST_ORIENTATIONS, default="torchvision",
                         help="orientation the EMNIST checkpoint was fine-tuned on (ignored for other tasks)")
+    parser.add_argument("--source-orientation", choices=catalog.EMNIST_ORIENTATIONS, default=None,
+                        help="orientation of the source's EMNIST images (default: the catalog's)")
     parser.add_argument("--threads", type=int, default=1, help="image decoding threads")
     args = parser.parse_args(argv)
-    info = prepare(args.task, args.raw, args.out, args.image_size, args.emnist_orientation, args.threads)
+    info = prepare(args.task, args.raw, args.out, args.image_size, args.emnist_orientation, args.threads,
+                   args.source_orientation)
     print(f"{args.task}: {len(info.classnames)} classes written to {Path(args.out) / args.task}")
 
 

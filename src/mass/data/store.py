@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
 from mass.io import ArtifactError, atomic_path, read_json, write_json
 
@@ -23,8 +23,8 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 @dataclass
 class TaskInfo:
-    """What a task needs besides pixels: class names and prompts for its zero-shot head, and
-    the head it shares (STL10 and CIFAR10 share one 11-class head in MASS)."""
+    """What a task needs besides pixels: class names and prompts for its own zero-shot head and
+    that head's name (a head shared across tasks is built from the catalog, not from here)."""
 
     name: str
     classnames: list[str]
@@ -78,24 +78,35 @@ def load_split(root: str | Path, task: str, split: str, mmap: bool = True) -> tu
     return images, labels
 
 
-class ArrayDataset(Dataset):
-    def __init__(self, images: np.ndarray, labels: np.ndarray | None = None):
-        self.images, self.labels = images, labels
+class ArrayBatches(Dataset):
+    """Batches of a (memory-mapped) uint8 image array: one indexing read per batch, not per image."""
+
+    def __init__(self, images: np.ndarray):
+        self.images = images
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, i: int):
-        image = torch.from_numpy(np.ascontiguousarray(self.images[i]))
-        return (image, int(self.labels[i])) if self.labels is not None else image
+    def __getitem__(self, indices: list[int]) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.images[indices[0]:indices[-1] + 1]))
 
 
-def make_loader(images: np.ndarray, labels: np.ndarray | None = None, batch_size: int = 256,
-                workers: int = 0, shuffle: bool = False, seed: int = 0) -> DataLoader:
-    """DataLoader over uint8 arrays; ``workers`` > 0 reads memory-mapped splits in parallel."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(ArrayDataset(images, labels), batch_size=batch_size, shuffle=shuffle,
-                      num_workers=workers, generator=generator, persistent_workers=False)
+def loader_workers() -> int:
+    """Reader processes a rule may use: its ``threads`` (set with :func:`mass.training.set_threads`,
+    which sets torch's thread count) minus the one the main process computes on."""
+    return max(torch.get_num_threads() - 1, 0)
+
+
+def make_loader(images: np.ndarray, batch_size: int = 256, workers: int | None = None) -> DataLoader:
+    """DataLoader over a stored split in order, in batches of ``batch_size`` uint8 images.
+
+    ``workers`` reader processes (None: :func:`loader_workers`, i.e. the rule's threads) read the
+    next batches of a memory-mapped split from disk while the model runs on the current one.
+    """
+    workers = loader_workers() if workers is None else workers
+    batches = BatchSampler(SequentialSampler(range(len(images))), batch_size, drop_last=False)
+    return DataLoader(ArrayBatches(images), sampler=batches, batch_size=None, num_workers=workers,
+                      pin_memory=torch.cuda.is_available())
 
 
 def to_model_input(batch: torch.Tensor, size: int, device: str | torch.device = "cpu") -> torch.Tensor:

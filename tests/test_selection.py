@@ -1,0 +1,239 @@
+"""No selection step reads a test-split number.
+
+Two kinds of proof: the planned DAG (epsilon is chosen from validation sweeps of validation first
+passes only), and behaviour: the evaluation steps, which read validation and test in one job,
+choose exactly the same hyperparameters (and record the same validation scores) when the test
+split is replaced by data built so that any use of it would show (impossible labels, perfect-routing
+residuals, zero features). The eta search is also checked to reuse the cached first pass: the
+number of second passes does not grow with the number of trials.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mass import evaluate_baseline, evaluate_mass, run_first_pass
+from mass.data.store import load_split, save_split
+from mass.encoder import create_clip
+from mass.io import load_arrays, read_json, save_arrays, save_tensors
+from mass.routing import MLPRouter, NearestNeighbourRouter
+from mass.svd import TaskComponents
+from mass.task_vectors import TaskVector
+from mass.tsv import tsv_merge
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = ["a", "b", "c"]
+CLASSES, PER_TASK = 4, 24
+
+
+# --- the planned DAG ------------------------------------------------------------------------------
+
+
+def planned_jobs(workdir: Path) -> list[dict]:
+    """Every job of the demo DAG as planned by a dry run in a fresh copy of the workflow (so that no
+    existing result hides a job): rule, inputs, outputs, wildcards, command."""
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, workdir / name)
+    for name in ("workflow", "envs"):
+        shutil.copytree(ROOT / name, workdir / name)
+    (workdir / "src").symlink_to(ROOT / "src")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    run = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-p", "--cores", "1", "--configfile",
+                          "workflow/presets/demo.yaml"], cwd=workdir, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    jobs = []
+    for block in re.split(r"^(?:local)?rule ", run.stdout + run.stderr, flags=re.M)[1:]:
+        fields = dict(re.findall(r"^\s+(input|output|wildcards): (.*)$", block, re.M))
+        command = re.search(r"^Shell command: (.*)$", block, re.M)
+        jobs.append({"rule": block.split(":", 1)[0], "input": [p for p in fields.get("input", "").split(", ") if p],
+                     "output": [p for p in fields.get("output", "").split(", ") if p],
+                     "wildcards": dict(w.split("=", 1) for w in fields.get("wildcards", "").split(", ") if w),
+                     "command": command.group(1) if command else ""})
+    return jobs
+
+
+def upstream(jobs: list[dict], start: dict) -> list[dict]:
+    producer = {out: job for job in jobs for out in job["output"]}
+    seen, todo = [], [start]
+    while todo:
+        job = todo.pop()
+        for path in job["input"]:
+            if path in producer and producer[path] not in seen:
+                seen.append(producer[path])
+                todo.append(producer[path])
+    return seen
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory) -> list[dict]:
+    return planned_jobs(tmp_path_factory.mktemp("dag"))
+
+
+def test_epsilon_is_chosen_from_validation_first_passes_only(jobs):
+    selections = [j for j in jobs if j["rule"] == "select_epsilon"]
+    assert selections
+    for job in selections:
+        sweeps = [p for p in job["input"] if "/sweep/" in p]
+        assert sweeps and all(p.endswith("_val.csv") for p in sweeps), job["input"]
+        for up in upstream(jobs, job):
+            if up["rule"] in ("first_pass", "routing_sweep"):
+                assert up["wildcards"]["split"] == "val", up["output"]
+            if up["rule"] == "first_pass":
+                assert "--split val " in up["command"], up["command"]
+
+
+def test_mass_tunes_on_the_validation_first_pass(jobs):
+    evaluations = [j for j in jobs if j["rule"] == "evaluate_mass"]
+    assert evaluations
+    producer = {out: job for job in jobs for out in job["output"]}
+    for job in evaluations:
+        val = re.search(r"--val-first-pass (\S+)", job["command"]).group(1)
+        assert val.endswith("_val.npz") and "--split val " in producer[val]["command"], job["command"]
+
+
+# --- behaviour: a poisoned test split changes no choice -------------------------------------------
+
+
+def run_cli(module, args: list[str], monkeypatch) -> None:
+    monkeypatch.setattr(sys, "argv", [module.__name__, *map(str, args)])
+    module.main()
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """A 3-task benchmark on the tiny CLIP (random fine-tuning deltas and heads): a clean data root and
+    one with the same validation split whose test split is poisoned (noise images, label -1 that no head
+    can predict)."""
+    root = tmp_path_factory.mktemp("bench")
+    torch.manual_seed(0)
+    clip = create_clip("mass-tiny-vit")
+    save_tensors(root / "pre.safetensors", dict(clip.state_dict()))
+    pre = dict(clip.visual.state_dict())
+    rng = np.random.default_rng(0)
+    files: dict = {"finetuned": [], "components": [], "heads": []}
+    comps = []
+    for t, task in enumerate(TASKS):
+        ft = {k: v + 0.02 * torch.randn(v.shape) for k, v in pre.items()}
+        save_tensors(root / f"ft_{task}.safetensors", ft)
+        comp = TaskComponents.from_task_vector(TaskVector.from_state_dicts(pre, ft), 1 / len(TASKS))
+        comp.save(root / f"comp_{task}.safetensors")
+        comps.append(comp)
+        head = torch.nn.functional.normalize(torch.randn(CLASSES, 64), dim=-1) * 100
+        save_tensors(root / f"head_{task}.safetensors", {"weight": head}, {"task": task, "head": task})
+        for split in ("val", "test"):
+            tint = np.array([80 * t, 255 - 80 * t, 128], dtype=np.int64)
+            images = np.clip(rng.integers(0, 120, (PER_TASK, 32, 32, 3)) + tint, 0, 255).astype(np.uint8)
+            save_split(root / "clean", task, split, images, rng.integers(0, CLASSES, PER_TASK))
+        x, y = load_split(root / "clean", task, "val", mmap=False)
+        save_split(root / "poisoned", task, "val", x, y)
+        noise = rng.integers(0, 256, (PER_TASK, 32, 32, 3)).astype(np.uint8)
+        save_split(root / "poisoned", task, "test", noise, np.full(PER_TASK, -1))
+        for key, name in (("finetuned", "ft"), ("components", "comp"), ("heads", "head")):
+            files[key].append(root / f"{name}_{task}.safetensors")
+    save_tensors(root / "merged.safetensors", tsv_merge(comps)[0])
+    return {"root": root, **files}
+
+
+def common(bench, data: str) -> list:
+    return ["--model", "mass-tiny-vit", "--tasks", *TASKS, "--data-dirs", bench["root"] / data,
+            "--heads", *bench["heads"], "--pretrained", bench["root"] / "pre.safetensors", "--batch-size", 64]
+
+
+@pytest.fixture(scope="module")
+def first_passes(bench):
+    """Validation and clean test first passes through the real step, and a poisoned test first pass whose
+    residuals route every sample to its own task and whose features are all zero."""
+    mp = pytest.MonkeyPatch()
+    root, out = bench["root"], {}
+    for split in ("val", "test"):
+        out[split] = root / f"fp_{split}.npz"
+        run_cli(run_first_pass, [*common(bench, "clean"), "--components", *bench["components"], "--merged",
+                                 root / "merged.safetensors", "--split", split, "--out", out[split]], mp)
+    mp.undo()
+    arrays = load_arrays(out["test"])
+    task = arrays["task"]
+    for key in [k for k in arrays if k.startswith("res:")]:
+        arrays[key] = (np.arange(len(TASKS))[None, :] != task[:, None]).astype(np.float32)
+    arrays["features"] = np.zeros_like(arrays["features"])
+    out["poisoned"] = root / "fp_poisoned.npz"
+    save_arrays(out["poisoned"], **arrays)
+    return out
+
+
+@pytest.mark.parametrize("method,grid", [
+    ("task_arithmetic", ["--alphas", 0.3, 0.7, 1.0]),
+    ("consensus", ["--alphas", 0.5, 1.0, "--lambdas", 0.2, 0.5]),
+    ("iso_cts", ["--alphas", 0.5, 1.5, "--common-fraction", 0.8]),
+])
+def test_baseline_coefficients_ignore_the_test_split(bench, tmp_path, monkeypatch, method, grid):
+    results = {}
+    for data in ("clean", "poisoned"):
+        out = tmp_path / f"{data}.json"
+        run_cli(evaluate_baseline, [*common(bench, data), "--method", method, *grid,
+                                    "--finetuned", *bench["finetuned"], "--out", out], monkeypatch)
+        results[data] = read_json(out)
+    # the poison shows wherever the test split is read: every accuracy on it is 0
+    assert any(v > 0 for v in results["clean"]["test"].values())
+    assert all(v == 0 for v in results["poisoned"]["test"].values())
+    assert results["clean"]["hyperparameters"] == results["poisoned"]["hyperparameters"]
+    assert results["clean"]["hyperparameters"]["selected_on"] == "val"
+
+
+def test_mass_layer_and_eta_ignore_the_test_split(bench, first_passes, tmp_path, monkeypatch):
+    second_passes = []
+    predict = evaluate_mass.MassModel.predict
+
+    def counted(self, *args, **kwargs):
+        second_passes.append(1)
+        return predict(self, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate_mass.MassModel, "predict", counted)
+    results = {}
+    for data, test_fp in (("clean", first_passes["test"]), ("poisoned", first_passes["poisoned"])):
+        out = tmp_path / f"{data}.json"
+        run_cli(evaluate_mass, [*common(bench, data), "--router", "proj", "--components", *bench["components"],
+                                "--val-first-pass", first_passes["val"], "--test-first-pass", test_fp,
+                                "--layer", "auto", "--blocks", 1, 4, "--eta", "auto", "--eta-trials", 12,
+                                "--top-k", 2, "--out", out], monkeypatch)
+        results[data] = read_json(out)
+    # eta trials reuse the cached residuals: one validation second pass per m <= top-k, then the test one
+    assert len(second_passes) == 2 * (2 + 1)
+    clean, poisoned = results["clean"], results["poisoned"]
+    # detection power: on the poisoned test split routing is perfect and MASS accuracy is 0, neither on val
+    assert all(v == 1.0 for v in poisoned["routing_accuracy"].values())
+    assert all(v == 0 for v in poisoned["test"].values())
+    assert clean["hyperparameters"]["val_routing_accuracy_at_layer"] < 1.0
+    assert clean["hyperparameters"]["val_accuracy"] > 0
+    assert clean["hyperparameters"] == poisoned["hyperparameters"]
+    assert clean["hyperparameters"]["eta_selected_on"] == "val"
+
+
+@pytest.mark.parametrize("router,cls", [("nn", NearestNeighbourRouter), ("mlp", MLPRouter)])
+def test_learned_routers_train_on_validation_features_only(bench, first_passes, tmp_path, monkeypatch, router,
+                                                           cls):
+    seen = []
+    fit = cls.fit
+
+    def spy(self, features, task_labels, *args, **kwargs):
+        seen.append((features.clone(), task_labels.clone()))
+        return fit(self, features, task_labels, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "fit", spy)
+    run_cli(evaluate_mass, [*common(bench, "poisoned"), "--router", router, "--components", *bench["components"],
+                            "--val-first-pass", first_passes["val"], "--test-first-pass", first_passes["poisoned"],
+                            "--blocks", 1, 4, "--mlp-hidden", 16, "--mlp-epochs", 2, "--out", tmp_path / "r.json"],
+            monkeypatch)
+    val = load_arrays(first_passes["val"])
+    assert len(seen) == 1
+    assert torch.equal(seen[0][0], torch.from_numpy(val["features"]))
+    assert torch.equal(seen[0][1], torch.from_numpy(val["task"]))
