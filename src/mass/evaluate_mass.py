@@ -98,7 +98,7 @@ def main() -> None:
     pre = visual_state_dict(load_tensors(args.pretrained))
     heads, head_names = load_heads(args.heads)
     model = MassModel(create_visual(args.model, pre, device()), pre, load_components(args.components), heads,
-                      head_names, image_size(args.model), device(), args.alpha, cache_size=2 * T)
+                      head_names, image_size(args.model), device(), args.alpha)
     fp_val, fp_test = FirstPassResult.load(args.val_first_pass), FirstPassResult.load(args.test_first_pass)
     hparams: dict = {"router": args.router}
 

@@ -2,16 +2,16 @@
 
 MASS costs two forward passes. The first, through the fixed TSV-M model, yields in one go the
 final features (TSV-M baseline logits for any head, features for the NN/MLP routers) and the
-routing residuals at every probed layer. The second groups the inputs by routing decision and
-runs each group once through theta_pre + TSV-M(selected tasks), reusing one encoder whose
-weights are overwritten in place and caching the merged weights of each task subset.
+routing residuals at every probed layer. The second runs every input once through
+theta_pre + TSV-M(its selected tasks), with the merged update applied as per-sample low-rank
+matmuls (:mod:`mass.second_pass`), so a batch mixing many task subsets stays one pass.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -19,11 +19,11 @@ from torch import nn
 from tqdm import tqdm
 
 from mass.data.store import make_loader, to_model_input
-from mass.encoder import FirstPassProbe, load_visual
+from mass.encoder import FirstPassProbe
 from mass.heads import head_logits
+from mass.second_pass import BatchPlan, MixedEncoder, SubsetFactors
 from mass.svd import TaskComponents
 from mass.task_vectors import LayerId, StateDict
-from mass.tsv import apply_delta, tsv_merge
 
 
 @torch.no_grad()
@@ -88,33 +88,30 @@ class Predictions:
 
 
 class MassModel:
-    """theta_pre + TSV-M(selected tasks) with one reusable encoder and a merged-weight cache."""
+    """theta_pre + alpha * TSV-M(selected tasks), with its own task subset per input.
+
+    The second pass runs every batch in input order through :class:`MixedEncoder`, which adds
+    each sample's merged low-rank update to theta_pre on the fly, so a batch that mixes many
+    task subsets costs one forward pass plus the low-rank matmuls, not one pass per subset.
+    """
 
     def __init__(self, visual: nn.Module, pretrained: StateDict, components: Sequence[TaskComponents],
                  heads: Sequence[torch.Tensor], head_names: Sequence[str], image_size: int,
-                 device: str | torch.device = "cpu", alpha: float = 1.0, cache_size: int = 4):
+                 device: str | torch.device = "cpu", alpha: float = 1.0, cache_size: int = 256):
         self.visual, self.pretrained, self.components = visual, pretrained, list(components)
         self.heads, self.head_names = list(heads), list(head_names)
         self.image_size, self.device, self.alpha = image_size, device, alpha
-        self.cache: OrderedDict[tuple[int, ...], StateDict] = OrderedDict()
         self.cache_size = cache_size
 
     @property
     def num_tasks(self) -> int:
         return len(self.components)
 
-    def merged_weights(self, subset: tuple[int, ...]) -> StateDict:
-        """Encoder weights for a task subset, merged with the benchmark's k (LRU-cached)."""
-        if subset in self.cache:
-            self.cache.move_to_end(subset)
-            return self.cache[subset]
-        delta, _ = tsv_merge([self.components[i] for i in subset], num_tasks=self.num_tasks,
-                             device=self.device)
-        weights = apply_delta(self.pretrained, delta, self.alpha)
-        self.cache[subset] = weights
-        if len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
-        return weights
+    @cached_property
+    def encoder(self) -> MixedEncoder:
+        """Built on first use: the task factors and their Gram matrices (cores: ``cache_size`` subsets)."""
+        factors = SubsetFactors(self.components, self.alpha, self.device, self.cache_size)
+        return MixedEncoder(self.visual, self.pretrained, factors)
 
     def candidate_heads(self, subset: tuple[int, ...]) -> list[int]:
         """Selected tasks, one per distinct head (STL10/CIFAR10 share a head)."""
@@ -125,25 +122,36 @@ class MassModel:
                 out.append(t)
         return out
 
+    def predict_features(self, features: torch.Tensor, selection: torch.Tensor) -> Predictions:
+        """Highest logit over the heads of each sample's own selected tasks."""
+        task = torch.empty(len(features), dtype=torch.long)
+        cls = torch.empty(len(features), dtype=torch.long)
+        subsets, inverse = torch.unique(selection.bool(), dim=0, return_inverse=True)
+        for g, row in enumerate(subsets):
+            idx = torch.nonzero(inverse == g).flatten()
+            subset = tuple(int(i) for i in torch.nonzero(row).flatten())
+            task[idx], cls[idx] = predict_over_heads(features[idx], self.heads, self.candidate_heads(subset))
+        return Predictions(task, cls)
+
     @torch.no_grad()
-    def predict(self, images: np.ndarray, selection: torch.Tensor, batch_size: int = 256,
-                workers: int = 0, desc: str | None = None) -> Predictions:
-        """Second pass over all inputs, grouped by their selection (N x T boolean)."""
+    def features(self, images: np.ndarray, selection: torch.Tensor, batch_size: int = 256,
+                 workers: int = 0, desc: str | None = None) -> torch.Tensor:
+        """Second-pass image features (N x d, float32 on CPU) under each sample's selection."""
         if selection.shape != (len(images), self.num_tasks):
             raise ValueError(f"selection must be {len(images)} x {self.num_tasks}")
-        subsets, inverse = torch.unique(selection.bool(), dim=0, return_inverse=True)
-        task = torch.empty(len(images), dtype=torch.long)
-        cls = torch.empty(len(images), dtype=torch.long)
-        groups = tqdm(range(len(subsets)), desc=desc, disable=desc is None, leave=False)
-        for g in groups:
-            subset = tuple(int(i) for i in torch.nonzero(subsets[g]).flatten())
-            idx = torch.nonzero(inverse == g).flatten().numpy()
-            load_visual(self.visual, self.merged_weights(subset))
-            feats, _ = encode(self.visual, images[idx], self.image_size, batch_size,
-                              self.device, workers)
-            t, c = predict_over_heads(feats, self.heads, self.candidate_heads(subset))
-            task[idx], cls[idx] = t, c
-        return Predictions(task, cls)
+        self.visual.eval()
+        feats, start = [], 0
+        loader = make_loader(images, batch_size=batch_size, workers=workers)
+        for batch in tqdm(loader, desc=desc, disable=desc is None, leave=False):
+            plan = BatchPlan.build(selection[start:start + len(batch)], self.encoder.factors)
+            feats.append(self.encoder(to_model_input(batch, self.image_size, self.device), plan).float().cpu())
+            start += len(batch)
+        return torch.cat(feats) if feats else torch.empty(0)
+
+    def predict(self, images: np.ndarray, selection: torch.Tensor, batch_size: int = 256,
+                workers: int = 0, desc: str | None = None) -> Predictions:
+        """Second pass over all inputs (selection: N x T boolean) and the per-sample head argmax."""
+        return self.predict_features(self.features(images, selection, batch_size, workers, desc), selection)
 
     def is_correct(self, pred: Predictions, true_task: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Correct when the chosen head is the true task's head and the class matches."""

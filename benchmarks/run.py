@@ -1,0 +1,288 @@
+"""How close MASS is to two forward passes, on a real-size open_clip ViT with random weights.
+
+Measures, on whatever device is present (one run, results as JSON plus a markdown table):
+1. images/s of the plain pretrained forward, of the first pass with routing residuals at every
+   layer, and of full per-sample MASS (first pass + routing + second pass) on a batch whose
+   samples select random subsets of <= 3 tasks (every batch mixes many subsets: the worst case
+   for grouping), with the subset cache cold and warm; MASS time / plain forward time.
+2. Building the SVD cache (library path, batched) against a plain torch.linalg.svd per matrix.
+3. Merging a 3-task subset: the dense TSV-M weights (tsv_merge + apply_delta) and the factored
+   subset core MASS uses.
+4. Storage of what MASS keeps (pretrained + compressed task components) relative to pretrained.
+5. Wall time of ``snakemake -n`` on the paper configuration.
+
+Task matrices are synthetic: for the throughput runs, each task's truncated SVD factors are drawn
+directly (random orthonormal U, V, decaying spectrum), since forward costs do not depend on the
+weights' values; item 2 times the real SVD code path on dense synthetic task vectors.
+
+    python benchmarks/run.py --out benchmarks/results/cpu-2core.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mass.encoder import all_layers, create_visual, image_size
+from mass.inference import MassModel, encode, first_pass, layer_bases
+from mass.routing import ProjectionRouter
+from mass.second_pass import SubsetFactors
+from mass.svd import LowRank, TaskComponents, default_device
+from mass.task_vectors import LayerId, TaskVector, is_matrix
+from mass.tsv import apply_delta, tsv_merge
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_mib(device: torch.device) -> float:
+    """Peak device memory since the last reset (CUDA) or the process's peak RSS so far (CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
+    sync(device)
+    start = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - start, out
+
+
+def orthonormal(n: int, k: int, g: torch.Generator) -> torch.Tensor:
+    return torch.linalg.qr(torch.randn(n, k, generator=g))[0]
+
+
+def synthetic_components(pretrained: dict[str, torch.Tensor], rank_fraction: float,
+                         g: torch.Generator) -> TaskComponents:
+    """A task's truncated SVD drawn directly: random orthonormal factors, decaying spectrum."""
+    matrices, others = {}, {}
+    for name, w in pretrained.items():
+        if is_matrix(name, w):
+            k = max(1, int(min(w.shape) * rank_fraction))
+            s = 0.05 * torch.linspace(1.0, 0.1, k)
+            matrices[name] = LowRank(orthonormal(w.shape[0], k, g), s, orthonormal(w.shape[1], k, g))
+        elif w.is_floating_point():
+            others[name] = 1e-3 * torch.randn(w.shape, generator=g)
+    return TaskComponents(matrices, others)
+
+
+def synthetic_task_vector(pretrained: dict[str, torch.Tensor], rank: int, g: torch.Generator) -> TaskVector:
+    """Dense task vector: a rank-``rank`` product plus small noise per matrix."""
+    vector = {}
+    for name, w in pretrained.items():
+        if not w.is_floating_point():
+            continue
+        if is_matrix(name, w):
+            r = min(rank, *w.shape)
+            a, b = torch.randn(w.shape[0], r, generator=g), torch.randn(r, w.shape[1], generator=g)
+            vector[name] = 1e-3 * (a @ b) / r + 1e-5 * torch.randn(w.shape, generator=g)
+        else:
+            vector[name] = 1e-3 * torch.randn(w.shape, generator=g)
+    return TaskVector(vector)
+
+
+def random_selection(n: int, num_tasks: int, max_tasks: int, g: torch.Generator) -> torch.Tensor:
+    """Each sample selects a random subset of 1..max_tasks tasks (sizes uniform)."""
+    sel = torch.zeros(n, num_tasks, dtype=torch.bool)
+    sizes = torch.randint(1, max_tasks + 1, (n,), generator=g)
+    for i, size in enumerate(sizes.tolist()):
+        sel[i, torch.randperm(num_tasks, generator=g)[:size]] = True
+    return sel
+
+
+def bench_throughput(args, device, pretrained, comps, images, g) -> dict:
+    """Item 1 for one benchmark size T = len(comps)."""
+    T, n, size = len(comps), len(images), image_size(args.model)
+    visual = create_visual(args.model, pretrained, device)
+    encode(visual, images[: args.batch_size], size, args.batch_size, device)  # warm-up
+    t_plain, _ = timed(lambda: encode(visual, images, size, args.batch_size, device), device)
+
+    blocks = len(visual.transformer.resblocks)
+    bases = layer_bases(comps, all_layers(blocks), T)
+    route_key = f"{LayerId(min(9, blocks - 1), 'mlp')}.cls"
+    t_first, (_, residuals) = timed(
+        lambda: first_pass(visual, images, size, bases, batch_size=args.batch_size, device=device), device)
+
+    heads = [torch.randn(10, visual.output_dim, generator=g) for _ in range(T)]
+    model = MassModel(visual, pretrained, comps, heads, [f"task{t}" for t in range(T)], size, device,
+                      cache_size=args.cache_size)
+    t_setup, _ = timed(lambda: model.encoder, device)
+    selection = random_selection(n, T, args.max_tasks, g)
+
+    def mass() -> None:
+        _, res = first_pass(visual, images, size, bases, batch_size=args.batch_size, device=device)
+        ProjectionRouter().route_residuals(res[route_key])  # the real router's cost; the mix is forced
+        model.predict(images, selection, args.batch_size)
+
+    reset_peak(device)
+    t_cold, _ = timed(mass, device)
+    peak = peak_mib(device)
+    t_warm, _ = timed(mass, device)
+    return {
+        "tasks": T, "images": n, "batch_size": args.batch_size,
+        "distinct_subsets": int(torch.unique(selection, dim=0).shape[0]),
+        "mean_selected_tasks": float(selection.sum(1).float().mean()),
+        "plain_forward_img_s": n / t_plain, "first_pass_img_s": n / t_first,
+        "mass_cold_img_s": n / t_cold, "mass_warm_img_s": n / t_warm,
+        "first_pass_over_forward": t_first / t_plain,
+        "mass_cold_over_forward": t_cold / t_plain, "mass_warm_over_forward": t_warm / t_plain,
+        "mass_setup_s": t_setup, "mass_peak_mib": peak, "routing_key": route_key,
+    }
+
+
+def bench_svd(args, device, pretrained, g) -> dict:
+    """Item 2: the SVD cache (library, batched by shape) against one plain SVD per matrix."""
+    t_cache = t_plain = 0.0
+    reset_peak(device)
+    for _ in range(args.svd_tasks):
+        tv = synthetic_task_vector(pretrained, args.synthetic_rank, g)
+        t, _ = timed(lambda tv=tv: TaskComponents.from_task_vector(tv, args.rank_fraction, device), device)
+        t_cache += t
+        mats = [m.to(device) for name, m in tv.vector.items() if is_matrix(name, m)]
+        t, _ = timed(lambda mats=mats: [torch.linalg.svd(m, full_matrices=False) for m in mats], device)
+        t_plain += t
+    return {"tasks_timed": args.svd_tasks, "cache_s": t_cache, "plain_svd_s": t_plain,
+            "cache_s_per_task": t_cache / args.svd_tasks, "plain_svd_s_per_task": t_plain / args.svd_tasks,
+            "cache_s_20_tasks_est": 20 * t_cache / args.svd_tasks,
+            "plain_svd_s_20_tasks_est": 20 * t_plain / args.svd_tasks, "peak_mib": peak_mib(device)}
+
+
+def bench_merge(device, pretrained, comps) -> dict:
+    """Item 3: merged weights for a 3-task subset, dense (tsv_merge) and factored (subset core)."""
+    subset = (0, 1, 2)
+    reset_peak(device)
+    t_dense, _ = timed(lambda: apply_delta(pretrained, tsv_merge([comps[i] for i in subset], len(comps),
+                                                                 device=device)[0]), device)
+    peak_dense = peak_mib(device)
+    factors = SubsetFactors(comps, device=device)
+    reset_peak(device)
+    t_core, _ = timed(lambda: factors.cores(subset), device)
+    return {"tasks": len(comps), "subset": list(subset), "dense_weights_s": t_dense,
+            "dense_peak_mib": peak_dense, "factored_core_s": t_core, "factored_peak_mib": peak_mib(device)}
+
+
+def bench_storage(pretrained, comps_by_t: dict[int, list[TaskComponents]], rank_fraction: float) -> dict:
+    """Item 4: parameters MASS keeps relative to the pretrained encoder alone."""
+    pre = sum(w.numel() for w in pretrained.values())
+    out = {"pretrained_params": pre}
+    for T, comps in comps_by_t.items():
+        kept = 0
+        for c in comps:
+            for lr in c.matrices.values():
+                k = min(lr.U.shape[0], lr.V.shape[0]) // T
+                kept += k * (lr.U.shape[0] + lr.V.shape[0] + 1)
+            kept += sum(t.numel() for t in c.others.values())
+        out[f"T{T}_mass_over_pretrained"] = (pre + kept) / pre
+    out["svd_cache_rank_fraction"] = rank_fraction
+    return out
+
+
+def bench_dry_run() -> dict:
+    """Item 5: ``snakemake -n`` on config.yaml (the paper's 3 x 3 grid)."""
+    exe = Path(sys.executable).with_name("snakemake")
+    start = time.perf_counter()
+    proc = subprocess.run([str(exe), "-n", "--cores", "all"], cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    return {"wall_s": wall, "returncode": proc.returncode, "tail": proc.stdout.strip().splitlines()[-3:]}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"Device: {result['device']}; {result['date']}; model {result['model']}", "",
+             "| T | images | subsets | forward img/s | first pass img/s | MASS cold img/s | MASS warm img/s "
+             "| first/fwd | MASS cold/fwd | MASS warm/fwd |", "|" + "---|" * 10]
+    for r in result["throughput"]:
+        lines.append(f"| {r['tasks']} | {r['images']} | {r['distinct_subsets']} | {r['plain_forward_img_s']:.2f} "
+                     f"| {r['first_pass_img_s']:.2f} | {r['mass_cold_img_s']:.2f} | {r['mass_warm_img_s']:.2f} "
+                     f"| {r['first_pass_over_forward']:.2f} | {r['mass_cold_over_forward']:.2f} "
+                     f"| {r['mass_warm_over_forward']:.2f} |")
+    if "svd" in result:
+        s = result["svd"]
+        lines += ["", f"SVD cache: {s['cache_s_per_task']:.1f} s/task (batched library path) vs "
+                  f"{s['plain_svd_s_per_task']:.1f} s/task (plain SVD per matrix); 20 tasks est. "
+                  f"{s['cache_s_20_tasks_est']:.0f} s vs {s['plain_svd_s_20_tasks_est']:.0f} s "
+                  f"({s['tasks_timed']} task(s) timed); peak {s['peak_mib']:.0f} MiB"]
+    for m in result["merge"]:
+        lines.append(f"Merge of tasks {m['subset']} (T={m['tasks']}): dense weights {m['dense_weights_s']:.2f} s "
+                     f"(peak {m['dense_peak_mib']:.0f} MiB), factored core {m['factored_core_s']:.2f} s "
+                     f"(peak {m['factored_peak_mib']:.0f} MiB)")
+    st = result["storage"]
+    lines.append("Storage (pretrained + components) / pretrained: " + ", ".join(
+        f"T={k[1:].split('_')[0]}: {v:.2f}x" for k, v in st.items() if k.endswith("_over_pretrained")))
+    if "snakemake_dry_run" in result:
+        d = result["snakemake_dry_run"]
+        lines.append(f"`snakemake -n` (paper config): {d['wall_s']:.1f} s (exit {d['returncode']})")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="JSON path; the markdown table goes next to it (.md)")
+    parser.add_argument("--model", default="ViT-B-32-quickgelu")
+    parser.add_argument("--tasks", type=int, nargs="+", default=[8, 20])
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-tasks", type=int, default=3, help="largest task subset a sample selects")
+    parser.add_argument("--cache-size", type=int, default=256, help="subset cores MassModel keeps")
+    parser.add_argument("--rank-fraction", type=float, default=0.125, help="components kept per matrix")
+    parser.add_argument("--svd-tasks", type=int, default=20, help="tasks whose SVD cache build is timed (0: skip)")
+    parser.add_argument("--synthetic-rank", type=int, default=64)
+    parser.add_argument("--no-dry-run", action="store_true", help="skip the snakemake -n timing")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, few images and tasks")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.quick:
+        args.model, args.tasks, args.images, args.batch_size, args.svd_tasks = "mass-tiny-vit", [4], 12, 5, 1
+        args.rank_fraction = 0.25
+    device = default_device()
+    g = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    pretrained = create_visual(args.model).state_dict()
+    size = image_size(args.model)
+    images = np.random.default_rng(args.seed).integers(0, 256, (args.images, size, size, 3), dtype=np.uint8)
+    all_comps = [synthetic_components(pretrained, args.rank_fraction, g) for _ in range(max(args.tasks))]
+    comps_by_t = {T: all_comps[:T] for T in args.tasks}
+
+    result = {"date": datetime.date.today().isoformat(), "model": args.model, "torch": torch.__version__,
+              "device": torch.cuda.get_device_name() if device.type == "cuda"
+              else f"CPU ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+              "args": vars(args)}
+    result["throughput"] = [bench_throughput(args, device, pretrained, comps_by_t[T], images, g)
+                            for T in args.tasks]
+    result["merge"] = [bench_merge(device, pretrained, comps_by_t[T]) for T in args.tasks]
+    result["storage"] = bench_storage(pretrained, comps_by_t, args.rank_fraction)
+    if args.svd_tasks:
+        result["svd"] = bench_svd(args, device, pretrained, g)
+    if not args.no_dry_run:
+        result["snakemake_dry_run"] = bench_dry_run()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown(result)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
