@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from mass.data import catalog
-from mass.data.store import load_split
+from mass.data.store import StackedSplits, load_split
 from mass.io import ArtifactError, load_arrays, load_tensors
 from mass.svd import TaskComponents
 from mass.training import set_threads
@@ -23,9 +23,9 @@ from mass.training import set_threads
 
 @dataclass
 class SplitData:
-    """All tasks' samples of one split, concatenated in benchmark order."""
+    """All tasks' samples of one split, concatenated in benchmark order (images memory-mapped)."""
 
-    images: np.ndarray
+    images: StackedSplits
     labels: torch.Tensor
     task: torch.Tensor
     task_names: list[str]
@@ -39,14 +39,14 @@ def load_benchmark_split(data_dirs: Sequence[str], tasks: Sequence[str], split: 
     this benchmark (STL10 and CIFAR10 in the 20-task one) are mapped onto that head's classes."""
     images, labels, owner = [], [], []
     for t, (root, name) in enumerate(zip(data_dirs, tasks, strict=True)):
-        x, y = load_split(root, name, split, mmap=False)
+        x, y = load_split(root, name, split)
         shared = catalog.benchmark_head(name, tasks)
         if shared is not None:
             y = np.asarray(shared.label_maps[name], dtype=np.int64)[y]
         images.append(x)
         labels.append(torch.as_tensor(y))
         owner.append(torch.full((len(y),), t, dtype=torch.long))
-    return SplitData(np.concatenate(images), torch.cat(labels), torch.cat(owner), list(tasks))
+    return SplitData(StackedSplits(images), torch.cat(labels), torch.cat(owner), list(tasks))
 
 
 def load_heads(paths: Sequence[str]) -> tuple[list[torch.Tensor], list[str]]:

@@ -8,6 +8,7 @@ resolution, so later rules only normalise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -76,6 +77,47 @@ def load_split(root: str | Path, task: str, split: str, mmap: bool = True) -> tu
     if len(images) != len(labels):
         raise ArtifactError(f"{img_path} and {lab_path} differ in length; delete and regenerate them")
     return images, labels
+
+
+class StackedSplits:
+    """Several stored splits read as one N x H x W x 3 array without loading them into memory.
+
+    A benchmark's split is the concatenation of its tasks' splits; at 224 px the 20-task test
+    set is ~38 GB, so it stays memory-mapped and only the rows asked for (a batch, a routing
+    group) are read.
+    """
+
+    def __init__(self, parts: Sequence[np.ndarray]):
+        if not parts:
+            raise ValueError("StackedSplits needs at least one split")
+        self.parts = list(parts)
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.parts[0].shape[1:])
+
+    def __getitem__(self, index) -> np.ndarray:
+        """Rows by slice, integer or index array, as one in-memory uint8 array."""
+        if isinstance(index, slice):
+            index = np.arange(len(self))[index]
+        index = np.asarray(index)
+        if index.ndim == 0:
+            return self[index[None]][0]
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        index = np.where(index < 0, index + len(self), index)
+        if len(index) and (index.min() < 0 or index.max() >= len(self)):
+            raise IndexError(f"index out of range for {len(self)} rows")
+        part = np.searchsorted(self.offsets, index, side="right") - 1
+        out = np.empty((len(index), *self.shape[1:]), dtype=self.parts[0].dtype)
+        for p in np.unique(part):
+            rows = part == p
+            out[rows] = self.parts[p][index[rows] - self.offsets[p]]
+        return out
 
 
 class ArrayBatches(Dataset):
