@@ -1,0 +1,124 @@
+"""Incremental reruns: after a finished run, an edited config plans exactly the jobs the edit affects
+(Snakemake's default rerun triggers: every hyperparameter reaches its rules as a scalar param), and a
+job killed mid-write leaves nothing that passes for its output."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from workflow_run import AGGREGATES, SMALL, dry_run, env, snakemake
+
+pytestmark = pytest.mark.slow
+
+ROUTING = {"evaluate_mass", "evaluate_batched"} | AGGREGATES
+MERGE = {"merge", "first_pass", "routing_sweep", "select_epsilon"} | ROUTING
+
+
+def plan(cwd, tmp_path, overrides: dict) -> list[dict[str, str]]:
+    """The jobs a dry run plans with ``overrides`` layered over the small demo's config."""
+    extra = tmp_path / "override.yaml"
+    extra.write_text(yaml.safe_dump(overrides))
+    return dry_run(cwd, str(extra))
+
+
+def rules(jobs) -> set[str]:
+    return {job["rule"] for job in jobs}
+
+
+def test_finished_run_plans_nothing(small_demo):
+    assert dry_run(small_demo) == []
+
+
+@pytest.mark.parametrize("overrides", [{"routing": {"eta": 0.35}}, {"routing": {"top_k": 1}}],
+                         ids=["eta", "top_k"])
+def test_routing_change_reruns_only_routing_and_what_follows(small_demo, tmp_path, overrides):
+    # not the SVD cache, the TSV-M merge, the first passes, the sweeps or the baselines
+    assert rules(plan(small_demo, tmp_path, overrides)) == ROUTING
+
+
+def test_epsilon_change_reruns_the_merge_and_downstream_only(small_demo, tmp_path):
+    jobs = plan(small_demo, tmp_path, {"merge": {"epsilon_grid": [0.5]}})
+    assert rules(jobs) == MERGE  # no SVD cache, data, checkpoints, TSV-M (epsilon none) or baselines
+    merges = {job["wildcards"] for job in jobs if job["rule"] == "merge"}
+    assert merges == {"backbone=tiny, bench=2, eps=0.5"}
+    first_passes = {job["output"] for job in jobs if job["rule"] == "first_pass"}
+    assert first_passes == {f"results/tiny/2/first_pass/{m}.npz" for m in ("eps0.5_val", "selected_val",
+                                                                            "selected_test")}
+
+
+@pytest.mark.parametrize("overrides", [{"plots": {"dpi": 72}}, {"plots": {"style": "ticks"}}], ids=["dpi", "style"])
+def test_plot_option_reruns_only_plots(small_demo, tmp_path, overrides):
+    assert rules(plan(small_demo, tmp_path, overrides)) == {"make_plots", "all"}
+
+
+def test_new_backbone_runs_only_its_jobs(small_demo, tmp_path):
+    overrides = {"run": {"backbones": ["tiny", "tiny2"]},
+                 "backbones": {"tiny2": {"arch": "mass-tiny-vit", "pretrained": "demo", "candidate_blocks": [2, 5]}}}
+    jobs = plan(small_demo, tmp_path, overrides)
+    assert {"pretrain_demo_clip", "svd_cache", "merge", "evaluate_mass"} <= rules(jobs)
+    assert all("backbone=tiny2" in job["wildcards"] for job in jobs if job["rule"] not in AGGREGATES), jobs
+
+
+def test_new_benchmark_runs_only_its_jobs(small_demo, tmp_path):
+    overrides = {"run": {"benchmarks": ["2", "3"]}, "benchmarks": {"3": ["digits", "gratings", "counting"]}}
+    jobs = plan(small_demo, tmp_path, overrides)
+    new = [job for job in jobs if job["rule"] not in AGGREGATES]
+    assert {"generate_demo_task", "svd_cache", "merge", "evaluate_mass"} <= rules(new)
+    # per-task jobs only for the new task, benchmark jobs only for the new benchmark
+    assert all("task=counting" in job["wildcards"] or "bench=3" in job["wildcards"] for job in new), new
+
+
+HANG_BEFORE_RENAME = """\
+import os, time
+_target, _replace = os.environ["MASS_TEST_HANG_ON"], os.replace
+
+def _replace_after_a_while(src, dst, *args, **kwargs):
+    if str(dst).endswith(_target):  # the data is in the temporary file; the rename has not happened
+        open(os.environ["MASS_TEST_READY"], "w").close()
+        time.sleep(600)
+    return _replace(src, dst, *args, **kwargs)
+
+os.replace = _replace_after_a_while
+"""
+
+
+def test_job_killed_mid_write_leaves_no_output(small_demo, tmp_path):
+    """SIGKILL Snakemake and its job between writing an output and renaming it into place (held there
+    by a sitecustomize hook): the target must not exist and the next run must plan the job again."""
+    cwd = tmp_path / "run"
+    shutil.copytree(small_demo, cwd, symlinks=True)
+    target = cwd / "results/tiny/svd/digits.safetensors"
+    target.unlink()
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HANG_BEFORE_RENAME)
+    ready = tmp_path / "ready"
+    job_env = {**env(), "PYTHONPATH": str(hook), "MASS_TEST_HANG_ON": "svd/digits.safetensors",
+               "MASS_TEST_READY": str(ready)}
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", str(target.relative_to(cwd)), "--cores", "2", *SMALL],
+                            cwd=cwd, env=job_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert ready.exists(), "the svd_cache job never reached its rename"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and its job, no chance to clean up
+        proc.wait()
+
+    assert not target.exists()
+    leftovers = list(target.parent.glob(".digits.safetensors.*.part"))
+    assert leftovers and leftovers[0].stat().st_size > 0  # killed with the data written, not renamed
+    # the killed Snakemake left its lock: unlock as after any crash, then plan
+    assert snakemake("--unlock", *SMALL, cwd=cwd, timeout=120).returncode == 0
+    again = dry_run(cwd, targets=(str(target.relative_to(cwd)),))
+    assert [(job["rule"], job["wildcards"]) for job in again] == [("svd_cache", "backbone=tiny, task=digits")]
+    assert "Missing output files" in again[0]["reason"]

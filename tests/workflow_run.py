@@ -1,0 +1,58 @@
+"""Run the Snakemake workflow in a scratch copy and read which jobs it plans (shared by the SLURM,
+rerun and killed-job tests)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+# The smallest demo: the demo preset plus tests/slurm_demo.yaml (copied next to the Snakefile).
+SMALL = ("--configfile", "workflow/presets/demo.yaml", "slurm_demo.yaml")
+# Rules that gather every backbone and benchmark: they rerun whenever anything upstream changes.
+AGGREGATES = {"collect_results", "make_tables", "make_plots", "all"}
+
+
+def workflow_copy(dest: Path) -> Path:
+    """A copy of the workflow (no results) in ``dest``; ``src`` is linked because rules read package data."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, dest / name)
+    for name in ("envs", "workflow"):
+        shutil.copytree(ROOT / name, dest / name)
+    shutil.copy(ROOT / "tests" / "slurm_demo.yaml", dest / "slurm_demo.yaml")
+    (dest / "src").symlink_to(ROOT / "src")
+    return dest
+
+
+def env() -> dict[str, str]:
+    """The test's environment with this interpreter's scripts first, so jobs find ``python -m mass``."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def snakemake(*args: str, cwd: Path, timeout: int = 900, extra_env: dict | None = None,
+              ) -> subprocess.CompletedProcess:
+    """Run Snakemake under ``timeout -k 10``, so a hung run fails the test instead of the CI job."""
+    cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", *args]
+    return subprocess.run(cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
+
+
+def planned_jobs(output: str) -> list[dict[str, str]]:
+    """The jobs of a dry run, each as its printed fields (rule, output, wildcards, reason, ...)."""
+    jobs = []
+    for m in re.finditer(r"^(?:local)?rule (\w+):\n((?:    .*\n?)*)", output, re.M):
+        fields = dict(line.strip().split(": ", 1) for line in m.group(2).splitlines() if ": " in line)
+        jobs.append({"rule": m.group(1), **fields})
+    return jobs
+
+
+def dry_run(cwd: Path, *configfiles: str, targets: tuple[str, ...] = ()) -> list[dict[str, str]]:
+    """Plan the small demo (plus more config files) with the default rerun triggers."""
+    run = snakemake(*targets, "-n", "--cores", "2", *SMALL, *configfiles, cwd=cwd, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    return planned_jobs(run.stdout + run.stderr)
