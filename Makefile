@@ -17,7 +17,7 @@ demo: $(VENV)/.installed
 	time snakemake --cores $(CORES) --configfile workflow/presets/demo.yaml
 
 test: $(VENV)/.installed
-	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/pytest -q
 
 paper-dry-run: $(VENV)/.installed
