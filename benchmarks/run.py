@@ -2,9 +2,12 @@
 
 Measures, on whatever device is present (one run, results as JSON plus a markdown table):
 1. images/s of the plain pretrained forward, of the first pass with routing residuals at every
-   layer, and of full per-sample MASS (first pass + routing + second pass) on a batch whose
-   samples select random subsets of <= 3 tasks (every batch mixes many subsets: the worst case
-   for grouping), with the subset cache cold and warm; MASS time / plain forward time.
+   layer, and of full per-sample MASS (first pass + routing + second pass) in two cases:
+   "random", every sample selects a random subset of 1-3 tasks (every batch mixes many subsets:
+   the worst case), and "realistic", selections shaped like the projection router's on real
+   data (80% the true task alone, 15% with its one confusable partner, 5% with two random
+   others; images come in runs of one true task, as a test set evaluated dataset by dataset).
+   Subset cores are computed (and timed) before MASS is timed; MASS time / plain forward time.
 2. Building the SVD cache (library path, batched) against a plain torch.linalg.svd per matrix.
 3. Merging a 3-task subset: the dense TSV-M weights (tsv_merge + apply_delta) and the factored
    subset core MASS uses.
@@ -112,8 +115,25 @@ def random_selection(n: int, num_tasks: int, max_tasks: int, g: torch.Generator)
     return sel
 
 
-def bench_throughput(args, device, pretrained, comps, images, g) -> dict:
-    """Item 1 for one benchmark size T = len(comps)."""
+def realistic_selection(n: int, num_tasks: int, run: int, g: torch.Generator) -> torch.Tensor:
+    """Router-like selections: runs of ``run`` images of one true task; 80% select it alone, 15%
+    with a fixed confusable partner (like MNIST / EMNIST), 5% with two random other tasks."""
+    sel = torch.zeros(n, num_tasks, dtype=torch.bool)
+    partner = (torch.arange(num_tasks) + 1 + torch.randint(num_tasks - 1, (num_tasks,), generator=g)) % num_tasks
+    true = torch.randperm(num_tasks, generator=g).repeat_interleave(run).repeat(n // (run * num_tasks) + 1)[:n]
+    kind = torch.rand(n, generator=g)
+    for i, t in enumerate(true.tolist()):
+        sel[i, t] = True
+        if 0.80 <= kind[i] < 0.95:
+            sel[i, partner[t]] = True
+        elif kind[i] >= 0.95:
+            others = torch.randperm(num_tasks - 1, generator=g)[:2]
+            sel[i, others + (others >= t).long()] = True
+    return sel
+
+
+def bench_throughput(args, device, pretrained, comps, images, g) -> list[dict]:
+    """Item 1 for one benchmark size T = len(comps): one row per selection case."""
     T, n, size = len(comps), len(images), image_size(args.model)
     visual = create_visual(args.model, pretrained, device)
     encode(visual, images[: args.batch_size], size, args.batch_size, device)  # warm-up
@@ -127,29 +147,33 @@ def bench_throughput(args, device, pretrained, comps, images, g) -> dict:
 
     heads = [torch.randn(10, visual.output_dim, generator=g) for _ in range(T)]
     model = MassModel(visual, pretrained, comps, heads, [f"task{t}" for t in range(T)], size, device,
-                      cache_size=args.cache_size)
+                      cache_size=args.cache_size, dense_min_group=args.dense_min_group)
     t_setup, _ = timed(lambda: model.encoder, device)
-    selection = random_selection(n, T, args.max_tasks, g)
+    rows = []
+    for case, selection in (("random", random_selection(n, T, args.max_tasks, g)),
+                            ("realistic", realistic_selection(n, T, args.task_run, g))):
+        subsets, counts = torch.unique(selection, dim=0, return_counts=True)
+        t_cores, _ = timed(lambda subsets=subsets: [model.encoder.factors.cores(
+            tuple(torch.nonzero(row).flatten().tolist())) for row in subsets], device)
 
-    def mass() -> None:
-        _, res = first_pass(visual, images, size, bases, batch_size=args.batch_size, device=device)
-        ProjectionRouter().route_residuals(res[route_key])  # the real router's cost; the mix is forced
-        model.predict(images, selection, args.batch_size)
+        def mass(selection=selection) -> None:
+            _, res = first_pass(visual, images, size, bases, batch_size=args.batch_size, device=device)
+            ProjectionRouter().route_residuals(res[route_key])  # the real router's cost; the mix is forced
+            model.predict(images, selection, args.batch_size)
 
-    reset_peak(device)
-    t_cold, _ = timed(mass, device)
-    peak = peak_mib(device)
-    t_warm, _ = timed(mass, device)
-    return {
-        "tasks": T, "images": n, "batch_size": args.batch_size,
-        "distinct_subsets": int(torch.unique(selection, dim=0).shape[0]),
-        "mean_selected_tasks": float(selection.sum(1).float().mean()),
-        "plain_forward_img_s": n / t_plain, "first_pass_img_s": n / t_first,
-        "mass_cold_img_s": n / t_cold, "mass_warm_img_s": n / t_warm,
-        "first_pass_over_forward": t_first / t_plain,
-        "mass_cold_over_forward": t_cold / t_plain, "mass_warm_over_forward": t_warm / t_plain,
-        "mass_setup_s": t_setup, "mass_peak_mib": peak, "routing_key": route_key,
-    }
+        reset_peak(device)
+        t_mass, _ = timed(mass, device)
+        rows.append({
+            "tasks": T, "case": case, "images": n, "batch_size": args.batch_size,
+            "dense_min_group": args.dense_min_group, "distinct_subsets": len(subsets),
+            "dense_images": int(counts[counts >= args.dense_min_group].sum()),
+            "mean_selected_tasks": float(selection.sum(1).float().mean()),
+            "plain_forward_img_s": n / t_plain, "first_pass_img_s": n / t_first, "mass_img_s": n / t_mass,
+            "first_pass_over_forward": t_first / t_plain, "mass_over_forward": t_mass / t_plain,
+            "mass_setup_s": t_setup, "subset_cores_s": t_cores, "mass_peak_mib": peak_mib(device),
+            "routing_key": route_key,
+        })
+    return rows
 
 
 def bench_svd(args, device, pretrained, g) -> dict:
@@ -210,13 +234,13 @@ def bench_dry_run() -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"Device: {result['device']}; {result['date']}; model {result['model']}", "",
-             "| T | images | subsets | forward img/s | first pass img/s | MASS cold img/s | MASS warm img/s "
-             "| first/fwd | MASS cold/fwd | MASS warm/fwd |", "|" + "---|" * 10]
+             "| T | case | images | subsets | images on dense path | forward img/s | first pass img/s "
+             "| MASS img/s | first/fwd | MASS/fwd | subset cores s |", "|" + "---|" * 11]
     for r in result["throughput"]:
-        lines.append(f"| {r['tasks']} | {r['images']} | {r['distinct_subsets']} | {r['plain_forward_img_s']:.2f} "
-                     f"| {r['first_pass_img_s']:.2f} | {r['mass_cold_img_s']:.2f} | {r['mass_warm_img_s']:.2f} "
-                     f"| {r['first_pass_over_forward']:.2f} | {r['mass_cold_over_forward']:.2f} "
-                     f"| {r['mass_warm_over_forward']:.2f} |")
+        lines.append(f"| {r['tasks']} | {r['case']} | {r['images']} | {r['distinct_subsets']} "
+                     f"| {r['dense_images']} | {r['plain_forward_img_s']:.2f} | {r['first_pass_img_s']:.2f} "
+                     f"| {r['mass_img_s']:.2f} | {r['first_pass_over_forward']:.2f} "
+                     f"| {r['mass_over_forward']:.2f} | {r['subset_cores_s']:.2f} |")
     if "svd" in result:
         s = result["svd"]
         lines += ["", f"SVD cache: {s['cache_s_per_task']:.1f} s/task (batched library path) vs "
@@ -242,11 +266,13 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32-quickgelu")
     parser.add_argument("--tasks", type=int, nargs="+", default=[8, 20])
     parser.add_argument("--images", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-tasks", type=int, default=3, help="largest task subset a sample selects")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-tasks", type=int, default=3, help="largest random task subset a sample selects")
+    parser.add_argument("--task-run", type=int, default=32, help="realistic case: images per true-task run")
+    parser.add_argument("--dense-min-group", type=int, default=12, help="MassModel's dense-path threshold")
     parser.add_argument("--cache-size", type=int, default=256, help="subset cores MassModel keeps")
     parser.add_argument("--rank-fraction", type=float, default=0.125, help="components kept per matrix")
-    parser.add_argument("--svd-tasks", type=int, default=20, help="tasks whose SVD cache build is timed (0: skip)")
+    parser.add_argument("--svd-tasks", type=int, default=1, help="tasks whose SVD cache build is timed (0: skip)")
     parser.add_argument("--synthetic-rank", type=int, default=64)
     parser.add_argument("--no-dry-run", action="store_true", help="skip the snakemake -n timing")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, few images and tasks")
@@ -254,7 +280,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.model, args.tasks, args.images, args.batch_size, args.svd_tasks = "mass-tiny-vit", [4], 12, 5, 1
-        args.rank_fraction = 0.25
+        args.rank_fraction, args.task_run, args.dense_min_group = 0.25, 4, 3
     device = default_device()
     g = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
@@ -268,8 +294,8 @@ def main() -> None:
               "device": torch.cuda.get_device_name() if device.type == "cuda"
               else f"CPU ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
               "args": vars(args)}
-    result["throughput"] = [bench_throughput(args, device, pretrained, comps_by_t[T], images, g)
-                            for T in args.tasks]
+    result["throughput"] = [row for T in args.tasks
+                            for row in bench_throughput(args, device, pretrained, comps_by_t[T], images, g)]
     result["merge"] = [bench_merge(device, pretrained, comps_by_t[T]) for T in args.tasks]
     result["storage"] = bench_storage(pretrained, comps_by_t, args.rank_fraction)
     if args.svd_tasks:

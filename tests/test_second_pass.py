@@ -48,6 +48,25 @@ def test_mixed_selection_equals_dense_merged_weights(setup, alpha):
         torch.testing.assert_close(feats[n:n + 1], expected, atol=1e-4, rtol=1e-4)
 
 
+def test_hybrid_dense_and_lowrank_groups_equal_dense_merged_weights(setup):
+    pre, comps, images = setup
+    # (0, 1, 3) and (2,) reach dense_min_group = 3 and run with merged weights written into the
+    # encoder; the other subsets share the low-rank batches.
+    subsets = [(0, 1, 3), (2,), (1, 2), (0, 1, 3), (2,), (3,), (0, 1, 3), (2,), (0, 2)]
+    selection = torch.zeros(len(images), T, dtype=torch.bool)
+    for n, s in enumerate(subsets):
+        selection[n, list(s)] = True
+    visual = create_visual("mass-tiny-vit", pre)
+    model = MassModel(visual, pre, comps, [], [], SIZE, alpha=0.7, dense_min_group=3)
+    feats = model.features(images, selection, batch_size=2)
+    for s in set(subsets):
+        idx = [n for n, t in enumerate(subsets) if t == s]
+        torch.testing.assert_close(feats[idx], dense_reference(pre, comps, images[idx], s, 0.7),
+                                   atol=1e-4, rtol=1e-4)
+    for name, param in visual.state_dict().items():  # theta_pre is restored afterwards
+        torch.testing.assert_close(param, pre[name])
+
+
 def test_subset_cores_are_cached_and_evicted(setup):
     _, comps, _ = setup
     factors = SubsetFactors(comps, cache_size=2)

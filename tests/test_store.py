@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mass.benchmark import load_benchmark_split
-from mass.data.store import StackedSplits, make_loader, save_split
+from mass.data.store import RowSubset, StackedSplits, make_loader, save_split
 
 
 def parts():
@@ -27,6 +27,14 @@ def test_loader_batches_cross_task_boundaries():
     batches = [b.numpy() for b in make_loader(a, batch_size=4, workers=0)]
     assert [len(b) for b in batches] == [4, 4, 4, 1]
     np.testing.assert_array_equal(np.concatenate(batches), whole)
+
+
+def test_row_subset_loads_the_chosen_rows_in_their_order():
+    a, whole = StackedSplits(parts()), np.concatenate(parts())
+    rows = np.array([12, 0, 6, 5, 5, 1])
+    batches = [b.numpy() for b in make_loader(RowSubset(a, rows), batch_size=4, workers=0)]
+    assert [len(b) for b in batches] == [4, 2] and RowSubset(a, rows).shape == (6, 4, 4, 3)
+    np.testing.assert_array_equal(np.concatenate(batches), whole[rows])
 
 
 def test_benchmark_split_is_memory_mapped(tmp_path):

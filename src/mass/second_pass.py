@@ -1,4 +1,4 @@
-"""MASS second pass with a different task subset per sample, without merged weight copies.
+"""MASS second pass, each sample with its own task subset: dense or per-sample low-rank weights.
 
 TSV-M over a subset S of tasks gives, per matrix, Delta_S = polar(U_S) diag(s_S) polar(V_S)^T
 where U_S, V_S concatenate the tasks' k = floor(r / T) singular vectors. With the Gram matrix
@@ -7,13 +7,16 @@ G = U_S^T U_S, polar(U_S) = U_S G^{-1/2}, so
     Delta_S = U_S C_S V_S^T,   C_S = G_U^{-1/2} diag(s_S) G_V^{-1/2}   (|S|k x |S|k).
 
 The Gram blocks U_i^T U_j of all task pairs are computed once, so a subset costs only small
-eigendecompositions (its "core" C_S, cached per subset), never an SVD of a tall matrix nor a
-dense (m x n) weight. The encoder then runs theta_pre for every sample and adds, per linear
-map, the sample's low-rank correction x V_S C_S^T U_S^T: each task's factors multiply only the
-samples that selected it, and the per-sample core is one batched matmul. Tensors that are not
-matrices (biases, LayerNorms, class embedding, patch conv) are theta_pre + alpha * the mean of
-the selected tasks' deltas, applied per sample. The result equals theta_pre + alpha *
-TSV-M(selected tasks) evaluated with dense weights (see tests/test_second_pass.py).
+eigendecompositions (its "core" C_S, cached per subset), never an SVD of a tall matrix. A
+subset shared by many inputs gets dense weights theta_pre + U_S C_S V_S^T (one matmul chain
+per matrix) written into the encoder (:meth:`MixedEncoder.write_weights`). A batch mixing rare
+subsets is sorted by subset and runs theta_pre plus, per linear map, each sample's low-rank
+correction x V_S C_S^T U_S^T: x V_t is one matmul per task over all samples that selected t,
+then per subset group one matmul by the core and one addmm per task into the output slice.
+Biases, LayerNorms and the class embedding are theta_pre + alpha * the mean of the selected
+tasks' deltas per sample; the patch conv and positional embedding are merged per group. The
+result equals theta_pre + alpha * TSV-M(selected tasks) evaluated with dense weights (see
+tests/test_second_pass.py).
 """
 
 from __future__ import annotations
@@ -99,29 +102,52 @@ class SubsetFactors:
             self.cache.popitem(last=False)
         return cores
 
+    def delta(self, name: str, subset: Subset) -> torch.Tensor:
+        """alpha * Delta_S = U_S (alpha C_S) V_S^T of one matrix, dense (no SVD)."""
+        f = self.matrices[name]
+        u, v = (factor[list(subset)].transpose(0, 1).flatten(1) for factor in (f.U, f.V))
+        return (u @ self.cores(subset)[name]) @ v.T
+
+
+@dataclass
+class Group:
+    """Consecutive samples of a batch sorted by subset that share one task subset."""
+
+    rows: slice
+    subset: Subset
+    offsets: list[int]  # per task of the subset: where the group starts among that task's samples
+    cores: dict[str, torch.Tensor]  # alpha * C_S of every matrix
+
 
 @dataclass
 class BatchPlan:
-    """Where each task's factors go in a batch: the samples that selected it and its slot there."""
+    """A batch sorted by task subset, so every subset's samples form one contiguous slice.
 
-    rows: list[torch.Tensor]     # per task: indices of the samples that selected it
-    slots: list[torch.Tensor]    # per task: its position among each such sample's sorted tasks
-    width: int                   # largest number of tasks a sample selected
-    mean: torch.Tensor           # (N, T): alpha / |S_n| on the selected tasks, for non-matrix tensors
-    members: list[torch.Tensor]  # per distinct subset in the batch: its samples
-    cores: list[dict[str, torch.Tensor]]  # per distinct subset: alpha * C_S of every matrix
+    Contiguous groups let the low-rank corrections be added in place with one matmul per task
+    and group (no scatter of per-sample results), and the patch conv run once per group with
+    its merged kernel.
+    """
+
+    order: torch.Tensor  # batch position of each sorted sample
+    groups: list[Group]
+    rows: list[torch.Tensor]  # per task: the sorted samples that selected it
+    mean: torch.Tensor   # (N, T), sorted: alpha / |S_n| on the selected tasks, for non-matrix tensors
 
     @classmethod
     def build(cls, selection: torch.Tensor, factors: SubsetFactors) -> BatchPlan:
         selection = selection.bool().to(factors.device)
         unique, subset_of = torch.unique(selection, dim=0, return_inverse=True)
-        subsets = [tuple(int(i) for i in torch.nonzero(row).flatten()) for row in unique]
-        slot = selection.long().cumsum(1) - 1
-        rows = [torch.nonzero(selection[:, t]).flatten() for t in range(factors.num_tasks)]
-        return cls(rows, [slot[r, t] for t, r in enumerate(rows)], max(len(s) for s in subsets),
-                   selection.float() * factors.alpha / selection.sum(1, keepdim=True),
-                   [torch.nonzero(subset_of == g).flatten() for g in range(len(subsets))],
-                   [factors.cores(s) for s in subsets])
+        order = torch.argsort(subset_of, stable=True)
+        selection = selection[order]
+        before = (selection.long().cumsum(0) - selection.long()).tolist()  # per sample and task
+        groups, start = [], 0
+        for row, count in zip(unique, torch.bincount(subset_of).tolist(), strict=True):
+            subset = tuple(torch.nonzero(row).flatten().tolist())
+            groups.append(Group(slice(start, start + count), subset, [before[start][t] for t in subset],
+                                factors.cores(subset)))
+            start += count
+        rows = [torch.nonzero(column).flatten() for column in selection.T]
+        return cls(order, groups, rows, selection.float() * factors.alpha / selection.sum(1, keepdim=True))
 
 
 def check_supported(visual: nn.Module) -> None:
@@ -130,6 +156,7 @@ def check_supported(visual: nn.Module) -> None:
     plain = (getattr(visual, "attn_pool", None) is None and visual.pool_type == "tok"
              and not visual.final_ln_after_pool and isinstance(visual.patch_dropout, nn.Identity)
              and isinstance(visual.ln_pre, nn.LayerNorm) and visual.transformer.batch_first
+             and visual.conv1.bias is None
              and all(isinstance(b.ls_1, nn.Identity) and isinstance(b.ls_2, nn.Identity)
                      and isinstance(b.attn, nn.MultiheadAttention) for b in blocks))
     if not plain:
@@ -138,33 +165,48 @@ def check_supported(visual: nn.Module) -> None:
 
 
 class MixedEncoder:
-    """The image tower at theta_pre + alpha * TSV-M(S_n), with its own task subset S_n per sample."""
+    """The image tower at theta_pre + alpha * TSV-M(S_n), with its own task subset S_n per sample.
+
+    :meth:`__call__` runs a batch mixing subsets (low-rank corrections on theta_pre);
+    :meth:`write_weights` instead puts one subset's dense merged weights into ``visual`` itself,
+    which is cheaper when many samples share that subset (see :class:`mass.inference.MassModel`).
+    """
 
     def __init__(self, visual: nn.Module, pretrained: Mapping[str, torch.Tensor], factors: SubsetFactors):
         check_supported(visual)
         self.visual, self.factors = visual, factors
         self.pre = {k: v.float().to(factors.device) for k, v in pretrained.items()}
 
-    def _lowrank(self, x: torch.Tensor, name: str, plan: BatchPlan, transposed: bool = False) -> torch.Tensor:
-        """Per-sample x Delta_S^T (linear weights) or, ``transposed``, x Delta_S (``proj``)."""
+    def merged(self, name: str, subset: Subset) -> torch.Tensor:
+        """theta_pre + alpha * TSV-M(subset) of one tensor, dense: one matmul chain for a matrix."""
+        if name in self.factors.matrices:
+            return self.pre[name] + self.factors.delta(name, subset)
+        if name in self.factors.others:
+            return self.pre[name] + self.factors.alpha * self.factors.others[name][list(subset)].mean(0)
+        return self.pre[name]
+
+    @torch.no_grad()
+    def write_weights(self, subset: Subset | None) -> None:
+        """Copy the merged weights of ``subset`` (theta_pre for None) into ``visual``'s parameters."""
+        for name, param in self.visual.named_parameters():
+            param.copy_(self.pre[name] if subset is None else self.merged(name, subset))
+
+    def _lowrank(self, y: torch.Tensor, x: torch.Tensor, name: str, plan: BatchPlan,
+                 transposed: bool = False) -> torch.Tensor:
+        """Adds to ``y``, in place, each sample's x Delta_S^T (linear weights) or, ``transposed``,
+        x Delta_S (``proj``); ``x`` and ``y`` are (N, L, .) and contiguous."""
         f = self.factors.matrices[name]
         inp, out = (f.U, f.V) if transposed else (f.V, f.U)
-        n, length = x.shape[:2]
-        coords = x.new_zeros(n, length, plan.width, f.k)
-        for t, (rows, slots) in enumerate(zip(plan.rows, plan.slots, strict=True)):
-            if len(rows):
-                coords[rows, :, slots] = x[rows] @ inp[t]
-        coords, mixed = coords.flatten(2), torch.empty_like(coords).flatten(2)
-        for members, cores in zip(plan.members, plan.cores, strict=True):
-            core = cores[name] if transposed else cores[name].T
-            r = core.shape[0]
-            mixed[members, :, :r] = coords[members, :, :r] @ core
-        mixed = mixed.view(n, length, plan.width, f.k)
-        result = x.new_zeros(n, length, out.shape[1])
-        for t, (rows, slots) in enumerate(zip(plan.rows, plan.slots, strict=True)):
-            if len(rows):
-                result.index_add_(0, rows, mixed[rows, :, slots] @ out[t].T)
-        return result
+        coords = [(x if len(rows) == len(x) else x[rows]) @ inp[t] if len(rows) else None
+                  for t, rows in enumerate(plan.rows)]  # one matmul per task over all its samples
+        for g in plan.groups:
+            size, ys = g.rows.stop - g.rows.start, y[g.rows].flatten(0, 1)
+            core = g.cores[name] if transposed else g.cores[name].T
+            mixed = torch.cat([coords[t][o:o + size] for t, o in zip(g.subset, g.offsets, strict=True)],
+                              -1).flatten(0, 1) @ core
+            for j, t in enumerate(g.subset):
+                ys.addmm_(mixed[:, j * f.k:(j + 1) * f.k], out[t].T)
+        return y
 
     def _vector(self, name: str, plan: BatchPlan) -> torch.Tensor:
         """Per-sample non-matrix tensor: theta_pre + alpha * mean of the selected tasks' deltas."""
@@ -173,26 +215,24 @@ class MixedEncoder:
     def _linear(self, x: torch.Tensor, prefix: str, plan: BatchPlan, weight: str = "weight",
                 bias: str = "bias") -> torch.Tensor:
         w = f"{prefix}.{weight}"
-        return (F.linear(x, self.pre[w]) + self._vector(f"{prefix}.{bias}", plan)[:, None]
-                + self._lowrank(x, w, plan))
+        y = F.linear(x, self.pre[w]).add_(self._vector(f"{prefix}.{bias}", plan)[:, None])
+        return self._lowrank(y, x.contiguous(), w, plan)
 
     def _layer_norm(self, x: torch.Tensor, prefix: str, plan: BatchPlan, eps: float) -> torch.Tensor:
         x = F.layer_norm(x, x.shape[-1:], eps=eps)
-        return x * self._vector(f"{prefix}.weight", plan)[:, None] + self._vector(f"{prefix}.bias", plan)[:, None]
+        return torch.addcmul(self._vector(f"{prefix}.bias", plan)[:, None], x,
+                             self._vector(f"{prefix}.weight", plan)[:, None])
 
     def _embed(self, images: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
-        conv = self.visual.conv1
-        x = conv(images)
-        delta = self.factors.others["conv1.weight"]
-        for t, rows in enumerate(plan.rows):
-            if len(rows):
-                patch = F.conv2d(images[rows], delta[t], stride=conv.stride)
-                x.index_add_(0, rows, patch * plan.mean[rows, t, None, None, None])
+        """Patch conv and positional embedding merged per group (each costs one dense tensor)."""
+        stride = self.visual.conv1.stride
+        x = torch.cat([F.conv2d(images[g.rows], self.merged("conv1.weight", g.subset), stride=stride)
+                       for g in plan.groups])
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat([self._vector("class_embedding", plan)[:, None], x], 1)
-        positions = torch.eye(x.shape[1], device=x.device).expand(len(x), -1, -1)  # Delta = I Delta
-        pos_delta = self._lowrank(positions, "positional_embedding", plan, transposed=True)
-        return x + self.pre["positional_embedding"] + pos_delta
+        return x + torch.cat([self.merged("positional_embedding", g.subset).expand(g.rows.stop - g.rows.start,
+                                                                                   -1, -1)
+                              for g in plan.groups])
 
     def _attention(self, x: torch.Tensor, prefix: str, heads: int, plan: BatchPlan) -> torch.Tensor:
         n, length, width = x.shape
@@ -203,8 +243,9 @@ class MixedEncoder:
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
+        """Features of ``images`` in their batch order."""
         visual = self.visual
-        x = self._layer_norm(self._embed(images, plan), "ln_pre", plan, visual.ln_pre.eps)
+        x = self._layer_norm(self._embed(images[plan.order], plan), "ln_pre", plan, visual.ln_pre.eps)
         for i, block in enumerate(visual.transformer.resblocks):
             p = f"transformer.resblocks.{i}"
             h = self._layer_norm(x, f"{p}.ln_1", plan, block.ln_1.eps)
@@ -212,5 +253,6 @@ class MixedEncoder:
             h = self._layer_norm(x, f"{p}.ln_2", plan, block.ln_2.eps)
             h = block.mlp.gelu(self._linear(h, f"{p}.mlp.c_fc", plan))
             x = x + self._linear(h, f"{p}.mlp.c_proj", plan)
-        pooled = self._layer_norm(x[:, :1], "ln_post", plan, visual.ln_post.eps)
-        return (pooled @ self.pre["proj"] + self._lowrank(pooled, "proj", plan, transposed=True))[:, 0]
+        pooled = self._layer_norm(x[:, :1], "ln_post", plan, visual.ln_post.eps).contiguous()
+        feats = self._lowrank(pooled @ self.pre["proj"], pooled, "proj", plan, transposed=True)[:, 0]
+        return torch.empty_like(feats).index_copy_(0, plan.order, feats)

@@ -120,6 +120,24 @@ class StackedSplits:
         return out
 
 
+class RowSubset:
+    """Rows ``index`` of an image array (memory-mapped or :class:`StackedSplits`), read only when
+    a batch of them is asked for, so a routing group of a large test set is never copied whole."""
+
+    def __init__(self, images: np.ndarray | StackedSplits, index: np.ndarray):
+        self.images, self.index = images, np.asarray(index)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self), *self.images.shape[1:])
+
+    def __getitem__(self, key) -> np.ndarray:
+        return self.images[self.index[key]]
+
+
 class ArrayBatches(Dataset):
     """Batches of a (memory-mapped) uint8 image array: one indexing read per batch, not per image."""
 
