@@ -17,13 +17,14 @@ from test_tables import assert_tables_summarise
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_RULES = {
-    "download_dataset", "prepare_dataset", "fetch_pretrained", "fetch_finetuned", "build_head", "finetune",
-    "evaluate_endpoints", "svd_cache", "merge", "first_pass", "routing_sweep", "select_epsilon", "evaluate_tsvm",
-    "evaluate_baseline", "evaluate_mass", "evaluate_batched", "collect_results", "make_tables", "make_plots",
+    "download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned", "build_head",
+    "finetune", "evaluate_endpoints", "svd_cache", "merge", "first_pass", "routing_sweep", "select_epsilon",
+    "evaluate_tsvm", "evaluate_baseline", "evaluate_mass", "evaluate_batched", "collect_results", "make_tables",
+    "make_plots",
 }
 CI_BENCHMARKS = yaml.safe_load((ROOT / "tests" / "ci_demo.yaml").read_text())["benchmarks"]
-DEMO_RULES = ALL_RULES - {"download_dataset", "prepare_dataset", "fetch_pretrained", "fetch_finetuned"} | {
-    "generate_demo_task", "pretrain_demo_clip"}
+SOURCE_RULES = {"download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned"}
+DEMO_RULES = ALL_RULES - SOURCE_RULES | {"generate_demo_task", "pretrain_demo_clip"}
 
 
 def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:

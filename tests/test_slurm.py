@@ -21,7 +21,7 @@ GPU_RULES = {"pretrain_demo_clip", "build_head", "finetune", "evaluate_endpoints
              "evaluate_baseline", "evaluate_mass", "evaluate_batched"}
 SMALL_JOBS = {"generate_demo_task", "routing_sweep", "select_epsilon", "evaluate_tsvm", "collect_results",
               "make_tables", "make_plots"}
-LOCAL_RULES = {"download_dataset", "prepare_dataset", "fetch_pretrained", "fetch_finetuned"}
+LOCAL_RULES = {"download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned"}
 
 
 def test_slurm_profile_sizes_every_rule():

@@ -159,7 +159,9 @@ def test_mnist_download_and_prepare_end_to_end(hub, tmp_path):  # noqa: F811
     assert manifest["splits"]["test"] == ["mnist/test-00000-of-00001.parquet"]
     assert len(json.loads(lock.path.read_text())["files"]) == 2
 
-    info = prepare("MNIST", raw, tmp_path / "data", image_size=28)
+    info = prepare("MNIST", raw, tmp_path / "data", image_size=28, splits=("val", "test"))
+    assert not (tmp_path / "data" / "MNIST" / "train_images.npy").exists()  # as the pipeline: train apart
+    assert prepare("MNIST", raw, tmp_path / "data", image_size=28, splits=("train",)) == info
     train_idx, val_idx = carve_validation(50)
     for split, source, labels, idx in (("train", train, train_labels, train_idx), ("val", train, train_labels, val_idx),
                                        ("test", test, test_labels, np.arange(20))):
@@ -321,6 +323,7 @@ def test_loader_reads_a_stored_split_in_order_with_the_rules_threads(tmp_path):
         set_threads(3)  # what a rule with threads: 3 does first
         loader = make_loader(stored, batch_size=4)
         assert loader.num_workers == 2
+        assert make_loader(stored, batch_size=8).num_workers == 1  # one batch left to read ahead
         batches = list(loader)
         set_threads(1)
         assert make_loader(stored).num_workers == 0
@@ -505,5 +508,5 @@ def test_download_rules_are_local_rules():
     """Compute nodes may have no internet: every rule that downloads runs where Snakemake runs."""
     rules = re.split(r"^rule ", (REPO / "workflow" / "rules" / "sources.smk").read_text(), flags=re.M)[1:]
     local = {block.split(":", 1)[0]: "localrule: True" in block for block in rules}
-    assert local == {"download_dataset": True, "prepare_dataset": True, "fetch_pretrained": True,
-                     "fetch_finetuned": True, "check_head": True}
+    assert local == {"download_dataset": True, "prepare_dataset": True, "prepare_train_split": True,
+                     "fetch_pretrained": True, "fetch_finetuned": True, "check_head": True}

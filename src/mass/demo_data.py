@@ -199,6 +199,15 @@ TASKS: dict[str, tuple[Callable, list[str], str]] = {
 }
 
 
+# name -> what every image of the task shows, whatever its class: the caption of the
+# "task"-style images in pretraining, which teaches the domains but not their classes
+FAMILIES: dict[str, str] = {
+    "digits": "a handwritten digit", "letters": "a letter", "shapes": "a coloured shape", "gratings": "stripes",
+    "colours": "a coloured texture", "counting": "white dots", "position": "a small square",
+    "checker": "a checkerboard",
+}
+
+
 def class_phrases(task: str) -> list[str]:
     _, names, phrase = TASKS[task]
     return [phrase.format(n) for n in names]

@@ -28,7 +28,7 @@ from mass.task_vectors import LayerId, StateDict
 
 @torch.no_grad()
 def encode(visual: nn.Module, images: np.ndarray, image_size: int, batch_size: int = 256,
-           device: str | torch.device = "cpu", workers: int = 0, desc: str | None = None,
+           device: str | torch.device = "cpu", workers: int | None = None, desc: str | None = None,
            probe: FirstPassProbe | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Image features of ``visual`` (N x d, float32 on CPU) and, with a probe, its residuals."""
     visual.eval()
@@ -59,7 +59,7 @@ def layer_bases(components: Sequence[TaskComponents], layers: Sequence[LayerId],
 
 def first_pass(visual: nn.Module, images: np.ndarray, image_size: int,
                bases: Mapping[LayerId, torch.Tensor], tokens: Sequence[str] = ("cls",),
-               batch_size: int = 256, device: str | torch.device = "cpu", workers: int = 0,
+               batch_size: int = 256, device: str | torch.device = "cpu", workers: int | None = None,
                desc: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Features and residuals (key "<block>.<module>.<io>.<token>" -> N x T) in one pass."""
     device_bases = {layer: b.to(device) for layer, b in bases.items()}
@@ -142,7 +142,7 @@ class MassModel:
 
     @torch.no_grad()
     def features(self, images: np.ndarray, selection: torch.Tensor, batch_size: int = 256,
-                 workers: int = 0, desc: str | None = None) -> torch.Tensor:
+                 workers: int | None = None, desc: str | None = None) -> torch.Tensor:
         """Second-pass image features (N x d, float32 on CPU) under each sample's selection."""
         if selection.shape != (len(images), self.num_tasks):
             raise ValueError(f"selection must be {len(images)} x {self.num_tasks}")
@@ -173,7 +173,7 @@ class MassModel:
         return feats
 
     def predict(self, images: np.ndarray, selection: torch.Tensor, batch_size: int = 256,
-                workers: int = 0, desc: str | None = None) -> Predictions:
+                workers: int | None = None, desc: str | None = None) -> Predictions:
         """Second pass over all inputs (selection: N x T boolean) and the per-sample head argmax."""
         return self.predict_features(self.features(images, selection, batch_size, workers, desc), selection)
 

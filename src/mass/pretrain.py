@@ -16,15 +16,21 @@ from torch import nn
 from tqdm import tqdm
 
 from mass.data.store import to_model_input
-from mass.demo_data import TASKS, TEMPLATES, class_phrases, generate
+from mass.demo_data import FAMILIES, TASKS, TEMPLATES, class_phrases, generate
 from mass.encoder import create_clip, image_size
 from mass.heads import tokenizer_for
 from mass.io import save_tensors
 from mass.training import batches, cosine_with_warmup, set_threads
 
 
-def captioned_corpus(per_task: int, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """Images, the caption of each and an integer caption id (for multi-positive targets)."""
+def captioned_corpus(per_task: int, seed: int, domain_per_task: int = 0) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Images, the caption of each and an integer caption id (for multi-positive targets).
+
+    ``per_task`` clean images per task are captioned with their class; ``domain_per_task``
+    "task"-style images (the look of the fine-tuning data, drawn with another seed) only with
+    their task's family, so the model learns to tell the domains apart, as web-pretrained CLIP
+    tells the paper's datasets apart, without learning their classes in that style.
+    """
     images, captions = [], []
     rng = np.random.default_rng(seed)
     for task in TASKS:
@@ -32,16 +38,19 @@ def captioned_corpus(per_task: int, seed: int) -> tuple[np.ndarray, list[str], n
         phrases = class_phrases(task)
         images.append(x)
         captions += [TEMPLATES[rng.integers(len(TEMPLATES))].format(c=phrases[int(c)]) for c in y]
+        if domain_per_task:
+            images.append(generate(task, domain_per_task, seed + 1000, style="task")[0])
+            captions += [TEMPLATES[rng.integers(len(TEMPLATES))].format(c=FAMILIES[task])] * domain_per_task
     ids = np.unique(np.array(captions), return_inverse=True)[1]
     return np.concatenate(images), captions, ids
 
 
 def pretrain(model_name: str, per_task: int, steps: int, batch_size: int, lr: float, seed: int,
-             progress: bool = True) -> nn.Module:
+             domain_per_task: int = 0, progress: bool = True) -> nn.Module:
     torch.manual_seed(seed)
     model = create_clip(model_name)
     tokenizer, size = tokenizer_for(model_name), image_size(model_name)
-    images, captions, ids = captioned_corpus(per_task, seed)
+    images, captions, ids = captioned_corpus(per_task, seed, domain_per_task)
     tokens = tokenizer(captions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     schedule = cosine_with_warmup(optimizer, max(1, steps // 10), steps)
@@ -70,6 +79,8 @@ def main() -> None:
     parser.add_argument("--model", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--per-task", type=int, default=1500)
+    parser.add_argument("--domain-per-task", type=int, default=0,
+                        help="task-style images per task captioned with the task's family only")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -77,7 +88,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     set_threads(args.threads)
-    model = pretrain(args.model, args.per_task, args.steps, args.batch_size, args.lr, args.seed)
+    model = pretrain(args.model, args.per_task, args.steps, args.batch_size, args.lr, args.seed, args.domain_per_task)
     save_tensors(args.out, model.state_dict(), {"model": args.model, "source": "mass.pretrain"})
 
 

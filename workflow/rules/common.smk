@@ -54,6 +54,10 @@ def data_marker(task):
     return ancient(f"{data_root()}/{task}/test_images.npy")
 
 
+def train_split(task):
+    return ancient(f"{data_root()}/{task}/train_images.npy")
+
+
 def pretrained(backbone):
     tag = config["backbones"][backbone]["pretrained"]
     return ancient(f"resources/checkpoints/{backbone}/pretrained_{tag}.safetensors")
@@ -175,6 +179,14 @@ def _opt(flag, value):
 
 def _dataset_cfg(task):
     return (config.get("datasets") or {}).get(task) or {}
+
+
+def prepare_options(w, input):
+    """Options of ``mass.data.prepare`` shared by the val/test and the train preparation."""
+    orientation = _SOURCES["emnist_orientation"]
+    return (f"--task {w.task} --raw {os.path.dirname(input.manifest)} --out resources/data/hub "
+            f"--image-size {_SOURCES.get('image_size', 224)} --emnist-orientation {orientation} "
+            + _opt("--source-orientation", _dataset_cfg(w.task).get("source_orientation")))
 
 
 _SOURCES = config["sources"]

@@ -28,7 +28,7 @@ rule finetune:
     input:
         clip=lambda w: pretrained(w.backbone),
         head="resources/checkpoints/{backbone}/heads/{task}.safetensors",
-        data=lambda w: data_marker(w.task),
+        data=lambda w: train_split(w.task),
     output:
         "resources/checkpoints/{backbone}/trained/{task}.safetensors",
     params:

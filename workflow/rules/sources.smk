@@ -48,15 +48,12 @@ rule prepare_dataset:
     input:
         manifest="resources/raw/{task}/manifest.json",
     output:
-        images=multiext("resources/data/hub/{task}/", "train_images.npy", "val_images.npy", "test_images.npy"),
+        images=multiext("resources/data/hub/{task}/", "val_images.npy", "test_images.npy"),
         info="resources/data/hub/{task}/info.json",
     wildcard_constraints:
         task=_HUB_TASK,
     params:
-        raw=lambda w, input: os.path.dirname(input.manifest),
-        image_size=_SOURCES.get("image_size", 224),
-        orientation=_SOURCES["emnist_orientation"],
-        source_orientation=lambda w: _opt("--source-orientation", _dataset_cfg(w.task).get("source_orientation")),
+        options=prepare_options,
     log:
         "results/logs/sources/prepare_dataset/{task}.log",
     threads: 4
@@ -67,9 +64,31 @@ rule prepare_dataset:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.data.prepare --task {wildcards.task} --raw {params.raw} --out resources/data/hub "
-        "--image-size {params.image_size} --emnist-orientation {params.orientation} {params.source_orientation} "
-        "--threads {threads} > {log} 2>&1"
+        "python -m mass.data.prepare {params.options} --splits val test --threads {threads} > {log} 2>&1"
+
+
+# Only tasks fine-tuned here read their train split (all 20 take ~160 GB at 224 px), so it is
+# prepared on its own, for those tasks alone.
+rule prepare_train_split:
+    input:
+        manifest="resources/raw/{task}/manifest.json",
+    output:
+        "resources/data/hub/{task}/train_images.npy",
+    wildcard_constraints:
+        task=_HUB_TASK,
+    params:
+        options=prepare_options,
+    log:
+        "results/logs/sources/prepare_train_split/{task}.log",
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    localrule: True
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.data.prepare {params.options} --splits train --threads {threads} > {log} 2>&1"
 
 
 rule fetch_pretrained:

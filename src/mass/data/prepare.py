@@ -42,6 +42,9 @@ from mass.io import ArtifactError, read_json
 MANIFEST = "manifest.json"
 
 
+SPLITS = ("train", "val", "test")
+
+
 def orient(image: Image.Image, source: str | None, wanted: str) -> Image.Image:
     """Re-orient an EMNIST image from the source's orientation to the checkpoint's.
 
@@ -154,18 +157,21 @@ def write_images(files: Sequence[Path], column: str, destinations: Sequence[tupl
     """Decode a split row by row into its destination arrays.
 
     ``destinations`` pairs each output array with ``position`` (one int per source row: its index
-    in that array, -1 if the row goes elsewhere), so a carved split is written in one pass.
+    in that array, -1 if the row goes elsewhere), so a carved split is written in one pass; rows
+    that no destination wants (train rows when only val is prepared) are not decoded.
     """
     def convert(cell: Any) -> np.ndarray:
         return clip_pixels(orient(decode(cell), source_orientation, orientation), size)
 
+    wanted = np.any([position >= 0 for _, position in destinations], axis=0)  # rows stored somewhere
     row = 0
     with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
         for cells in iter_images(files, column):
-            for offset, pixels in enumerate(pool.map(convert, cells)):
+            rows = [row + i for i in range(len(cells)) if row + i < len(wanted) and wanted[row + i]]
+            for r, pixels in zip(rows, pool.map(convert, [cells[r - row] for r in rows]), strict=True):
                 for array, position in destinations:
-                    if position[row + offset] >= 0:
-                        array[position[row + offset]] = pixels
+                    if position[r] >= 0:
+                        array[position[r]] = pixels
             row += len(cells)
     expected = len(destinations[0][1])
     if row != expected:
@@ -211,11 +217,17 @@ def check_label_names(task: str, classnames: Sequence[str], source_names: Sequen
 
 def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_size: int = 224,
             emnist_orientation: str = "torchvision", threads: int = 1,
-            source_orientation: str | None = None) -> TaskInfo:
-    """Prepare one task's train/val/test splits and info.json under ``out/<task>``.
+            source_orientation: str | None = None, splits: Sequence[str] = SPLITS) -> TaskInfo:
+    """Prepare some of one task's train/val/test splits under ``out/<task>``, and info.json
+    whenever ``test`` is among them.
 
-    ``source_orientation`` overrides the catalog's orientation of the source's EMNIST images.
+    Only tasks fine-tuned here read ``train`` (at 224 px the 20 tasks' train splits take ~160 GB),
+    so the pipeline prepares val and test for every task and train in a separate step for those
+    alone. ``source_orientation`` overrides the catalog's orientation of the source's EMNIST images.
     """
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown or not splits:
+        raise ValueError(f"splits must be a non-empty subset of {SPLITS}, got {list(splits)}")
     raw, out = Path(raw), Path(out)
     manifest = read_json(raw / MANIFEST)
     if manifest.get("task") != task:
@@ -243,19 +255,22 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
 
     folder = out / task
     train_idx, val_idx = carve(len(labels["train"]), src.val_size)
-    plan = [  # (source files, [(stored split, row indices)], labels): train and val come from one pass;
-        # test goes first, so that the EMNIST orientation check fails before anything is stored
-        (files["test"], [("test", np.arange(len(labels["test"])))], labels["test"]),
-        (files["train"], [("train", train_idx), ("val", val_idx)], labels["train"]),
-    ]
-    for split_files, parts, split_labels in plan:
+    # (source files, [(stored split, row indices)], labels): train and val come from one pass; the
+    # EMNIST orientation is checked on the first split decoded, before anything is stored
+    plan = [(files["test"], [("test", np.arange(len(labels["test"])))], labels["test"]),
+            (files["train"], [("train", train_idx), ("val", val_idx)], labels["train"])]
+    plan = [(f, [(n, idx) for n, idx in parts if n in splits], y) for f, parts, y in plan]
+    checked = src.orientation is None
+    for split_files, parts, split_labels in (p for p in plan if p[1]):
         arrays = {name: _scratch(folder, name, len(idx), image_size) for name, idx in parts}
         try:
             write_images(split_files, src.image_column,
                          [(arrays[name], _positions(idx, len(split_labels))) for name, idx in parts],
                          image_size, src.orientation, emnist_orientation, threads)
-            if src.orientation is not None and "test" in arrays:
-                check_orientation(task, arrays["test"], split_labels, emnist_orientation)
+            if not checked:
+                name, idx = parts[0]
+                check_orientation(task, arrays[name], split_labels[idx], emnist_orientation)
+                checked = True
             for name, idx in parts:
                 save_split(out, task, name, arrays[name], split_labels[idx])
         finally:
@@ -268,7 +283,8 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
         if count != published[split]:
             notes.append(f"{split} has {count} images; the published checkpoints used {published[split]}")
     info = TaskInfo(task, classnames, templates, notes=notes)
-    save_info(out, info)
+    if "test" in splits:
+        save_info(out, info)
     return info
 
 
@@ -283,10 +299,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--source-orientation", choices=catalog.EMNIST_ORIENTATIONS, default=None,
                         help="orientation of the source's EMNIST images (default: the catalog's)")
     parser.add_argument("--threads", type=int, default=1, help="image decoding threads")
+    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
+                        help="splits to store (info.json is written with test)")
     args = parser.parse_args(argv)
-    info = prepare(args.task, args.raw, args.out, args.image_size, args.emnist_orientation, args.threads,
-                   args.source_orientation)
-    print(f"{args.task}: {len(info.classnames)} classes written to {Path(args.out) / args.task}")
+    prepare(args.task, args.raw, args.out, args.image_size, args.emnist_orientation, args.threads,
+            args.source_orientation, args.splits)
+    print(f"{args.task}: {' '.join(args.splits)} written to {Path(args.out) / args.task}")
 
 
 if __name__ == "__main__":

@@ -161,10 +161,12 @@ def make_loader(images: np.ndarray, batch_size: int = 256, workers: int | None =
     """DataLoader over a stored split in order, in batches of ``batch_size`` uint8 images.
 
     ``workers`` reader processes (None: :func:`loader_workers`, i.e. the rule's threads) read the
-    next batches of a memory-mapped split from disk while the model runs on the current one.
+    next batches of a memory-mapped split from disk while the model runs on the current one; no
+    more than there are batches after the first, since a reader has nothing to read ahead of one.
     """
     workers = loader_workers() if workers is None else workers
     batches = BatchSampler(SequentialSampler(range(len(images))), batch_size, drop_last=False)
+    workers = min(workers, len(batches) - 1)
     return DataLoader(ArrayBatches(images), sampler=batches, batch_size=None, num_workers=workers,
                       pin_memory=torch.cuda.is_available())
 
