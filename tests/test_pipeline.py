@@ -3,19 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 from test_tables import assert_tables_summarise
+from workflow_run import ROOT, snakemake, workflow_copy
 
-ROOT = Path(__file__).resolve().parents[1]
 ALL_RULES = {
     "download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned", "build_head",
     "finetune", "evaluate_endpoints", "svd_cache", "merge", "first_pass", "routing_sweep", "select_epsilon",
@@ -27,29 +22,13 @@ SOURCE_RULES = {"download_dataset", "prepare_dataset", "prepare_train_split", "f
 DEMO_RULES = ALL_RULES - SOURCE_RULES | {"generate_demo_task", "pretrain_demo_clip"}
 
 
-def snakemake(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    return subprocess.run([sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def job_counts(output: str) -> dict[str, int]:
     block = output.split("Job stats:", 1)[1]
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M)}
 
 
-def workdir(tmp_path: Path) -> Path:
-    """A copy of the workflow (not the results) to run in isolation."""
-    shutil.copytree(ROOT / "envs", tmp_path / "envs")
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(ROOT / name, tmp_path / name)
-    shutil.copytree(ROOT / "workflow", tmp_path / "workflow")
-    shutil.copy(ROOT / "tests" / "ci_demo.yaml", tmp_path / "ci_demo.yaml")
-    return tmp_path
-
-
 def test_paper_dry_run_plans_the_3x3_grid_and_every_rule(tmp_path):
-    run = snakemake("-n", "--cores", "4", cwd=workdir(tmp_path))
+    run = snakemake("-n", "--cores", "4", cwd=workflow_copy(tmp_path))
     assert run.returncode == 0, run.stderr
     counts = job_counts(run.stdout)
     assert ALL_RULES <= set(counts), ALL_RULES - set(counts)
@@ -62,7 +41,7 @@ def test_paper_dry_run_plans_the_3x3_grid_and_every_rule(tmp_path):
 
 
 def test_lint_is_clean():
-    run = snakemake("--lint", "--configfile", "workflow/presets/demo.yaml")
+    run = snakemake("--lint", "--configfile", "workflow/presets/demo.yaml", cwd=ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Lints for" not in run.stdout, run.stdout
 
@@ -74,14 +53,14 @@ def test_bad_config_value_stops_with_the_key(tmp_path, override, key):
     name, value = rest.split("=")
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(f"{section}:\n  {name}: {value}\n" if section else f"{name}: {value}\n")
-    run = snakemake("-n", "--configfile", str(cfg), cwd=workdir(tmp_path))
+    run = snakemake("-n", "--configfile", str(cfg), cwd=workflow_copy(tmp_path))
     assert run.returncode != 0
     assert key in run.stderr + run.stdout
 
 
 @pytest.mark.slow
 def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
-    cwd = workdir(tmp_path)
+    cwd = workflow_copy(tmp_path)
     run = snakemake("--cores", "2", "--configfile", "workflow/presets/demo.yaml", "ci_demo.yaml", cwd=cwd,
                     timeout=1500)
     assert run.returncode == 0, run.stderr[-4000:]

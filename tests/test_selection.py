@@ -105,8 +105,13 @@ def test_mass_tunes_on_the_validation_first_pass(jobs):
 
 
 def run_cli(module, args: list[str], monkeypatch) -> None:
+    """A rule's entry point in this process; the thread count it sets is undone afterwards."""
     monkeypatch.setattr(sys, "argv", [module.__name__, *map(str, args)])
-    module.main()
+    threads = torch.get_num_threads()
+    try:
+        module.main()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -18,13 +18,15 @@ AGGREGATES = {"collect_results", "make_tables", "make_plots", "all"}
 
 
 def workflow_copy(dest: Path) -> Path:
-    """A copy of the workflow (no results) in ``dest``; ``src`` is linked because rules read package data."""
+    """A copy of the workflow (no results) in ``dest``, with the tests' demo overlays next to the
+    Snakefile; ``src`` is linked because rules read package data."""
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(ROOT / name, dest / name)
     for name in ("envs", "workflow"):
         shutil.copytree(ROOT / name, dest / name)
-    shutil.copy(ROOT / "tests" / "slurm_demo.yaml", dest / "slurm_demo.yaml")
+    for name in ("slurm_demo.yaml", "ci_demo.yaml"):
+        shutil.copy(ROOT / "tests" / name, dest / name)
     (dest / "src").symlink_to(ROOT / "src")
     return dest
 

@@ -28,6 +28,7 @@ rule pretrain_demo_clip:
     params:
         arch=arch,
         per_task=config["demo"]["pretrain"]["per_task"],
+        domain_per_task=config["demo"]["pretrain"]["domain_per_task"],
         steps=config["demo"]["pretrain"]["steps"],
         batch_size=config["demo"]["pretrain"]["batch_size"],
         lr=config["demo"]["pretrain"]["lr"],
@@ -43,5 +44,5 @@ rule pretrain_demo_clip:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.pretrain --model {params.arch} --out {output} --per-task {params.per_task} "
-        "--steps {params.steps} --batch-size {params.batch_size} --lr {params.lr} --seed {params.seed} "
+        "--domain-per-task {params.domain_per_task} --steps {params.steps} --batch-size {params.batch_size} --lr {params.lr} --seed {params.seed} "
         "--threads {threads} > {log} 2>&1"
