@@ -324,6 +324,7 @@ def test_loader_reads_a_stored_split_in_order_with_the_rules_threads(tmp_path):
         loader = make_loader(stored, batch_size=4)
         assert loader.num_workers == 2
         assert make_loader(stored, batch_size=8).num_workers == 1  # one batch left to read ahead
+        assert list(make_loader(stored[:0])) == []  # nothing to read: no reader
         batches = list(loader)
         set_threads(1)
         assert make_loader(stored).num_workers == 0

@@ -166,7 +166,7 @@ def make_loader(images: np.ndarray, batch_size: int = 256, workers: int | None =
     """
     workers = loader_workers() if workers is None else workers
     batches = BatchSampler(SequentialSampler(range(len(images))), batch_size, drop_last=False)
-    workers = min(workers, len(batches) - 1)
+    workers = max(min(workers, len(batches) - 1), 0)
     return DataLoader(ArrayBatches(images), sampler=batches, batch_size=None, num_workers=workers,
                       pin_memory=torch.cuda.is_available())
 
