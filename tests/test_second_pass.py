@@ -48,16 +48,17 @@ def test_mixed_selection_equals_dense_merged_weights(setup, alpha):
         torch.testing.assert_close(feats[n:n + 1], expected, atol=1e-4, rtol=1e-4)
 
 
-def test_hybrid_dense_and_lowrank_groups_equal_dense_merged_weights(setup):
+@pytest.mark.parametrize("dense_min_group", [3, 1])
+def test_hybrid_dense_and_lowrank_groups_equal_dense_merged_weights(setup, dense_min_group):
     pre, comps, images = setup
     # (0, 1, 3) and (2,) reach dense_min_group = 3 and run with merged weights written into the
-    # encoder; the other subsets share the low-rank batches.
+    # encoder; the other subsets share the low-rank batches. With 1, every subset runs dense.
     subsets = [(0, 1, 3), (2,), (1, 2), (0, 1, 3), (2,), (3,), (0, 1, 3), (2,), (0, 2)]
     selection = torch.zeros(len(images), T, dtype=torch.bool)
     for n, s in enumerate(subsets):
         selection[n, list(s)] = True
     visual = create_visual("mass-tiny-vit", pre)
-    model = MassModel(visual, pre, comps, [], [], SIZE, alpha=0.7, dense_min_group=3)
+    model = MassModel(visual, pre, comps, [], [], SIZE, alpha=0.7, dense_min_group=dense_min_group)
     feats = model.features(images, selection, batch_size=2)
     for s in set(subsets):
         idx = [n for n, t in enumerate(subsets) if t == s]

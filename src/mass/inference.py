@@ -161,8 +161,8 @@ class MassModel:
         rest = torch.nonzero(~dense[subset_of]).flatten()
         rest = rest[torch.argsort(subset_of[rest], stable=True)]  # batches with fewer, larger groups
         loader = make_loader(RowSubset(images, rest.numpy()), batch_size=batch_size, workers=workers)
-        for idx, batch in zip(rest.split(batch_size), tqdm(loader, desc=desc, disable=desc is None, leave=False),
-                              strict=True):
+        for idx, batch in zip(rest.split(batch_size) if len(rest) else (),
+                              tqdm(loader, desc=desc, disable=desc is None, leave=False), strict=True):
             plan = BatchPlan.build(selection[idx], self.encoder.factors)
             parts.append((idx, self.encoder(to_model_input(batch, self.image_size, self.device), plan).float().cpu()))
         if not parts:
