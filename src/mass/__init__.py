@@ -11,14 +11,26 @@ The library behind the reproduction pipeline; usable on its own checkpoints:
 - :mod:`mass.metrics`: absolute, normalised and task-identification accuracy
 """
 
-from mass.inference import MassModel, first_pass, layer_bases
-from mass.routing import ProjectionRouter, projection_residuals, routing_weights, select_tasks
-from mass.svd import LowRank, TaskComponents
-from mass.task_vectors import LayerId, TaskVector, visual_state_dict
-from mass.tsv import apply_delta, epsilon_filter, tsv_merge
+from importlib import import_module
 
-__all__ = [
-    "LayerId", "LowRank", "MassModel", "ProjectionRouter", "TaskComponents", "TaskVector",
-    "apply_delta", "epsilon_filter", "first_pass", "layer_bases", "projection_residuals",
-    "routing_weights", "select_tasks", "tsv_merge", "visual_state_dict",
-]
+# Names re-exported here, and the module that defines each. They are imported on first use
+# (PEP 562), so that ``python -m mass.<step>`` pays only for what that step needs: importing
+# open_clip (for the encoders) costs ~4 s, which steps such as the routing sweep never use.
+_EXPORTS = {
+    "MassModel": "inference", "first_pass": "inference", "layer_bases": "inference",
+    "ProjectionRouter": "routing", "projection_residuals": "routing", "routing_weights": "routing",
+    "select_tasks": "routing", "LowRank": "svd", "TaskComponents": "svd", "LayerId": "task_vectors",
+    "TaskVector": "task_vectors", "visual_state_dict": "task_vectors", "apply_delta": "tsv",
+    "epsilon_filter": "tsv", "tsv_merge": "tsv",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mass' has no attribute {name!r}")
+    return getattr(import_module(f"mass.{_EXPORTS[name]}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
