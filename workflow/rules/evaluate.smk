@@ -33,7 +33,7 @@ rule evaluate_baseline:
         grid=baseline_grid,
     log:
         "results/logs/evaluate_baseline/{backbone}/{bench}/{method}.log",
-    threads: 2
+    threads: config["compute_threads"]
     resources:
         mem_mb=32000,
         runtime=240,
@@ -68,7 +68,7 @@ rule evaluate_mass:
         alpha=config["merge"]["alpha"],
     log:
         "results/logs/evaluate_mass/{backbone}/{bench}/{router}.log",
-    threads: 2
+    threads: config["compute_threads"]
     resources:
         mem_mb=16000,
         runtime=240,
@@ -97,7 +97,7 @@ rule evaluate_batched:
         route_batch_size=config["routing"]["batched_size"],
     log:
         "results/logs/evaluate_batched/{backbone}/{bench}.log",
-    threads: 2
+    threads: config["compute_threads"]
     resources:
         mem_mb=16000,
         runtime=120,

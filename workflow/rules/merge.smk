@@ -11,7 +11,7 @@ rule merge:
         tasks=lambda w: " ".join(tasks(w)),
     log:
         "results/logs/merge/{backbone}/{bench}/eps{eps}.log",
-    threads: 2
+    threads: config["compute_threads"]
     resources:
         mem_mb=8000,
         runtime=30,
@@ -35,7 +35,7 @@ rule first_pass:
         alpha=config["merge"]["alpha"],
     log:
         "results/logs/first_pass/{backbone}/{bench}/{fpmodel}_{split}.log",
-    threads: 2
+    threads: config["compute_threads"]
     resources:
         mem_mb=16000,
         runtime=120,

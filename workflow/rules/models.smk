@@ -93,7 +93,7 @@ rule svd_cache:
         rank_fraction=config["svd"]["rank_fraction"],
     log:
         "results/logs/svd_cache/{backbone}/{task}.log",
-    threads: 2
+    threads: config["compute_threads"]
     resources:
         mem_mb=8000,
         runtime=30,
