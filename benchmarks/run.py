@@ -41,7 +41,7 @@ from mass.encoder import all_layers, create_visual, image_size
 from mass.inference import MassModel, encode, first_pass, layer_bases
 from mass.routing import ProjectionRouter
 from mass.second_pass import SubsetFactors
-from mass.svd import LowRank, TaskComponents, default_device
+from mass.svd import LowRank, TaskComponents, components_per_task, default_device
 from mass.task_vectors import LayerId, TaskVector, is_matrix
 from mass.tsv import apply_delta, tsv_merge
 
@@ -220,7 +220,7 @@ def bench_storage(pretrained, comps_by_t: dict[int, list[TaskComponents]], rank_
         kept = 0
         for c in comps:
             for lr in c.matrices.values():
-                k = min(lr.U.shape[0], lr.V.shape[0]) // T
+                k = components_per_task(min(lr.U.shape[0], lr.V.shape[0]), T)
                 kept += k * (lr.U.shape[0] + lr.V.shape[0] + 1)
             kept += sum(t.numel() for t in c.others.values())
         out[f"T{T}_mass_over_pretrained"] = (pre + kept) / pre

@@ -22,7 +22,7 @@ from mass.data.store import RowSubset, make_loader, to_model_input
 from mass.encoder import FirstPassProbe
 from mass.heads import head_logits
 from mass.second_pass import BatchPlan, MixedEncoder, SubsetFactors
-from mass.svd import TaskComponents
+from mass.svd import TaskComponents, components_per_task
 from mass.task_vectors import LayerId, StateDict
 
 
@@ -51,7 +51,7 @@ def layer_bases(components: Sequence[TaskComponents], layers: Sequence[LayerId],
         parts = []
         for comp in components:
             lr = comp.matrices[layer.basis_key]
-            k = min(lr.U.shape[0], lr.V.shape[0]) // num_tasks
+            k = components_per_task(min(lr.U.shape[0], lr.V.shape[0]), num_tasks)
             parts.append((lr.V if layer.io == "in" else lr.U)[:, :k].float())
         bases[layer] = torch.stack(parts)
     return bases
