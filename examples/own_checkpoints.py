@@ -30,11 +30,12 @@ T = len(fts)
 # What MASS stores per task: k = floor(r / T) singular triplets of every task matrix.
 comps = [TaskComponents.from_task_vector(TaskVector.from_state_dicts(pre, ft), 1 / T) for ft in fts]
 
-# First pass through the fixed, epsilon-filtered TSV-M model, recording routing residuals.
+# First pass through the fixed, epsilon-filtered TSV-M model, recording routing residuals;
+# routing_only stops it at the routing layer (drop it to also get the TSV-M features).
 delta, _ = tsv_merge(comps, epsilon=0.3)
 visual = create_visual(arch, apply_delta(pre, delta))
 layer = LayerId(block=3, module="mlp", io="in")  # ViT-B-32 in the paper: LayerId(9, "mlp", "in")
-features, residuals = first_pass(visual, images, image_size(arch), layer_bases(comps, [layer], T))
+_, residuals = first_pass(visual, images, image_size(arch), layer_bases(comps, [layer], T), routing_only=True)
 
 # Route: standardised softmax over negative residuals, eta threshold, at most 3 tasks.
 selection = ProjectionRouter(eta=0.2, top_k=3).route_residuals(residuals[f"{layer}.cls"])

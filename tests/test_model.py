@@ -56,6 +56,26 @@ def test_probe_covers_every_layer_and_output_side(setup):
     assert not visual.transformer.resblocks[0].attn._forward_pre_hooks
 
 
+def test_routing_only_first_pass_skips_the_layers_after_the_routing_location(setup):
+    pre, comps, images, _ = setup
+    visual = create_visual("mass-tiny-vit", pre)
+    layers = [LayerId(1, "attn", "out"), LayerId(2, "mlp", "in")]
+    bases = layer_bases(comps, layers, 3)
+    feats, full = first_pass(visual, images, SIZE, bases, tokens=("cls", "mean"), batch_size=4)
+    ran = {"mlp2": 0, "block3": 0}
+    hooks = [visual.transformer.resblocks[2].mlp.register_forward_hook(lambda *a: ran.__setitem__("mlp2", 1)),
+             visual.transformer.resblocks[3].register_forward_hook(lambda *a: ran.__setitem__("block3", 1))]
+    early_feats, early = first_pass(visual, images, SIZE, bases, tokens=("cls", "mean"), batch_size=4,
+                                    routing_only=True)
+    assert ran == {"mlp2": 0, "block3": 0} and early_feats.numel() == 0
+    assert early.keys() == full.keys()
+    for key in full:
+        torch.testing.assert_close(early[key], full[key])
+    for hook in hooks:
+        hook.remove()
+    torch.testing.assert_close(encode(visual, images, SIZE)[0], feats)  # the model is left intact
+
+
 def test_mass_with_forced_true_task_equals_single_task_tsvm_model(setup):
     pre, comps, images, heads = setup
     visual = create_visual("mass-tiny-vit", pre)

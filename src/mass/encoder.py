@@ -69,19 +69,26 @@ def _token(x: torch.Tensor, token: str) -> torch.Tensor:
     return x[:, 0] if token == "cls" else x.mean(1)
 
 
+class ProbesRecorded(Exception):
+    """Raised by a stopping :class:`FirstPassProbe` once its deepest location is recorded."""
+
+
 class FirstPassProbe:
     """Hooks that record, per batch, routing residuals at every requested location and token.
 
     ``bases`` maps each :class:`LayerId` to a (T, D, k) tensor of per-task orthonormal bases.
     open_clip 3.x runs its transformer batch-first, so the CLS token is position 0 of axis 1.
+    With ``stop``, the forward ends (:class:`ProbesRecorded`) right after the deepest location:
+    routing alone needs no later layer (for ViT-B-32 routed at block 9, ~80% of a forward).
     """
 
     def __init__(self, visual: nn.Module, bases: Mapping[LayerId, torch.Tensor],
-                 tokens: Sequence[str] = ("cls",)):
+                 tokens: Sequence[str] = ("cls",), stop: bool = False):
         if not getattr(visual.transformer, "batch_first", True):
             raise ValueError("FirstPassProbe expects a batch-first open_clip transformer")
         self.tokens = tuple(tokens)
         self.bases = dict(bases)
+        self.last = max(self.bases) if stop and self.bases else None  # LayerId order = forward order
         self.batch: dict[str, torch.Tensor] = {}
         self._handles = []
         blocks = visual.transformer.resblocks
@@ -97,6 +104,8 @@ class FirstPassProbe:
         for token in self.tokens:
             z = _token(x, token)
             self.batch[f"{layer}.{token}"] = projection_residuals(z, basis.to(z.device)).cpu()
+        if layer == self.last:
+            raise ProbesRecorded
 
     def _make_pre_hook(self, layer: LayerId, basis: torch.Tensor):
         def hook(_module, args):

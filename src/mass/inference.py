@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mass.data.store import RowSubset, make_loader, to_model_input
-from mass.encoder import FirstPassProbe
+from mass.encoder import FirstPassProbe, ProbesRecorded
 from mass.heads import head_logits
 from mass.second_pass import BatchPlan, MixedEncoder, SubsetFactors
 from mass.svd import TaskComponents, components_per_task
@@ -30,12 +30,18 @@ from mass.task_vectors import LayerId, StateDict
 def encode(visual: nn.Module, images: np.ndarray, image_size: int, batch_size: int = 256,
            device: str | torch.device = "cpu", workers: int | None = None, desc: str | None = None,
            probe: FirstPassProbe | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Image features of ``visual`` (N x d, float32 on CPU) and, with a probe, its residuals."""
+    """Image features of ``visual`` (N x d, float32 on CPU) and, with a probe, its residuals.
+
+    A stopping probe ends each forward at its deepest location: then no features (empty tensor).
+    """
     visual.eval()
     feats, recorded = [], []
     loader = make_loader(images, batch_size=batch_size, workers=workers)
     for batch in tqdm(loader, desc=desc, disable=desc is None, leave=False):
-        feats.append(visual(to_model_input(batch, image_size, device)).float().cpu())
+        try:
+            feats.append(visual(to_model_input(batch, image_size, device)).float().cpu())
+        except ProbesRecorded:
+            pass
         if probe is not None:
             recorded.append(probe.pop())
     residuals = {k: torch.cat([r[k] for r in recorded]) for k in recorded[0]} if recorded else {}
@@ -60,10 +66,14 @@ def layer_bases(components: Sequence[TaskComponents], layers: Sequence[LayerId],
 def first_pass(visual: nn.Module, images: np.ndarray, image_size: int,
                bases: Mapping[LayerId, torch.Tensor], tokens: Sequence[str] = ("cls",),
                batch_size: int = 256, device: str | torch.device = "cpu", workers: int | None = None,
-               desc: str | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Features and residuals (key "<block>.<module>.<io>.<token>" -> N x T) in one pass."""
+               desc: str | None = None, routing_only: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Features and residuals (key "<block>.<module>.<io>.<token>" -> N x T) in one pass.
+
+    ``routing_only`` stops every forward after the deepest probed location (features empty):
+    enough for MASS inference, which needs only the routing layer's residuals.
+    """
     device_bases = {layer: b.to(device) for layer, b in bases.items()}
-    with FirstPassProbe(visual, device_bases, tokens) as probe:
+    with FirstPassProbe(visual, device_bases, tokens, stop=routing_only) as probe:
         return encode(visual, images, image_size, batch_size, device, workers, desc, probe)
 
 

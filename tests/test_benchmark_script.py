@@ -1,0 +1,32 @@
+"""benchmarks/run.py keeps running: a --quick smoke run on the tiny ViT (timings are not checked)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quick_benchmark_writes_every_item(tmp_path):
+    out = tmp_path / "quick.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--no-dry-run",
+                          "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    rows = result["throughput"]
+    assert [r["case"] for r in rows] == ["random", "realistic"]
+    for r in rows:
+        for key in ("first_pass_over_forward", "routing_pass_over_forward", "second_pass_over_forward",
+                    "mass_over_forward"):
+            assert 0 < r[key] < 100, key
+    storage = result["storage"]
+    # each task keeps k = floor(r / 4) triplets of every matrix: over all 4 tasks about one
+    # r x (m + n) set per matrix, between 1x and 2x the matrices' own size; the total adds the
+    # pretrained encoder and the dense deltas of the other tensors
+    assert 1.0 < storage["T4_triplets_over_pretrained"] < 2.0
+    assert storage["T4_mass_over_pretrained"] == pytest.approx(
+        1 + storage["T4_triplets_over_pretrained"] + storage["T4_dense_deltas_over_pretrained"])
+    assert "| 4 | random |" in out.with_suffix(".md").read_text()
