@@ -311,7 +311,7 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32-quickgelu")
     parser.add_argument("--tasks", type=int, nargs="+", default=[8, 20])
     parser.add_argument("--images", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-tasks", type=int, default=3, help="largest random task subset a sample selects")
     parser.add_argument("--task-run", type=int, default=32, help="realistic case: images per true-task run")
     parser.add_argument("--dense-min-group", type=int, default=12, help="MassModel's dense-path threshold")

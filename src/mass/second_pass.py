@@ -182,7 +182,10 @@ class MixedEncoder:
         if name in self.factors.matrices:
             return self.pre[name] + self.factors.delta(name, subset)
         if name in self.factors.others:
-            return self.pre[name] + self.factors.alpha * self.factors.others[name][list(subset)].mean(0)
+            merged = self.pre[name].clone()  # in-place adds of views: no gather of the task deltas
+            for t in subset:
+                merged.add_(self.factors.others[name][t], alpha=self.factors.alpha / len(subset))
+            return merged
         return self.pre[name]
 
     @torch.no_grad()
@@ -197,7 +200,7 @@ class MixedEncoder:
         x Delta_S (``proj``); ``x`` and ``y`` are (N, L, .) and contiguous."""
         f = self.factors.matrices[name]
         inp, out = (f.U, f.V) if transposed else (f.V, f.U)
-        coords = [(x if len(rows) == len(x) else x[rows]) @ inp[t] if len(rows) else None
+        coords = [(x if len(rows) == len(x) else x.index_select(0, rows)) @ inp[t] if len(rows) else None
                   for t, rows in enumerate(plan.rows)]  # one matmul per task over all its samples
         for g in plan.groups:
             size, ys = g.rows.stop - g.rows.start, y[g.rows].flatten(0, 1)
