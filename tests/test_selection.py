@@ -23,12 +23,13 @@ import torch
 
 from mass import evaluate_baseline, evaluate_mass, run_first_pass
 from mass.data.store import load_split, save_split
-from mass.encoder import create_clip
-from mass.io import load_arrays, read_json, save_arrays, save_tensors
+from mass.encoder import create_clip, create_visual
+from mass.inference import encode
+from mass.io import load_arrays, load_tensors, read_json, save_arrays, save_tensors
 from mass.routing import MLPRouter, NearestNeighbourRouter
 from mass.svd import TaskComponents
 from mass.task_vectors import TaskVector
-from mass.tsv import tsv_merge
+from mass.tsv import apply_delta, tsv_merge
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["a", "b", "c"]
@@ -224,8 +225,7 @@ def test_mass_layer_and_eta_ignore_the_test_split(bench, first_passes, tmp_path,
 
 
 @pytest.mark.parametrize("router,cls", [("nn", NearestNeighbourRouter), ("mlp", MLPRouter)])
-def test_learned_routers_train_on_validation_features_only(bench, first_passes, tmp_path, monkeypatch, router,
-                                                           cls):
+def test_learned_routers_train_on_validation_z_l_only(bench, first_passes, tmp_path, monkeypatch, router, cls):
     seen = []
     fit = cls.fit
 
@@ -234,11 +234,24 @@ def test_learned_routers_train_on_validation_features_only(bench, first_passes, 
         return fit(self, features, task_labels, *args, **kwargs)
 
     monkeypatch.setattr(cls, "fit", spy)
-    run_cli(evaluate_mass, [*common(bench, "poisoned"), "--router", router, "--components", *bench["components"],
-                            "--val-first-pass", first_passes["val"], "--test-first-pass", first_passes["poisoned"],
-                            "--blocks", 1, 4, "--mlp-hidden", 16, "--mlp-epochs", 2, "--out", tmp_path / "r.json"],
-            monkeypatch)
+    args = [*common(bench, "poisoned"), "--router", router, "--components", *bench["components"],
+            "--val-first-pass", first_passes["val"], "--test-first-pass", first_passes["poisoned"],
+            "--layer", "2.mlp.in", "--blocks", 1, 4, "--mlp-hidden", 16, "--mlp-epochs", 2,
+            "--out", tmp_path / "r.json"]
+    with pytest.raises(SystemExit, match="--merged"):
+        run_cli(evaluate_mass, args, monkeypatch)
+    run_cli(evaluate_mass, [*args, "--merged", bench["root"] / "merged.safetensors"], monkeypatch)
+    # z_l, independently: the CLS input of block 2's MLP in the TSV-M model, over the validation images
+    clip = create_clip("mass-tiny-vit")
+    clip.load_state_dict(load_tensors(bench["root"] / "pre.safetensors"))
+    visual = create_visual("mass-tiny-vit", apply_delta(dict(clip.visual.state_dict()),
+                                                         load_tensors(bench["root"] / "merged.safetensors")))
+    captured = []
+    visual.transformer.resblocks[2].ln_2.register_forward_hook(lambda m, a, out: captured.append(out[:, 0]))
+    encode(visual, np.concatenate([load_split(bench["root"] / "clean", t, "val", mmap=False)[0] for t in TASKS]),
+           32, batch_size=64)
     val = load_arrays(first_passes["val"])
     assert len(seen) == 1
-    assert torch.equal(seen[0][0], torch.from_numpy(val["features"]))
+    torch.testing.assert_close(seen[0][0], torch.cat(captured))
     assert torch.equal(seen[0][1], torch.from_numpy(val["task"]))
+    assert read_json(tmp_path / "r.json")["hyperparameters"]["layer"] == "2.mlp.in"

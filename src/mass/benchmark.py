@@ -16,9 +16,11 @@ import torch
 
 from mass.data import catalog
 from mass.data.store import StackedSplits, load_split
-from mass.io import ArtifactError, load_arrays, load_tensors
+from mass.io import ArtifactError, load_arrays, load_tensors, read_json
 from mass.svd import TaskComponents
+from mass.task_vectors import StateDict
 from mass.training import set_threads
+from mass.tsv import apply_delta
 
 
 @dataclass
@@ -94,6 +96,23 @@ class FirstPassResult:
             raise ArtifactError(f"the first pass did not record location {key!r} (recorded: "
                                 f"{sorted(self.residuals)[:6]}...); add its io/token to first_pass in the config")
         return self.residuals[key]
+
+
+def add_first_pass_model_args(parser: argparse.ArgumentParser) -> None:
+    """Options naming the first pass's fixed model (the TSV-M merge, or theta_pre without --merged)."""
+    parser.add_argument("--merged", nargs="*", default=[], help="merged delta(s); none: the pretrained encoder")
+    parser.add_argument("--selection", help="JSON with the chosen epsilon; picks one of --merged")
+
+
+def first_pass_weights(pre: StateDict, args: argparse.Namespace, alpha: float) -> StateDict:
+    """theta_pre + alpha * the merge of --merged (with --selection, the one validation chose), or theta_pre."""
+    merged = args.merged
+    if args.selection:
+        chosen = read_json(args.selection)["merge_file"]
+        if chosen not in merged:
+            raise SystemExit(f"{args.selection} names {chosen}, which is not among --merged")
+        merged = [chosen]
+    return apply_delta(pre, load_tensors(merged[0]), alpha) if merged else pre
 
 
 def device() -> str:

@@ -100,12 +100,14 @@ class FirstPassProbe:
             else:
                 self._handles.append(module.register_forward_hook(self._make_post_hook(layer, basis)))
 
-    def _record(self, layer: LayerId, basis: torch.Tensor, x: torch.Tensor) -> None:
+    def _record(self, layer: LayerId, basis: torch.Tensor | None, x: torch.Tensor) -> None:
         for token in self.tokens:
-            z = _token(x, token)
-            self.batch[f"{layer}.{token}"] = projection_residuals(z, basis.to(z.device)).cpu()
+            self.batch[f"{layer}.{token}"] = self._measure(_token(x, token), basis).cpu()
         if layer == self.last:
             raise ProbesRecorded
+
+    def _measure(self, z: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
+        return projection_residuals(z, basis.to(z.device))
 
     def _make_pre_hook(self, layer: LayerId, basis: torch.Tensor):
         def hook(_module, args):
@@ -131,6 +133,18 @@ class FirstPassProbe:
 
     def __exit__(self, *exc) -> None:
         self.remove()
+
+
+class FeatureProbe(FirstPassProbe):
+    """Records the representation z itself (N x D per location and token), for the routers that
+    are trained on z_l (nearest neighbour, MLP) rather than projecting it onto task subspaces."""
+
+    def __init__(self, visual: nn.Module, layers: Iterable[LayerId], tokens: Sequence[str] = ("cls",),
+                 stop: bool = False):
+        super().__init__(visual, dict.fromkeys(layers), tokens, stop)
+
+    def _measure(self, z: torch.Tensor, basis: torch.Tensor | None) -> torch.Tensor:
+        return z.float()
 
 
 def all_layers(num_blocks: int, ios: Iterable[str] = ("in",)) -> list[LayerId]:

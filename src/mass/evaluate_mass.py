@@ -1,11 +1,12 @@
 """Pipeline step: MASS on a benchmark's test splits with one router, tuned on validation.
 
 Routers: ``proj`` (Algorithm 2 on the TSV-M first pass), ``proj_pre`` (same on the pretrained
-first pass), ``nn`` and ``mlp`` (trained on validation first-pass features). For the projection
-routers the routing location is the best candidate of the validation sweep and eta is found by
-Bayesian optimisation (optuna TPE) on validation accuracy, exactly and without forward passes
-per trial: with top-k selection a sample can only end up with its top-1 .. top-k tasks, so the
-second pass is run once per m <= k on validation and every eta is a table lookup.
+first pass), ``nn`` and ``mlp`` (trained on z_l of the validation images: the representation at
+the routing location in the first pass's TSV-M model, from a forward that stops there). The
+routing location is the best candidate of the validation sweep. For the projection routers eta
+is found by Bayesian optimisation (optuna TPE) on validation accuracy, exactly and without
+forward passes per trial: with top-k selection a sample can only end up with its top-1 .. top-k
+tasks, so the second pass is run once per m <= k on validation and every eta is a table lookup.
 """
 
 from __future__ import annotations
@@ -16,15 +17,17 @@ import torch
 from mass.benchmark import (
     FirstPassResult,
     SplitData,
+    add_first_pass_model_args,
     common_parser,
     device,
+    first_pass_weights,
     load_benchmark_split,
     load_components,
     load_heads,
     setup,
 )
 from mass.encoder import create_visual, image_size
-from mass.inference import MassModel
+from mass.inference import MassModel, layer_features
 from mass.io import load_tensors, write_json
 from mass.routing import (
     MLPRouter,
@@ -35,7 +38,7 @@ from mass.routing import (
     top1_accuracy_per_task,
 )
 from mass.routing_sweep import best_layer, sweep
-from mass.task_vectors import visual_state_dict
+from mass.task_vectors import LayerId, visual_state_dict
 
 ROUTERS = ("proj", "proj_pre", "nn", "mlp")
 
@@ -75,6 +78,7 @@ def main() -> None:
     parser.add_argument("--router", required=True, choices=ROUTERS)
     parser.add_argument("--pretrained", required=True)
     parser.add_argument("--components", nargs="+", required=True)
+    add_first_pass_model_args(parser)  # nn / mlp: the first pass's model, to compute z_l
     parser.add_argument("--val-first-pass", required=True)
     parser.add_argument("--test-first-pass", required=True)
     parser.add_argument("--layer", default="auto", help="'<block>.<attn|mlp>.<in|out>' or 'auto' (val sweep)")
@@ -102,13 +106,18 @@ def main() -> None:
     fp_val, fp_test = FirstPassResult.load(args.val_first_pass), FirstPassResult.load(args.test_first_pass)
     hparams: dict = {"router": args.router}
 
+    layer = args.layer
+    if layer == "auto":
+        layer, val_acc = best_layer(sweep(fp_val, tasks), tuple(args.blocks), args.modules, args.io, args.token)
+        hparams["val_routing_accuracy_at_layer"] = val_acc
+    hparams.update(layer=layer, token=args.token)
+    test = load_benchmark_split(args.data_dirs, tasks, "test")
+    if not torch.equal(fp_test.task, test.task):
+        raise SystemExit(f"{args.test_first_pass} was made for other tasks; rerun the first pass")
+
     if args.router in ("proj", "proj_pre"):
-        layer = args.layer
-        if layer == "auto":
-            layer, val_acc = best_layer(sweep(fp_val, tasks), tuple(args.blocks), args.modules, args.io, args.token)
-            hparams["val_routing_accuracy_at_layer"] = val_acc
         key = f"{layer}.{args.token}"
-        hparams.update(layer=layer, token=args.token, top_k=args.top_k, temperature=args.temperature)
+        hparams.update(top_k=args.top_k, temperature=args.temperature)
 
         def weights_of(fp: FirstPassResult) -> torch.Tensor:
             return routing_weights(fp.residuals_at(key), args.temperature, not args.no_standardize)
@@ -126,17 +135,22 @@ def main() -> None:
             hparams["eta"] = eta
         selection = select_tasks(w_test, eta, args.top_k)
         routed = fp_test.residuals_at(key).argmin(-1)
-    else:
-        router = NearestNeighbourRouter().fit(fp_val.features, fp_val.task) if args.router == "nn" else \
-            MLPRouter(fp_val.features.shape[1], T, args.mlp_hidden, seed=args.seed).fit(
-                fp_val.features, fp_val.task, epochs=args.mlp_epochs, seed=args.seed)
-        routed = router.predict(fp_test.features)
+    else:  # nn / mlp: trained on z_l of the validation images, the first-pass model's routing-layer input
+        if not args.merged:
+            raise SystemExit(f"--router {args.router} reads z_l from the first pass's TSV-M model: pass --merged "
+                             "(and --selection) as for the first pass")
+        routing_visual = create_visual(args.model, first_pass_weights(pre, args, args.alpha), device())
+        val = load_benchmark_split(args.data_dirs, tasks, "val")
+        z_val, z_test = (layer_features(routing_visual, split.images, image_size(args.model), LayerId.parse(layer),
+                                        args.token, args.batch_size, device(), desc=f"z_l {name}")
+                         for name, split in (("val", val), ("test", test)))
+        router = NearestNeighbourRouter().fit(z_val, val.task) if args.router == "nn" else \
+            MLPRouter(z_val.shape[1], T, args.mlp_hidden, seed=args.seed).fit(
+                z_val, val.task, epochs=args.mlp_epochs, seed=args.seed)
+        routed = router.predict(z_test)
         selection = one_hot_selection(routed, T)
-        hparams.update(features="first-pass final embedding", trained_on="val")
+        hparams.update(features="z_l of the first-pass model", trained_on="val")
 
-    test = load_benchmark_split(args.data_dirs, tasks, "test")
-    if not torch.equal(fp_test.task, test.task):
-        raise SystemExit(f"{args.test_first_pass} was made for other tasks; rerun the first pass")
     pred = model.predict(test.images, selection, args.batch_size, desc="test second pass")
     correct = model.is_correct(pred, test.task, test.labels)
     one_hot = torch.nn.functional.one_hot(routed, T).float()

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mass.data.store import RowSubset, make_loader, to_model_input
-from mass.encoder import FirstPassProbe, ProbesRecorded
+from mass.encoder import FeatureProbe, FirstPassProbe, ProbesRecorded
 from mass.heads import head_logits
 from mass.second_pass import BatchPlan, MixedEncoder, SubsetFactors
 from mass.svd import TaskComponents, components_per_task
@@ -75,6 +75,15 @@ def first_pass(visual: nn.Module, images: np.ndarray, image_size: int,
     device_bases = {layer: b.to(device) for layer, b in bases.items()}
     with FirstPassProbe(visual, device_bases, tokens, stop=routing_only) as probe:
         return encode(visual, images, image_size, batch_size, device, workers, desc, probe)
+
+
+def layer_features(visual: nn.Module, images: np.ndarray, image_size: int, layer: LayerId, token: str = "cls",
+                   batch_size: int = 256, device: str | torch.device = "cpu", workers: int | None = None,
+                   desc: str | None = None) -> torch.Tensor:
+    """z_l: the ``token`` representation at ``layer`` (N x D), forwarding only up to that layer."""
+    with FeatureProbe(visual, [layer], (token,), stop=True) as probe:
+        _, recorded = encode(visual, images, image_size, batch_size, device, workers, desc, probe)
+    return recorded.get(f"{layer}.{token}", torch.empty(0))
 
 
 def predict_over_heads(features: torch.Tensor, heads: Sequence[torch.Tensor],

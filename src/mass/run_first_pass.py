@@ -10,20 +10,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from mass.benchmark import common_parser, device, load_benchmark_split, load_components, setup
+from mass.benchmark import (
+    add_first_pass_model_args,
+    common_parser,
+    device,
+    first_pass_weights,
+    load_benchmark_split,
+    load_components,
+    setup,
+)
 from mass.encoder import all_layers, create_visual, image_size
 from mass.inference import first_pass, layer_bases
-from mass.io import load_tensors, read_json, save_arrays
+from mass.io import load_tensors, save_arrays
 from mass.task_vectors import num_blocks, visual_state_dict
-from mass.tsv import apply_delta
 
 
 def main() -> None:
     parser = common_parser(__doc__.splitlines()[0])
     parser.add_argument("--pretrained", required=True)
     parser.add_argument("--components", nargs="+", required=True)
-    parser.add_argument("--merged", nargs="*", default=[], help="merged delta(s); none: the pretrained encoder")
-    parser.add_argument("--selection", help="JSON with the chosen epsilon; picks one of --merged")
+    add_first_pass_model_args(parser)
     parser.add_argument("--split", required=True, choices=["val", "test"])
     parser.add_argument("--ios", nargs="+", default=["in"], choices=["in", "out"])
     parser.add_argument("--tokens", nargs="+", default=["cls"], choices=["cls", "mean"])
@@ -32,13 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     setup(args)
     pre = visual_state_dict(load_tensors(args.pretrained))
-    merged = args.merged
-    if args.selection:
-        chosen = read_json(args.selection)["merge_file"]
-        if chosen not in merged:
-            raise SystemExit(f"{args.selection} names {chosen}, which is not among --merged")
-        merged = [chosen]
-    weights = apply_delta(pre, load_tensors(merged[0]), args.alpha) if merged else pre
+    weights = first_pass_weights(pre, args, args.alpha)
     data = load_benchmark_split(args.data_dirs, args.tasks, args.split)
     layers = all_layers(num_blocks(pre), args.ios)
     bases = layer_bases(load_components(args.components), layers, num_tasks=len(args.tasks))

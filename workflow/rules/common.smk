@@ -199,14 +199,18 @@ _ENDPOINT = _opt("--endpoint", _SOURCES["hf_endpoint"])
 _HUB_TASK = "[A-Za-z0-9]+"
 
 
+def first_pass_model_files(backbone, bench, fpmodel):
+    """The merge(s) a first pass runs (none: pretrained; 'selected': every epsilon and the choice)."""
+    if fpmodel == "selected":
+        return {"merged": [f"results/{backbone}/{bench}/merge/eps{e}.safetensors" for e in EPSILONS],
+                "selection": f"results/{backbone}/{bench}/selected_epsilon.json"}
+    if fpmodel != "pretrained":
+        return {"merged": [f"results/{backbone}/{bench}/merge/{fpmodel}.safetensors"]}
+    return {}
+
+
 def first_pass_inputs(w):
-    files = bench_inputs(w)
-    if w.fpmodel == "selected":
-        files["merged"] = [f"results/{w.backbone}/{w.bench}/merge/eps{e}.safetensors" for e in EPSILONS]
-        files["selection"] = f"results/{w.backbone}/{w.bench}/selected_epsilon.json"
-    elif w.fpmodel != "pretrained":
-        files["merged"] = [f"results/{w.backbone}/{w.bench}/merge/{w.fpmodel}.safetensors"]
-    return files
+    return {**bench_inputs(w), **first_pass_model_files(w.backbone, w.bench, w.fpmodel)}
 
 
 def first_pass_model_args(w, input):
@@ -228,6 +232,10 @@ def baseline_grid(w):
 
 
 def mass_first_passes(w):
+    """First passes of the router's model; nn/mlp also get that model (they recompute z_l with it)."""
     model = "pretrained" if w.router == "proj_pre" else "selected"
     base = f"results/{w.backbone}/{w.bench}/first_pass/{model}"
-    return {**bench_inputs(w), "val_first_pass": f"{base}_val.npz", "test_first_pass": f"{base}_test.npz"}
+    files = {**bench_inputs(w), "val_first_pass": f"{base}_val.npz", "test_first_pass": f"{base}_test.npz"}
+    if w.router in ("nn", "mlp"):
+        files.update(first_pass_model_files(w.backbone, w.bench, model))
+    return files

@@ -52,6 +52,7 @@ rule evaluate_mass:
         "results/{backbone}/{bench}/methods/mass_{router}.json",
     params:
         common=bench_args,
+        model=first_pass_model_args,
         blocks=blocks,
         layer=config["routing"]["layer"],
         modules=" ".join(config["routing"]["modules"]),
@@ -77,7 +78,7 @@ rule evaluate_mass:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.evaluate_mass {params.common} --components {input.components} --router {wildcards.router} "
-        "--val-first-pass {input.val_first_pass} --test-first-pass {input.test_first_pass} "
+        "{params.model} --val-first-pass {input.val_first_pass} --test-first-pass {input.test_first_pass} "
         "--layer {params.layer} --blocks {params.blocks} --modules {params.modules} --io {params.io} "
         "--token {params.token} --temperature {params.temperature} {params.standardize} --top-k {params.top_k} "
         "--eta {params.eta} --eta-range {params.eta_range} --eta-trials {params.eta_trials} "
