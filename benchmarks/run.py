@@ -16,6 +16,7 @@ Measures, on whatever device is present (one run, results as JSON plus a markdow
    subset core MASS uses.
 4. Storage of what MASS keeps (pretrained + compressed task components) relative to pretrained.
 5. Wall time of ``snakemake -n`` on the paper configuration.
+Peak memory of the steps of items 1-3 is measured apart, each step in a fresh process.
 
 Task matrices are synthetic: for the throughput runs, each task's truncated SVD factors are drawn
 directly (random orthonormal U, V, decaying spectrum), since forward costs do not depend on the
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import multiprocessing
 import platform
 import resource
 import shutil
@@ -36,6 +38,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -57,16 +60,55 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+class PeakMemory:
+    """Peak memory while the ``with`` block runs, and how far it rose above the start (MiB).
+
+    CUDA: the allocator's peak, reset at entry. CPU: the resident set's high-water mark (VmHWM),
+    which Linux resets at entry when "5" is written to /proc/self/clear_refs; ``ru_maxrss`` alone
+    never resets, so every step would report the process's peak so far. Where that file is
+    missing (not Linux), the process's peak so far is reported and ``scope`` says so.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.scope = "step"
+        self.start_mib = self.peak_mib = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.start_mib = torch.cuda.memory_allocated() / 2**20
+            return self
+        self.start_mib = _proc_status_mib("VmRSS")
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            self.scope = "process"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak_mib = torch.cuda.max_memory_allocated() / 2**20
+        elif self.scope == "step":
+            self.peak_mib = _proc_status_mib("VmHWM")
+        else:
+            self.peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+
+    def report(self) -> dict:
+        return {"peak_mib": self.peak_mib, "rise_mib": self.peak_mib - self.start_mib, "scope": self.scope}
 
 
-def peak_mib(device: torch.device) -> float:
-    """Peak device memory since the last reset (CUDA) or the process's peak RSS so far (CPU)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10
+def _proc_status_mib(field: str) -> float:
+    """A kB field of /proc/self/status in MiB (0 where there is no /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 2**10
+    except OSError:
+        pass
+    return 0.0
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> tuple[float, object]:
@@ -140,7 +182,38 @@ def realistic_selection(n: int, num_tasks: int, run: int, g: torch.Generator) ->
     return sel
 
 
-def bench_throughput(args, device, pretrained, comps, images, g) -> list[dict]:
+def selection_cases(args, num_tasks: int, g: torch.Generator) -> dict[str, torch.Tensor]:
+    return {"random": random_selection(args.images, num_tasks, args.max_tasks, g),
+            "realistic": realistic_selection(args.images, num_tasks, args.task_run, g)}
+
+
+def make_mass(args, device, visual, pretrained, comps) -> MassModel:
+    """MassModel over ``visual`` with random heads (their values do not change any cost)."""
+    T, g = len(comps), torch.Generator().manual_seed(args.seed)
+    heads = [torch.randn(10, visual.output_dim, generator=g) for _ in range(T)]
+    return MassModel(visual, pretrained, comps, heads, [f"task{t}" for t in range(T)], image_size(args.model),
+                     device, cache_size=args.cache_size, dense_min_group=args.dense_min_group)
+
+
+def routing_location(visual) -> LayerId:
+    """Block 9's MLP input, the location the validation sweep picks most often for ViT-B."""
+    return LayerId(min(9, len(visual.transformer.resblocks) - 1), "mlp")
+
+
+def make_routing_pass(args, device, visual, comps, images) -> Callable[[], torch.Tensor]:
+    """MASS's first pass: the routing layer's residuals only, stopping right after it, then the
+    projection router (its real cost; the benchmark forces the selection mix afterwards)."""
+    layer = routing_location(visual)
+    bases = layer_bases(comps, [layer], len(comps))
+
+    def routing_pass() -> torch.Tensor:
+        _, res = first_pass(visual, images, image_size(args.model), bases, batch_size=args.batch_size,
+                            device=device, routing_only=True)
+        return ProjectionRouter().route_residuals(res[f"{layer}.cls"])
+    return routing_pass
+
+
+def bench_throughput(args, device, pretrained, comps, images, cases: dict[str, torch.Tensor]) -> list[dict]:
     """Item 1 for one benchmark size T = len(comps): one row per selection case.
 
     Every timed step runs once per round, rounds repeat ``args.repeats`` times and each step
@@ -149,27 +222,14 @@ def bench_throughput(args, device, pretrained, comps, images, g) -> list[dict]:
     T, n, size = len(comps), len(images), image_size(args.model)
     visual = create_visual(args.model, pretrained, device)
     encode(visual, images[: args.batch_size], size, args.batch_size, device)  # warm-up
-    blocks = len(visual.transformer.resblocks)
-    bases = layer_bases(comps, all_layers(blocks), T)
-    route_layer = LayerId(min(9, blocks - 1), "mlp")
-    route_key = f"{route_layer}.cls"
-    heads = [torch.randn(10, visual.output_dim, generator=g) for _ in range(T)]
-    model = MassModel(visual, pretrained, comps, heads, [f"task{t}" for t in range(T)], size, device,
-                      cache_size=args.cache_size, dense_min_group=args.dense_min_group)
+    bases = layer_bases(comps, all_layers(len(visual.transformer.resblocks)), T)
+    model = make_mass(args, device, visual, pretrained, comps)
     t_setup, _ = timed(lambda: model.encoder, device)
-    cases = {"random": random_selection(n, T, args.max_tasks, g),
-             "realistic": realistic_selection(n, T, args.task_run, g)}
     t_cores = {}
     for case, selection in cases.items():  # subset cores are cached before MASS is timed
         t_cores[case], _ = timed(lambda sel=selection: [model.encoder.factors.cores(
             tuple(torch.nonzero(row).flatten().tolist())) for row in torch.unique(sel, dim=0)], device)
-
-    def routing_pass() -> torch.Tensor:
-        """MASS's first pass: the routing layer's residuals only, stopping right after it."""
-        _, res = first_pass(visual, images, size, {route_layer: bases[route_layer]}, batch_size=args.batch_size,
-                            device=device, routing_only=True)
-        return ProjectionRouter().route_residuals(res[route_key])  # the real router's cost; the mix is forced
-
+    routing_pass = make_routing_pass(args, device, visual, comps, images)
     steps = {"forward": lambda: encode(visual, images, size, args.batch_size, device),
              "first_pass": lambda: first_pass(visual, images, size, bases, batch_size=args.batch_size, device=device),
              "routing_pass": routing_pass}
@@ -177,7 +237,6 @@ def bench_throughput(args, device, pretrained, comps, images, g) -> list[dict]:
         steps[f"second_pass_{case}"] = lambda sel=selection: model.predict(images, sel, args.batch_size)
         steps[f"mass_{case}"] = lambda sel=selection: (routing_pass(), model.predict(images, sel, args.batch_size))
     best = dict.fromkeys(steps, float("inf"))
-    reset_peak(device)
     for _ in range(args.repeats):
         for name, step in steps.items():
             best[name] = min(best[name], timed(step, device)[0])
@@ -188,14 +247,15 @@ def bench_throughput(args, device, pretrained, comps, images, g) -> list[dict]:
             "tasks": T, "case": case, "images": n, "batch_size": args.batch_size, "repeats": args.repeats,
             "dense_min_group": args.dense_min_group, "distinct_subsets": len(counts),
             "dense_images": int(counts[counts >= args.dense_min_group].sum()),
-            "mean_selected_tasks": float(selection.sum(1).float().mean()), "routing_key": route_key,
+            "mean_selected_tasks": float(selection.sum(1).float().mean()),
+            "routing_key": f"{routing_location(visual)}.cls",
             "plain_forward_img_s": n / best["forward"], "first_pass_img_s": n / best["first_pass"],
             "mass_img_s": n / best[f"mass_{case}"],
             "first_pass_over_forward": best["first_pass"] / best["forward"],
             "routing_pass_over_forward": best["routing_pass"] / best["forward"],
             "second_pass_over_forward": best[f"second_pass_{case}"] / best["forward"],
             "mass_over_forward": best[f"mass_{case}"] / best["forward"],
-            "mass_setup_s": t_setup, "subset_cores_s": t_cores[case], "mass_peak_mib": peak_mib(device),
+            "mass_setup_s": t_setup, "subset_cores_s": t_cores[case],
         })
     return rows
 
@@ -203,32 +263,110 @@ def bench_throughput(args, device, pretrained, comps, images, g) -> list[dict]:
 def bench_svd(args, device, pretrained, g) -> dict:
     """Item 2: the SVD cache (library, batched by shape) against one plain SVD per matrix."""
     t_cache = t_plain = 0.0
-    reset_peak(device)
     for _ in range(args.svd_tasks):
         tv = synthetic_task_vector(pretrained, args.synthetic_rank, g)
         t, _ = timed(lambda tv=tv: TaskComponents.from_task_vector(tv, args.rank_fraction, device), device)
         t_cache += t
-        mats = [m.to(device) for name, m in tv.vector.items() if is_matrix(name, m)]
-        t, _ = timed(lambda mats=mats: [torch.linalg.svd(m, full_matrices=False) for m in mats], device)
+        mats = matrices(tv, device)
+        t, _ = timed(lambda mats=mats: plain_svds(mats), device)
         t_plain += t
     return {"tasks_timed": args.svd_tasks, "cache_s": t_cache, "plain_svd_s": t_plain,
             "cache_s_per_task": t_cache / args.svd_tasks, "plain_svd_s_per_task": t_plain / args.svd_tasks,
             "cache_s_20_tasks_est": 20 * t_cache / args.svd_tasks,
-            "plain_svd_s_20_tasks_est": 20 * t_plain / args.svd_tasks, "peak_mib": peak_mib(device)}
+            "plain_svd_s_20_tasks_est": 20 * t_plain / args.svd_tasks}
+
+
+MERGE_SUBSET = (0, 1, 2)
+
+
+def dense_merge(pretrained: dict[str, torch.Tensor], comps: list[TaskComponents], device: torch.device) -> dict:
+    """Dense theta_pre + TSV-M(MERGE_SUBSET) weights, as a merge baseline would build them."""
+    return apply_delta(pretrained, tsv_merge([comps[i] for i in MERGE_SUBSET], len(comps), device=device)[0])
+
+
+def matrices(tv: TaskVector, device: torch.device) -> list[torch.Tensor]:
+    return [m.to(device) for name, m in tv.vector.items() if is_matrix(name, m)]
+
+
+def plain_svds(mats: list[torch.Tensor]) -> list:
+    return [torch.linalg.svd(m, full_matrices=False) for m in mats]
 
 
 def bench_merge(device, pretrained, comps) -> dict:
     """Item 3: merged weights for a 3-task subset, dense (tsv_merge) and factored (subset core)."""
-    subset = (0, 1, 2)
-    reset_peak(device)
-    t_dense, _ = timed(lambda: apply_delta(pretrained, tsv_merge([comps[i] for i in subset], len(comps),
-                                                                 device=device)[0]), device)
-    peak_dense = peak_mib(device)
+    t_dense, _ = timed(lambda: dense_merge(pretrained, comps, device), device)
     factors = SubsetFactors(comps, device=device)
-    reset_peak(device)
-    t_core, _ = timed(lambda: factors.cores(subset), device)
-    return {"tasks": len(comps), "subset": list(subset), "dense_weights_s": t_dense,
-            "dense_peak_mib": peak_dense, "factored_core_s": t_core, "factored_peak_mib": peak_mib(device)}
+    t_core, _ = timed(lambda: factors.cores(MERGE_SUBSET), device)
+    return {"tasks": len(comps), "subset": list(MERGE_SUBSET), "dense_weights_s": t_dense, "factored_core_s": t_core}
+
+
+MEMORY_STEPS = ("forward", "mass_random", "mass_realistic", "merge_dense", "merge_factored")
+SVD_MEMORY_STEPS = ("svd_cache", "svd_plain")
+MEMORY_LABELS = {"forward": "plain forward", "mass_random": "MASS, random mix (setup included)",
+                 "mass_realistic": "MASS, realistic mix (setup included)",
+                 "merge_dense": "dense TSV-M weights of a 3-task subset",
+                 "merge_factored": "factored subset core (Gram blocks included)",
+                 "svd_cache": "SVD cache of one task (library path)", "svd_plain": "plain SVD of one task's matrices"}
+
+
+def bench_memory(args, cases_by_t: dict[int, dict[str, torch.Tensor]]) -> dict:
+    """Items 1-3, memory: every step's peak in a fresh interpreter of its own (see step_memory)."""
+    threads = torch.get_num_threads()
+    jobs = [(step, T) for T in args.tasks for step in MEMORY_STEPS]
+    jobs += [(step, max(args.tasks)) for step in SVD_MEMORY_STEPS] if args.svd_tasks else []
+    memory: dict[str, dict[str, dict]] = {}
+    for step, T in jobs:  # a new executor per step: a fresh interpreter, whose workers may start loaders
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            selection = cases_by_t[T].get(step.removeprefix("mass_"))
+            memory.setdefault(step, {})[f"T{T}"] = pool.submit(
+                step_memory, step, vars(args), T, threads, selection).result()
+    return memory
+
+
+def step_memory(step: str, opts: dict, num_tasks: int, threads: int, selection: torch.Tensor | None) -> dict:
+    """Peak memory of one step, run in a fresh (spawned) interpreter after its inputs are built.
+
+    In a long-lived process the allocator keeps freed pages mapped, so a later step reuses what
+    an earlier one left and its own need does not show; a fresh process sees it whole. Inputs
+    (pretrained weights, task components, images, the task vector) exist before the measurement;
+    MASS's own setup (Gram blocks, subset cores) is part of its step.
+    """
+    args = argparse.Namespace(**opts)
+    torch.set_num_threads(threads)
+    device, g = default_device(), torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)
+    pretrained = create_visual(args.model).state_dict()
+    if step.startswith("svd"):
+        tv = synthetic_task_vector(pretrained, args.synthetic_rank, g)
+        mats = matrices(tv, device)
+        run = {"svd_cache": lambda: TaskComponents.from_task_vector(tv, args.rank_fraction, device),
+               "svd_plain": lambda: plain_svds(mats)}[step]
+    else:
+        comps = [synthetic_components(pretrained, args.rank_fraction, g) for _ in range(num_tasks)]
+        if step.startswith("merge"):
+            run = {"merge_dense": lambda: dense_merge(pretrained, comps, device),
+                   "merge_factored": lambda: SubsetFactors(comps, device=device).cores(MERGE_SUBSET)}[step]
+        else:
+            size = image_size(args.model)
+            images = benchmark_images(args)
+            visual = create_visual(args.model, pretrained, device)
+            if step == "forward":
+                def run() -> object:
+                    return encode(visual, images, size, args.batch_size, device)
+            else:
+                def run() -> object:
+                    model = make_mass(args, device, visual, pretrained, comps)
+                    make_routing_pass(args, device, visual, comps, images)()
+                    return model.predict(images, selection, args.batch_size)
+    with PeakMemory(device) as mem:
+        run()
+    return mem.report()
+
+
+def benchmark_images(args) -> np.ndarray:
+    """Random uint8 images at the model's input size (what the data loader would hand over)."""
+    size = image_size(args.model)
+    return np.random.default_rng(args.seed).integers(0, 256, (args.images, size, size, 3), dtype=np.uint8)
 
 
 def bench_storage(pretrained, comps_by_t: dict[int, list[TaskComponents]], rank_fraction: float) -> dict:
@@ -287,22 +425,35 @@ def markdown(result: dict) -> str:
         lines += ["", f"SVD cache: {s['cache_s_per_task']:.1f} s/task (batched library path) vs "
                   f"{s['plain_svd_s_per_task']:.1f} s/task (plain SVD per matrix); 20 tasks est. "
                   f"{s['cache_s_20_tasks_est']:.0f} s vs {s['plain_svd_s_20_tasks_est']:.0f} s "
-                  f"({s['tasks_timed']} task(s) timed); peak {s['peak_mib']:.0f} MiB"]
+                  f"({s['tasks_timed']} task(s) timed)"]
     for m in result["merge"]:
         lines.append(f"Merge of tasks {m['subset']} (T={m['tasks']}): dense weights {m['dense_weights_s']:.2f} s "
-                     f"(peak {m['dense_peak_mib']:.0f} MiB), factored core {m['factored_core_s']:.2f} s "
-                     f"(peak {m['factored_peak_mib']:.0f} MiB)")
+                     f"factored core {m['factored_core_s']:.2f} s")
     st = result["storage"]
     lines.append("Storage (pretrained + components) / pretrained: " + ", ".join(
         f"T={T}: {st[f'T{T}_mass_over_pretrained']:.2f}x (matrix triplets "
         f"{st[f'T{T}_triplets_over_pretrained']:.2f}x, other tensors' dense deltas "
         f"{st[f'T{T}_dense_deltas_over_pretrained']:.2f}x)" for T in result["args"]["tasks"]))
+    lines += ["", f"Peak {result['memory_kind']} in MiB while a step runs ({result['args']['images']} images where "
+              "images are used), each in a fresh process with its inputs built (+ the rise above them: what the "
+              "step itself needs)", "",
+              "| step | " + " | ".join(f"T={T}" for T in result["args"]["tasks"]) + " |",
+              "|---|" + "---|" * len(result["args"]["tasks"])]
+    for step, by_t in result["memory"].items():
+        cells = [_memory(by_t[f"T{T}"]) if f"T{T}" in by_t else "" for T in result["args"]["tasks"]]
+        lines.append(f"| {MEMORY_LABELS[step]} | " + " | ".join(cells) + " |")
     if "snakemake_dry_run" in result:
         d = result["snakemake_dry_run"]
         slurm = ("" if d["scontrol_s"] is None
                  else f"; `scontrol show config`, which the SLURM plugin runs at import: {d['scontrol_s']:.1f} s")
         lines.append(f"`snakemake -n` (paper config): {d['wall_s']:.1f} s (exit {d['returncode']}){slurm}")
     return "\n".join(lines) + "\n"
+
+
+def _memory(report: dict) -> str:
+    """"peak (+rise)" in MiB; a process-wide peak (no per-step reset on this OS) is marked so."""
+    text = f"{report['peak_mib']:.0f} (+{report['rise_mib']:.0f})"
+    return text if report["scope"] == "step" else f"{text}, process peak so far"
 
 
 def main() -> None:
@@ -331,21 +482,24 @@ def main() -> None:
     g = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     pretrained = create_visual(args.model).state_dict()
-    size = image_size(args.model)
-    images = np.random.default_rng(args.seed).integers(0, 256, (args.images, size, size, 3), dtype=np.uint8)
+    images = benchmark_images(args)
     all_comps = [synthetic_components(pretrained, args.rank_fraction, g) for _ in range(max(args.tasks))]
     comps_by_t = {T: all_comps[:T] for T in args.tasks}
+    cases_by_t = {T: selection_cases(args, T, g) for T in args.tasks}
 
     result = {"date": datetime.date.today().isoformat(), "model": args.model, "torch": torch.__version__,
               "device": torch.cuda.get_device_name() if device.type == "cuda"
               else f"CPU ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})",
+              "memory_kind": "CUDA allocated memory" if device.type == "cuda" else "resident set size",
               "args": vars(args)}
     result["throughput"] = [row for T in args.tasks
-                            for row in bench_throughput(args, device, pretrained, comps_by_t[T], images, g)]
+                            for row in bench_throughput(args, device, pretrained, comps_by_t[T], images,
+                                                        cases_by_t[T])]
     result["merge"] = [bench_merge(device, pretrained, comps_by_t[T]) for T in args.tasks]
     result["storage"] = bench_storage(pretrained, comps_by_t, args.rank_fraction)
     if args.svd_tasks:
         result["svd"] = bench_svd(args, device, pretrained, g)
+    result["memory"] = bench_memory(args, cases_by_t)
     if not args.no_dry_run:
         result["snakemake_dry_run"] = bench_dry_run()
     out = Path(args.out)

@@ -29,4 +29,14 @@ def test_quick_benchmark_writes_every_item(tmp_path):
     assert 1.0 < storage["T4_triplets_over_pretrained"] < 2.0
     assert storage["T4_mass_over_pretrained"] == pytest.approx(
         1 + storage["T4_triplets_over_pretrained"] + storage["T4_dense_deltas_over_pretrained"])
-    assert "| 4 | random |" in out.with_suffix(".md").read_text()
+    # every step's memory comes from a process of its own: a peak above what its inputs hold
+    memory = result["memory"]
+    assert set(memory) == {"forward", "mass_random", "mass_realistic", "merge_dense", "merge_factored",
+                           "svd_cache", "svd_plain"}
+    for step, by_t in memory.items():
+        report = by_t["T4"]
+        assert report["scope"] == "step", step
+        assert 0 < report["rise_mib"] < report["peak_mib"], step
+    table = out.with_suffix(".md").read_text()
+    assert "| 4 | random |" in table
+    assert "| MASS, random mix (setup included) |" in table
