@@ -14,7 +14,7 @@ from workflow_run import ROOT, snakemake, workflow_copy
 ALL_RULES = {
     "download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned", "build_head",
     "finetune", "evaluate_endpoints", "svd_cache", "merge", "first_pass", "routing_sweep", "select_epsilon",
-    "evaluate_tsvm", "evaluate_baseline", "evaluate_mass", "evaluate_batched", "collect_results", "make_tables",
+    "routing_features", "evaluate_tsvm", "evaluate_baseline", "evaluate_mass", "evaluate_batched", "collect_results", "make_tables",
     "make_plots",
 }
 CI_BENCHMARKS = yaml.safe_load((ROOT / "tests" / "ci_demo.yaml").read_text())["benchmarks"]
@@ -34,6 +34,7 @@ def test_paper_dry_run_plans_the_3x3_grid_and_every_rule(tmp_path):
     assert ALL_RULES <= set(counts), ALL_RULES - set(counts)
     assert counts["evaluate_tsvm"] == 9 and counts["select_epsilon"] == 9
     assert counts["evaluate_mass"] == 9 * 4 and counts["evaluate_baseline"] == 9 * 5
+    assert counts["routing_features"] == 9  # z_l once per benchmark, for both learned routers
     assert counts["fetch_pretrained"] == 3 and counts["download_dataset"] == 20
     for bb in ("ViT-B-32", "ViT-B-16", "ViT-L-14"):
         for bench in ("8", "14", "20"):

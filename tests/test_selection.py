@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from mass import evaluate_baseline, evaluate_mass, run_first_pass
+from mass import evaluate_baseline, evaluate_mass, routing_features, run_first_pass
 from mass.data.store import load_split, save_split
 from mass.encoder import create_clip, create_visual
 from mass.inference import encode
-from mass.io import load_arrays, load_tensors, read_json, save_arrays, save_tensors
+from mass.io import ArtifactError, load_arrays, load_tensors, read_json, save_arrays, save_tensors
 from mass.routing import MLPRouter, NearestNeighbourRouter
 from mass.svd import TaskComponents
 from mass.task_vectors import TaskVector
@@ -100,6 +100,23 @@ def test_mass_tunes_on_the_validation_first_pass(jobs):
     for job in evaluations:
         val = re.search(r"--val-first-pass (\S+)", job["command"]).group(1)
         assert val.endswith("_val.npz") and "--split val " in producer[val]["command"], job["command"]
+
+
+def test_learned_routers_share_one_z_l_job_fed_by_validation(jobs):
+    producer = {out: job for job in jobs for out in job["output"]}
+    learned = [j for j in jobs if j["rule"] == "evaluate_mass" and j["wildcards"]["router"] in ("nn", "mlp")]
+    assert learned
+    by_bench: dict = {}
+    for job in learned:
+        features = re.search(r"--routing-features (\S+)", job["command"]).group(1)
+        by_bench.setdefault((job["wildcards"]["backbone"], job["wildcards"]["bench"]), set()).add(features)
+        z_job = producer[features]
+        assert z_job["rule"] == "routing_features"
+        val = re.search(r"--val-first-pass (\S+)", z_job["command"]).group(1)
+        assert "--split val " in producer[val]["command"], z_job["command"]
+    # nn and mlp read the same file: z_l is computed once per benchmark
+    assert all(len(files) == 1 for files in by_bench.values()), by_bench
+    assert len([j for j in jobs if j["rule"] == "routing_features"]) == len(by_bench)
 
 
 # --- behaviour: a poisoned test split changes no choice -------------------------------------------
@@ -234,13 +251,19 @@ def test_learned_routers_train_on_validation_z_l_only(bench, first_passes, tmp_p
         return fit(self, features, task_labels, *args, **kwargs)
 
     monkeypatch.setattr(cls, "fit", spy)
-    args = [*common(bench, "poisoned"), "--router", router, "--components", *bench["components"],
-            "--val-first-pass", first_passes["val"], "--test-first-pass", first_passes["poisoned"],
-            "--layer", "2.mlp.in", "--blocks", 1, 4, "--mlp-hidden", 16, "--mlp-epochs", 2,
+    features = tmp_path / "z.npz"
+    location = ["--val-first-pass", first_passes["val"], "--layer", "2.mlp.in", "--blocks", 1, 4]
+    run_cli(routing_features, [*common(bench, "poisoned"), "--merged", bench["root"] / "merged.safetensors",
+                               *location, "--out", features], monkeypatch)
+    args = [*common(bench, "poisoned"), "--router", router, "--components", *bench["components"], *location,
+            "--test-first-pass", first_passes["poisoned"], "--mlp-hidden", 16, "--mlp-epochs", 2,
             "--out", tmp_path / "r.json"]
-    with pytest.raises(SystemExit, match="--merged"):
+    with pytest.raises(SystemExit, match="--routing-features"):
         run_cli(evaluate_mass, args, monkeypatch)
-    run_cli(evaluate_mass, [*args, "--merged", bench["root"] / "merged.safetensors"], monkeypatch)
+    with pytest.raises(ArtifactError, match=r"z\.npz holds z_l at 2\.mlp\.in\.cls, not at 1\.attn\.in\.cls"):
+        run_cli(evaluate_mass, [*args, "--routing-features", features, "--layer", "1.attn.in"], monkeypatch)
+    assert not seen
+    run_cli(evaluate_mass, [*args, "--routing-features", features], monkeypatch)
     # z_l, independently: the CLS input of block 2's MLP in the TSV-M model, over the validation images
     clip = create_clip("mass-tiny-vit")
     clip.load_state_dict(load_tensors(bench["root"] / "pre.safetensors"))

@@ -98,6 +98,36 @@ class FirstPassResult:
         return self.residuals[key]
 
 
+@dataclass
+class RoutingFeatures:
+    """z_l of the validation and test images at one routing location (``mass.routing_features``)."""
+
+    layer: str
+    token: str
+    z: dict[str, torch.Tensor]
+    task: dict[str, torch.Tensor]
+
+    @classmethod
+    def load(cls, path: str) -> RoutingFeatures:
+        arrays = load_arrays(path)
+        try:
+            return cls(str(arrays["layer"]), str(arrays["token"]),
+                       {s: torch.from_numpy(arrays[f"z_{s}"]) for s in ("val", "test")},
+                       {s: torch.from_numpy(arrays[f"task_{s}"]) for s in ("val", "test")})
+        except KeyError as err:
+            raise ArtifactError(f"{path} lacks {err}; delete it and rerun the routing_features rule") from err
+
+    def check(self, path: str, layer: str, token: str, task: dict[str, torch.Tensor]) -> None:
+        """Fail, naming the file, when it holds another location's z_l or other samples."""
+        if (self.layer, self.token) != (layer, token):
+            raise ArtifactError(f"{path} holds z_l at {self.layer}.{self.token}, not at {layer}.{token}; "
+                                "delete it and rerun the routing_features rule")
+        for split, owners in task.items():
+            if not torch.equal(self.task[split], owners):
+                raise ArtifactError(f"{path} was made for other {split} samples; "
+                                    "delete it and rerun the routing_features rule")
+
+
 def add_first_pass_model_args(parser: argparse.ArgumentParser) -> None:
     """Options naming the first pass's fixed model (the TSV-M merge, or theta_pre without --merged)."""
     parser.add_argument("--merged", nargs="*", default=[], help="merged delta(s); none: the pretrained encoder")

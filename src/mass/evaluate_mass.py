@@ -2,7 +2,7 @@
 
 Routers: ``proj`` (Algorithm 2 on the TSV-M first pass), ``proj_pre`` (same on the pretrained
 first pass), ``nn`` and ``mlp`` (trained on z_l of the validation images: the representation at
-the routing location in the first pass's TSV-M model, from a forward that stops there). The
+the routing location in the first pass's TSV-M model, read from ``mass.routing_features``). The
 routing location is the best candidate of the validation sweep. For the projection routers eta
 is found by Bayesian optimisation (optuna TPE) on validation accuracy, exactly and without
 forward passes per trial: with top-k selection a sample can only end up with its top-1 .. top-k
@@ -16,18 +16,17 @@ import torch
 
 from mass.benchmark import (
     FirstPassResult,
+    RoutingFeatures,
     SplitData,
-    add_first_pass_model_args,
     common_parser,
     device,
-    first_pass_weights,
     load_benchmark_split,
     load_components,
     load_heads,
     setup,
 )
 from mass.encoder import create_visual, image_size
-from mass.inference import MassModel, layer_features
+from mass.inference import MassModel
 from mass.io import load_tensors, write_json
 from mass.routing import (
     MLPRouter,
@@ -37,8 +36,8 @@ from mass.routing import (
     select_tasks,
     top1_accuracy_per_task,
 )
-from mass.routing_sweep import best_layer, sweep
-from mass.task_vectors import LayerId, visual_state_dict
+from mass.routing_sweep import add_routing_location_args, routing_location
+from mass.task_vectors import visual_state_dict
 
 ROUTERS = ("proj", "proj_pre", "nn", "mlp")
 
@@ -78,14 +77,10 @@ def main() -> None:
     parser.add_argument("--router", required=True, choices=ROUTERS)
     parser.add_argument("--pretrained", required=True)
     parser.add_argument("--components", nargs="+", required=True)
-    add_first_pass_model_args(parser)  # nn / mlp: the first pass's model, to compute z_l
     parser.add_argument("--val-first-pass", required=True)
     parser.add_argument("--test-first-pass", required=True)
-    parser.add_argument("--layer", default="auto", help="'<block>.<attn|mlp>.<in|out>' or 'auto' (val sweep)")
-    parser.add_argument("--blocks", nargs=2, type=int, required=True, help="candidate block range for 'auto'")
-    parser.add_argument("--modules", nargs="+", default=["attn", "mlp"])
-    parser.add_argument("--io", default="in")
-    parser.add_argument("--token", default="cls")
+    parser.add_argument("--routing-features", help="nn / mlp: z_l of val and test (mass.routing_features)")
+    add_routing_location_args(parser)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--no-standardize", action="store_true")
     parser.add_argument("--top-k", type=int, default=3)
@@ -106,9 +101,8 @@ def main() -> None:
     fp_val, fp_test = FirstPassResult.load(args.val_first_pass), FirstPassResult.load(args.test_first_pass)
     hparams: dict = {"router": args.router}
 
-    layer = args.layer
-    if layer == "auto":
-        layer, val_acc = best_layer(sweep(fp_val, tasks), tuple(args.blocks), args.modules, args.io, args.token)
+    layer, val_acc = routing_location(args, fp_val, tasks)
+    if val_acc is not None:
         hparams["val_routing_accuracy_at_layer"] = val_acc
     hparams.update(layer=layer, token=args.token)
     test = load_benchmark_split(args.data_dirs, tasks, "test")
@@ -136,18 +130,14 @@ def main() -> None:
         selection = select_tasks(w_test, eta, args.top_k)
         routed = fp_test.residuals_at(key).argmin(-1)
     else:  # nn / mlp: trained on z_l of the validation images, the first-pass model's routing-layer input
-        if not args.merged:
-            raise SystemExit(f"--router {args.router} reads z_l from the first pass's TSV-M model: pass --merged "
-                             "(and --selection) as for the first pass")
-        routing_visual = create_visual(args.model, first_pass_weights(pre, args, args.alpha), device())
-        val = load_benchmark_split(args.data_dirs, tasks, "val")
-        z_val, z_test = (layer_features(routing_visual, split.images, image_size(args.model), LayerId.parse(layer),
-                                        args.token, args.batch_size, device(), desc=f"z_l {name}")
-                         for name, split in (("val", val), ("test", test)))
-        router = NearestNeighbourRouter().fit(z_val, val.task) if args.router == "nn" else \
-            MLPRouter(z_val.shape[1], T, args.mlp_hidden, seed=args.seed).fit(
-                z_val, val.task, epochs=args.mlp_epochs, seed=args.seed)
-        routed = router.predict(z_test)
+        if not args.routing_features:
+            raise SystemExit(f"--router {args.router} needs --routing-features: z_l from mass.routing_features")
+        z = RoutingFeatures.load(args.routing_features)
+        z.check(args.routing_features, layer, args.token, {"val": fp_val.task, "test": test.task})
+        router = NearestNeighbourRouter().fit(z.z["val"], z.task["val"]) if args.router == "nn" else \
+            MLPRouter(z.z["val"].shape[1], T, args.mlp_hidden, seed=args.seed).fit(
+                z.z["val"], z.task["val"], epochs=args.mlp_epochs, seed=args.seed)
+        routed = router.predict(z.z["test"])
         selection = one_hot_selection(routed, T)
         hparams.update(features="z_l of the first-pass model", trained_on="val")
 

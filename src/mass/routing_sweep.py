@@ -38,6 +38,23 @@ def main() -> None:
         table.to_csv(tmp, index=False)
 
 
+def add_routing_location_args(parser: argparse.ArgumentParser) -> None:
+    """Options naming the routing location, shared by every step that needs it."""
+    parser.add_argument("--layer", default="auto", help="'<block>.<attn|mlp>.<in|out>' or 'auto' (val sweep)")
+    parser.add_argument("--blocks", nargs=2, type=int, required=True, help="candidate block range for 'auto'")
+    parser.add_argument("--modules", nargs="+", default=["attn", "mlp"])
+    parser.add_argument("--io", default="in")
+    parser.add_argument("--token", default="cls")
+
+
+def routing_location(args: argparse.Namespace, val_first_pass: FirstPassResult,
+                     tasks: list[str]) -> tuple[str, float | None]:
+    """``--layer``, or for 'auto' the validation sweep's best candidate and its mean routing accuracy."""
+    if args.layer != "auto":
+        return args.layer, None
+    return best_layer(sweep(val_first_pass, tasks), tuple(args.blocks), args.modules, args.io, args.token)
+
+
 def best_layer(table: pd.DataFrame, blocks: tuple[int, int], modules: list[str], io: str,
                token: str) -> tuple[str, float]:
     """Location with the highest mean-over-tasks routing accuracy among the candidates

@@ -232,10 +232,21 @@ def baseline_grid(w):
 
 
 def mass_first_passes(w):
-    """First passes of the router's model; nn/mlp also get that model (they recompute z_l with it)."""
+    """First passes of the router's model; nn/mlp also get z_l, computed once for both."""
     model = "pretrained" if w.router == "proj_pre" else "selected"
     base = f"results/{w.backbone}/{w.bench}/first_pass/{model}"
     files = {**bench_inputs(w), "val_first_pass": f"{base}_val.npz", "test_first_pass": f"{base}_test.npz"}
     if w.router in ("nn", "mlp"):
-        files.update(first_pass_model_files(w.backbone, w.bench, model))
+        files["routing_features"] = f"results/{w.backbone}/{w.bench}/routing_features/{model}.npz"
     return files
+
+
+def routing_features_option(w, input):
+    return f"--routing-features {input.routing_features}" if "routing_features" in input.keys() else ""
+
+
+def routing_location_args(w):
+    """Options naming the routing location (the same for every step that needs it)."""
+    r = config["routing"]
+    return (f"--layer {r['layer']} --blocks {blocks(w)} --modules {' '.join(r['modules'])} "
+            f"--io {r['io']} --token {r['token']}")

@@ -52,12 +52,8 @@ rule evaluate_mass:
         "results/{backbone}/{bench}/methods/mass_{router}.json",
     params:
         common=bench_args,
-        model=first_pass_model_args,
-        blocks=blocks,
-        layer=config["routing"]["layer"],
-        modules=" ".join(config["routing"]["modules"]),
-        io=config["routing"]["io"],
-        token=config["routing"]["token"],
+        routing_features=routing_features_option,
+        location=routing_location_args,
         temperature=config["routing"]["temperature"],
         standardize="" if config["routing"]["standardize"] else "--no-standardize",
         top_k=config["routing"]["top_k"],
@@ -78,12 +74,36 @@ rule evaluate_mass:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.evaluate_mass {params.common} --components {input.components} --router {wildcards.router} "
-        "{params.model} --val-first-pass {input.val_first_pass} --test-first-pass {input.test_first_pass} "
-        "--layer {params.layer} --blocks {params.blocks} --modules {params.modules} --io {params.io} "
-        "--token {params.token} --temperature {params.temperature} {params.standardize} --top-k {params.top_k} "
+        "--val-first-pass {input.val_first_pass} --test-first-pass {input.test_first_pass} {params.routing_features} "
+        "{params.location} --temperature {params.temperature} {params.standardize} --top-k {params.top_k} "
         "--eta {params.eta} --eta-range {params.eta_range} --eta-trials {params.eta_trials} "
         "--mlp-hidden {params.mlp_hidden} --mlp-epochs {params.mlp_epochs} --alpha {params.alpha} "
         "--threads {threads} --out {output} > {log} 2>&1"
+
+
+rule routing_features:
+    input:
+        unpack(first_pass_inputs),
+        val_first_pass="results/{backbone}/{bench}/first_pass/{fpmodel}_val.npz",
+    output:
+        "results/{backbone}/{bench}/routing_features/{fpmodel}.npz",
+    params:
+        common=bench_args,
+        model=first_pass_model_args,
+        location=routing_location_args,
+        alpha=config["merge"]["alpha"],
+    log:
+        "results/logs/routing_features/{backbone}/{bench}/{fpmodel}.log",
+    threads: config["compute_threads"]
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.routing_features {params.common} {params.model} --val-first-pass {input.val_first_pass} "
+        "{params.location} --alpha {params.alpha} --threads {threads} --out {output} > {log} 2>&1"
 
 
 rule evaluate_batched:
