@@ -14,8 +14,7 @@ subsets is sorted by subset and runs theta_pre plus, per linear map, each sample
 correction x V_S C_S^T U_S^T: x V_t is one matmul per task over all samples that selected t,
 then per subset group one matmul by the core and one addmm per task into the output slice.
 Biases, LayerNorms and the class embedding are theta_pre + alpha * the mean of the selected
-tasks' deltas per sample; the patch conv runs theta_pre's kernel on the batch plus each task's kernel delta on its samples;
-the positional embedding is merged per group. The
+tasks' deltas per sample; the patch conv and positional embedding are merged per group. The
 result equals theta_pre + alpha * TSV-M(selected tasks) evaluated with dense weights (see
 tests/test_second_pass.py).
 """
@@ -228,18 +227,10 @@ class MixedEncoder:
                              self._vector(f"{prefix}.weight", plan)[:, None])
 
     def _embed(self, images: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
-        """Patch conv, linear in its kernel: theta_pre's kernel over the whole batch, then each
-        task's kernel delta over the samples that selected it, weighted by alpha / |S_n| (a kernel
-        merged per subset costs a kernel copy and a small conv per subset, which dominates when
-        most samples have subsets of their own). The positional embedding, a task matrix, is
-        merged per group."""
+        """Patch conv and positional embedding merged per group (each costs one dense tensor)."""
         stride = self.visual.conv1.stride
-        x = F.conv2d(images, self.pre["conv1.weight"], stride=stride)
-        deltas = self.factors.others.get("conv1.weight", ())
-        for t, (rows, delta) in enumerate(zip(plan.rows, deltas, strict=False)):  # no deltas: theta_pre
-            if len(rows):
-                part = F.conv2d(images.index_select(0, rows), delta, stride=stride)
-                x.index_add_(0, rows, part.mul_(plan.mean[rows, t, None, None, None]))
+        x = torch.cat([F.conv2d(images[g.rows], self.merged("conv1.weight", g.subset), stride=stride)
+                       for g in plan.groups])
         x = x.flatten(2).transpose(1, 2)
         x = torch.cat([self._vector("class_embedding", plan)[:, None], x], 1)
         return x + torch.cat([self.merged("positional_embedding", g.subset).expand(g.rows.stop - g.rows.start,
