@@ -14,8 +14,8 @@ from workflow_run import ROOT, snakemake, workflow_copy
 ALL_RULES = {
     "download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned", "build_head",
     "finetune", "evaluate_endpoints", "svd_cache", "merge", "first_pass", "routing_sweep", "select_epsilon",
-    "routing_features", "evaluate_tsvm", "evaluate_baseline", "evaluate_mass", "evaluate_batched", "collect_results", "make_tables",
-    "make_plots",
+    "routing_features", "evaluate_tsvm", "evaluate_baseline", "evaluate_mass", "evaluate_batched", "collect_results",
+    "make_tables", "make_plots",
 }
 CI_BENCHMARKS = yaml.safe_load((ROOT / "tests" / "ci_demo.yaml").read_text())["benchmarks"]
 SOURCE_RULES = {"download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned"}
