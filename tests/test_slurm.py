@@ -70,7 +70,8 @@ def test_small_demo_on_slurm_equals_local_run(small_demo, tmp_path):
     # every job but the target rule went through sbatch and completed there
     submitted = re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log)
     finished = re.findall(r"Finished jobid: (\d+) \(Rule: (\w+)\)", log)
-    assert {rule for _, rule in finished} >= GPU_RULES | {"svd_cache", "merge", "make_plots"}
+    # (routing_features serves the nn / mlp routers, which the small demo does not run)
+    assert {rule for _, rule in finished} >= GPU_RULES - {"routing_features"} | {"svd_cache", "merge", "make_plots"}
     assert len(submitted) == len(finished) - 1 and len(submitted) >= 25
     states = subprocess.run(["squeue", "--states=all", "--noheader", "--format=%T", "--name", run_id.group(1)],
                             capture_output=True, text=True).stdout.split()
