@@ -37,11 +37,10 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     setup(args)
-    layer, val_accuracy = routing_location(args, FirstPassResult.load(args.val_first_pass), args.tasks)
+    layer, _ = routing_location(args, FirstPassResult.load(args.val_first_pass), args.tasks)
     visual = create_visual(args.model, first_pass_weights(visual_state_dict(load_tensors(args.pretrained)), args,
                                                            args.alpha), device())
-    arrays = {"layer": np.array(layer), "token": np.array(args.token),
-              "val_routing_accuracy": np.array(np.nan if val_accuracy is None else val_accuracy)}
+    arrays = {"layer": np.array(layer), "token": np.array(args.token)}
     for split in ("val", "test"):
         data = load_benchmark_split(args.data_dirs, args.tasks, split)
         z = layer_features(visual, data.images, image_size(args.model), LayerId.parse(layer), args.token,
