@@ -38,13 +38,18 @@ def main() -> None:
         table.to_csv(tmp, index=False)
 
 
-def add_routing_location_args(parser: argparse.ArgumentParser) -> None:
-    """Options naming the routing location, shared by every step that needs it."""
-    parser.add_argument("--layer", default="auto", help="'<block>.<attn|mlp>.<in|out>' or 'auto' (val sweep)")
-    parser.add_argument("--blocks", nargs=2, type=int, required=True, help="candidate block range for 'auto'")
+def add_candidate_location_args(parser: argparse.ArgumentParser) -> None:
+    """Options naming the candidate routing locations that ``best_layer`` chooses among."""
+    parser.add_argument("--blocks", nargs=2, type=int, required=True, help="candidate block range (inclusive)")
     parser.add_argument("--modules", nargs="+", default=["attn", "mlp"])
     parser.add_argument("--io", default="in")
     parser.add_argument("--token", default="cls")
+
+
+def add_routing_location_args(parser: argparse.ArgumentParser) -> None:
+    """Options naming the routing location: a fixed ``--layer``, or 'auto' among the candidates."""
+    parser.add_argument("--layer", default="auto", help="'<block>.<attn|mlp>.<in|out>' or 'auto' (val sweep)")
+    add_candidate_location_args(parser)
 
 
 def routing_location(args: argparse.Namespace, val_first_pass: FirstPassResult,

@@ -12,7 +12,7 @@ import argparse
 import pandas as pd
 
 from mass.io import write_json
-from mass.routing_sweep import best_layer
+from mass.routing_sweep import add_candidate_location_args, best_layer
 
 
 def main() -> None:
@@ -20,10 +20,7 @@ def main() -> None:
     parser.add_argument("--epsilons", nargs="+", required=True)
     parser.add_argument("--sweeps", nargs="+", required=True, help="validation sweep CSV per epsilon")
     parser.add_argument("--merges", nargs="+", required=True, help="merge file per epsilon")
-    parser.add_argument("--blocks", nargs=2, type=int, required=True)
-    parser.add_argument("--modules", nargs="+", default=["attn", "mlp"])
-    parser.add_argument("--io", default="in")
-    parser.add_argument("--token", default="cls")
+    add_candidate_location_args(parser)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     scores = {}
