@@ -319,6 +319,23 @@ def test_snapshot_matches_folder_case(hub, tmp_path):
     assert snapshot.find("single_task/ViT-B-16/head_MNISTVal.pt") == "single_task/VIT-B-16/head_MNISTVal.pt"
 
 
+def test_pinned_listing_resolves_folder_case_without_the_hub(hub, tmp_path):
+    """nik-dim/tall_masks spells ViT-B-16's folder VIT-B-16: the listing kept with the pin resolves it later."""
+    hub.add("org/model", "single_task/VIT-B-16/head_MNISTVal.pt", payload(1000))
+    hub.add("org/model", "single_task/VIT-B-16/MNISTVal/nonlinear_finetuned.pt", payload(2000))
+    lock = LockFile(tmp_path / "lock.json")
+    keep = lambda name: name.startswith("single_task/")  # noqa: E731
+    resolve_revision(HubRepo("org/model"), None, lock, endpoint=hub.url, keep_listing=keep)
+    assert lock.revision("org/model@main")["files"] == sorted(hub.files[("org/model", COMMIT)])
+    again = resolve_revision(HubRepo("org/model"), None, lock, endpoint="http://127.0.0.1:9", keep_listing=keep)
+    assert again.find("single_task/ViT-B-16/MNISTVal/nonlinear_finetuned.pt") == (
+        "single_task/VIT-B-16/MNISTVal/nonlinear_finetuned.pt")
+    target = tmp_path / "ft.pt"
+    download_hub_file(again, "single_task/ViT-B-16/MNISTVal/nonlinear_finetuned.pt", target, lock, endpoint=hub.url,
+                      **FAST)
+    assert target.read_bytes() == payload(2000) and hub.api_calls() == 1
+
+
 def test_concurrent_lock_updates_all_land(tmp_path):
     lock = LockFile(tmp_path / "lock.json")
     records = {f"https://example.org/{i}": FileRecord(i, f"{i:064x}") for i in range(16)}

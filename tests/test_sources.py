@@ -428,6 +428,26 @@ def test_fetch_head_and_finetuned_from_the_hub(hub, tmp_path, monkeypatch):  # n
     assert all(torch.equal(load_tensors(out)[k], visual[k] + 1) for k in visual)
 
 
+def test_checkpoint_folder_spelled_differently_is_found_on_every_fetch(hub, tmp_path, monkeypatch):  # noqa: F811
+    """The second fetch of a pinned repository (no listing before the fix) still finds VIT-B-16-style folders."""
+    torch.manual_seed(0)
+    visual = create_clip("mass-tiny-vit").visual.state_dict()
+    for task in ("MNIST", "SVHN"):
+        buf = io.BytesIO()
+        torch.save(OrderedDict((f"model.visual.{k}", v) for k, v in visual.items()), buf)
+        hub.add("nik-dim/tall_masks", f"single_task/MASS-TINY-VIT/{task}Val/nonlinear_finetuned.pt", buf.getvalue())
+    lock = LockFile(tmp_path / "lock.json")
+    for task in ("MNIST", "SVHN"):
+        fetch_finetuned("mass-tiny-vit", task, "nik-dim/tall_masks", tmp_path / f"{task}.safetensors", lock,
+                        endpoint=hub.url, retries=0)
+    assert hub.api_calls() == 1 and (tmp_path / "SVHN.safetensors").exists()
+    listing = lock.revision("nik-dim/tall_masks@main")["files"]
+    assert "single_task/MASS-TINY-VIT/SVHNVal/nonlinear_finetuned.pt" in listing
+    with pytest.raises(ArtifactError, match="no file single_task/mass-tiny-vit/DTDVal"):
+        fetch_finetuned("mass-tiny-vit", "DTD", "nik-dim/tall_masks", tmp_path / "DTD.safetensors", lock,
+                        endpoint=hub.url, retries=0)
+
+
 def test_published_head_is_compared_with_the_head_built_from_text(hub, tmp_path, monkeypatch):  # noqa: F811
     weight = torch.nn.functional.normalize(torch.randn(4, 16), dim=1) * 100
     pickled_head(monkeypatch, tmp_path / "head.pt", weight)

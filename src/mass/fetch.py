@@ -174,11 +174,26 @@ def fetch_dataset(task: str, out: str | os.PathLike, lock: LockFile, repo: str |
     return manifest
 
 
+def _checkpoint_listing(name: str) -> bool:
+    """Files of a checkpoint repository whose names are kept with its pin in the lock file.
+
+    The folder names of ``nik-dim/tall_masks`` are not spelled alike (``single_task/ViT-B-32`` but
+    ``single_task/VIT-B-16``), so a file is looked up case-insensitively in the repository's
+    listing; keeping that listing with the pin lets every later fetch resolve the spelling
+    without asking the hub again.
+    """
+    return name.startswith("single_task/") and name.endswith(".pt")
+
+
 def _hub_checkpoint(repo: str, filename: str, revision: str | None, lock: LockFile, raw: Path,
                     endpoint: str | None, **download_kwargs: Any) -> bool:
     """Make ``raw`` the verified hub file; True if it was downloaded now (not already on disk)."""
     existed = raw.exists()
-    snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint)
+    snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint, keep_listing=_checkpoint_listing)
+    if snapshot.files and snapshot.find(filename) not in snapshot.files:
+        raise ArtifactError(f"{repo} at commit {snapshot.commit} has no file {filename} (case-insensitive); its "
+                            f"listing in {lock.path} has e.g. {sorted(snapshot.files)[:4]}. Set "
+                            "sources.finetuned_model_dirs.<backbone> to the repository's folder name.")
     download_hub_file(snapshot, filename, raw, lock, endpoint=endpoint, **download_kwargs)
     return not existed
 
