@@ -88,7 +88,8 @@ def test_catalog_covers_the_20_tasks_with_consistent_prompts():
               "Flowers102": 102, "CIFAR100": 100, "PCAM": 2, "FER2013": 7, "Food101": 101, "RenderedSST2": 2}
     for task in catalog.TASKS:
         classnames, templates = catalog.task_prompts(task)
-        assert len(classnames) == counts.get(task, 10) and len(set(classnames)) == len(classnames)
+        names = [c if isinstance(c, str) else tuple(c) for c in classnames]
+        assert len(classnames) == counts.get(task, 10) and len(set(names)) == len(classnames)
         assert templates and all("{c}" in t for t in templates)
         assert catalog.source(task).revision is None
     assert catalog.source("Food101").test_split == "validation"
@@ -306,8 +307,14 @@ def test_source_label_order_is_checked(tmp_path):
     prepare("RenderedSST2", tmp_path / "ok", tmp_path / "data", image_size=8)
     write_raw(tmp_path / "swapped", "RenderedSST2",
               parquet_bytes(imgs[:10], np.arange(10) % 2, ["positive", "negative"]), parquet_bytes(imgs[10:], [0, 1]))
-    with pytest.raises(ArtifactError, match="different label order"):
-        prepare("RenderedSST2", tmp_path / "swapped", tmp_path / "data", image_size=8)
+    info = prepare("RenderedSST2", tmp_path / "swapped", tmp_path / "data3", image_size=8)  # mapped by name
+    assert load_split(tmp_path / "data3", "RenderedSST2", "test")[1].tolist() == [1, 0]
+    assert any("mapped by name" in n for n in info.notes)
+    partial = ["positive", "mixed"]  # one name matches, at another index: cannot be mapped safely
+    write_raw(tmp_path / "partial", "RenderedSST2", parquet_bytes(imgs[:10], np.arange(10) % 2, partial),
+              parquet_bytes(imgs[10:], [0, 1]))
+    with pytest.raises(ArtifactError, match="orders its classes differently"):
+        prepare("RenderedSST2", tmp_path / "partial", tmp_path / "data4", image_size=8)
     write_raw(tmp_path / "count", "EuroSAT", parquet_bytes(imgs[:10], np.arange(10) % 9, names[:9]),
               parquet_bytes(imgs[10:], [0, 1]))
     with pytest.raises(ArtifactError, match="9 classes"):

@@ -16,13 +16,26 @@ from torch import nn
 from mass.encoder import register_model_configs
 
 
+def class_text(name: str | Sequence[str]) -> str:
+    """How a class name goes into a prompt. A list of synonyms (FER2013 in the task-vector code) is
+    rendered as that code's f-string renders a Python list, e.g. "['happy', 'smiling']": the published
+    heads were built that way, so a head rebuilt from text must do the same to agree with them."""
+    return name if isinstance(name, str) else str(list(name))
+
+
+def prompt(template: str, name: str | Sequence[str]) -> str:
+    """One prompt: ``template`` with its ``{c}`` (or ``{}``) placeholder filled with the class."""
+    text = class_text(name)
+    return template.format(c=text) if "{c}" in template else template.format(text)
+
+
 @torch.no_grad()
-def build_zero_shot_head(clip_model: nn.Module, tokenizer, classnames: Sequence[str],
+def build_zero_shot_head(clip_model: nn.Module, tokenizer, classnames: Sequence[str | Sequence[str]],
                          templates: Sequence[str], device: str | torch.device = "cpu") -> torch.Tensor:
     clip_model = clip_model.to(device).eval()
     rows = []
     for name in classnames:
-        tokens = tokenizer([t.format(c=name) if "{c}" in t else t.format(name) for t in templates])
+        tokens = tokenizer([prompt(t, name) for t in templates])
         emb = nn.functional.normalize(clip_model.encode_text(tokens.to(device)).float(), dim=-1)
         rows.append(nn.functional.normalize(emb.mean(0), dim=-1))
     return torch.stack(rows) * clip_model.logit_scale.exp().float()

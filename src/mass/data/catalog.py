@@ -17,15 +17,22 @@ the task-vector code: a seeded (seed 0) random split of the official train split
 min(floor(n / 10), 5000); EuroSAT instead has a fixed 2700-image validation split.
 
 Class names and prompt templates (the OpenAI CLIP sets as extended by the task-vector code
-base, ``{c}`` = class) are package data in ``prompts.json``, in the label-id order of these
-sources.
+base, ``{c}`` = class) are package data in ``prompts.json``, in the label order of the published
+heads and checkpoints (torchvision's class order where the task-vector code takes torchvision's
+classes). A hub copy may order or spell its labels differently (``ethz/food101`` puts
+``cheesecake`` before ``cheese_plate``; ``clip-benchmark/wds_fer2013`` sorts FER2013's emotions
+alphabetically; ``tanganke/kmnist`` names KMNIST's classes in hiragana): preparation maps the
+source's labels onto the published order by name (:func:`label_permutation`), using the class
+names the source stores (parquet ``ClassLabel`` metadata, else ``source_classnames`` here) and the
+``aliases`` of ``prompts.json``.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
@@ -66,6 +73,16 @@ class DatasetSource:
     head: str = ""  # name of a head shared with other tasks ("" = own head)
     orientation: str | None = None  # EMNIST: orientation of the source's images
     notes: tuple[str, ...] = ()
+    # the source's label names in its label order, where its parquet files carry no ClassLabel metadata
+    source_classnames: tuple[str, ...] | None = None
+    hub_rows: tuple[int, int] | None = None  # (train, test) rows of the hub copy, where read from its card
+
+    @property
+    def expected_val(self) -> int | None:
+        """Validation size the hub copy gives (``<X>Val`` carve of its train split, or the fixed size)."""
+        if self.val_size is not None:
+            return self.val_size
+        return None if self.hub_rows is None else min(self.hub_rows[0] // 10, VAL_MAX)
 
     def split_files(self, files: Iterable[str]) -> dict[str, list[str]]:
         """Parquet files of the train and test splits among a repository listing, in shard order.
@@ -95,13 +112,19 @@ def _in_split(path: str, split: str) -> bool:
             or posixpath.basename(posixpath.dirname(path)) == split)
 
 
-_DTD_NOTE = ("DTD: in the community's prepared folders the test images are also in the train folder, which is why "
-             "fine-tuned DTD test accuracy is about 98%; this source is used as published, not 'fixed'.")
+_DTD_NOTE = ("DTD: in the community's prepared folders the published checkpoints were fine-tuned on, the test images "
+             "are also in the train folder, which is why the published fine-tuned DTD test accuracy is about 98%. "
+             "The hub copy used here keeps train (3760) and test (1880) disjoint, so its val is 376 images (published: "
+             "564), and a DTD model fine-tuned here never sees the test images; evaluation of the published "
+             "checkpoint is as published, not 'fixed'.")
+_SUN397_NOTE = ("SUN397: the hub copy has train 19850 / test 19850 (one of SUN397's ten 50-per-class partitions), so "
+                "its val is 1985 images and train 17865; the published checkpoints used val 3970 from a larger train "
+                "split.")
 
 SOURCES: dict[str, DatasetSource] = {s.task: s for s in (
     DatasetSource("Cars", "tanganke/stanford_cars", 814, 8041,
                   notes=("Stanford Cars' original URL is dead; the hub parquet copy is used.",)),
-    DatasetSource("DTD", "tanganke/dtd", 564, 1880, notes=(_DTD_NOTE,)),
+    DatasetSource("DTD", "tanganke/dtd", 564, 1880, hub_rows=(3760, 1880), notes=(_DTD_NOTE,)),
     DatasetSource("EuroSAT", "tanganke/eurosat", 2700, 2700, val_size=2700,
                   notes=("EuroSAT: the published split is 21600/2700/2700 with a separate validation folder; the "
                          "hub copy has train (21600) and test (2700) only, so val is a seeded 2700-image carve of "
@@ -110,7 +133,7 @@ SOURCES: dict[str, DatasetSource] = {s.task: s for s in (
     DatasetSource("MNIST", "ylecun/mnist", 5000, 10000),
     DatasetSource("RESISC45", "tanganke/resisc45", 1890, 6300),
     DatasetSource("SVHN", "ufldl-stanford/svhn", 5000, 26032, data_dir="cropped_digits"),
-    DatasetSource("SUN397", "tanganke/sun397", 3970, 19850),
+    DatasetSource("SUN397", "tanganke/sun397", 3970, 19850, hub_rows=(19850, 19850), notes=(_SUN397_NOTE,)),
     DatasetSource("STL10", "tanganke/stl10", 500, 8000, head="CIFAR10_STL10"),
     DatasetSource("OxfordIIITPet", "timm/oxford-iiit-pet", 368, 3669),
     DatasetSource("Flowers102", "dpdl-benchmark/oxford_flowers102", 102, 6149),
@@ -118,17 +141,18 @@ SOURCES: dict[str, DatasetSource] = {s.task: s for s in (
     DatasetSource("PCAM", "1aurent/PatchCamelyon", 5000, 32768),
     DatasetSource("FER2013", "clip-benchmark/wds_fer2013", 2870, 7178, ref="refs/convert/parquet",
                   image_column="jpg", label_column="cls",
+                  source_classnames=("angry", "disgusted", "fearful", "happy", "neutral", "sad", "surprised"),
                   notes=("FER2013: the hub copy is a webdataset; its parquet conversion (refs/convert/parquet) "
                          "is used.",)),
     DatasetSource("CIFAR10", "tanganke/cifar10", 5000, 10000, head="CIFAR10_STL10"),
-    DatasetSource("Food101", "ethz/food101", 5000, 25250, test_split="validation"),
+    DatasetSource("Food101", "ethz/food101", 5000, 25250, test_split="validation", hub_rows=(75750, 25250)),
     DatasetSource("FashionMNIST", "zalando-datasets/fashion_mnist", 5000, 10000),
     DatasetSource("RenderedSST2", "nateraw/rendered-sst2", 692, 1821),
     DatasetSource("EMNIST", "ernestchu/emnist-digits", 5000, 40000, orientation="torchvision",
                   notes=("EMNIST: the 'digits' split (240000/40000) of the published checkpoints. The hub copy is "
                          "taken to keep the raw EMNIST (= torchvision) orientation, transposed relative to MNIST; "
                          "prepare verifies that on the digit-1 images before storing anything.",)),
-    DatasetSource("KMNIST", "tanganke/kmnist", 5000, 10000),
+    DatasetSource("KMNIST", "tanganke/kmnist", 5000, 10000, hub_rows=(60000, 10000)),
 )}
 assert set(SOURCES) == set(TASKS)
 
@@ -162,10 +186,68 @@ def load_prompts() -> dict:
     return json.loads((resources.files("mass.data") / "prompts.json").read_text(encoding="utf-8"))
 
 
-def task_prompts(task: str) -> tuple[list[str], list[str]]:
-    """A task's own class names (label-id order of its source) and prompt templates."""
+def task_prompts(task: str) -> tuple[list[str | list[str]], list[str]]:
+    """A task's own class names (label order of the published head) and prompt templates.
+
+    A class given as a list of synonyms (FER2013) stays a list: see :func:`mass.heads.class_text`.
+    """
     entry = load_prompts()["tasks"][task]
-    return list(entry["classnames"]), list(entry["templates"])
+    return [c if isinstance(c, str) else list(c) for c in entry["classnames"]], list(entry["templates"])
+
+
+def label_aliases(task: str) -> dict[str, str]:
+    """A source's spelling of a class -> the class name of ``prompts.json`` (e.g. KMNIST's hiragana)."""
+    return dict(load_prompts()["tasks"][task].get("aliases", {}))
+
+
+def normalise_name(name: str) -> str:
+    """A class name compared by name: lower case, runs of spaces/underscores/hyphens/slashes as one space."""
+    return re.sub(r"[\s_\-/]+", " ", name).strip().lower()
+
+
+def label_permutation(task: str, classnames: Sequence[str | Sequence[str]], source_names: Sequence[str],
+                      aliases: Mapping[str, str] | None = None) -> tuple[list[int] | None, list[str]]:
+    """Map a source's labels onto the published label order by name.
+
+    Returns ``(perm, notes)``: ``perm[i]`` is the published index of the source's label ``i`` (None
+    when the labels are used as they are) and notes to keep. A class given as synonyms matches any of
+    them; ``aliases`` maps source spellings to ours. When every source name matches, the labels are
+    remapped (a permutation). When some names match and others are spelled differently, the matched
+    ones must already sit at their published index (then the labels are kept and the differences
+    noted); otherwise nothing can be mapped safely and this is an error.
+    """
+    if len(source_names) != len(classnames):
+        raise ArtifactError(f"{task}: the source has {len(source_names)} classes, the catalog {len(classnames)}; "
+                            "the source or mass/data/prompts.json is wrong")
+    ours: dict[str, int] = {}
+    for index, name in enumerate(classnames):
+        for synonym in [name] if isinstance(name, str) else name:
+            ours.setdefault(normalise_name(synonym), index)
+    alias = {normalise_name(k): v for k, v in (aliases or {}).items()}
+    matched: dict[int, int] = {}
+    for index, name in enumerate(source_names):
+        key = normalise_name(name)
+        key = normalise_name(alias.get(key, key))
+        if key in ours:
+            matched[index] = ours[key]
+    if len(set(matched.values())) != len(matched):
+        raise ArtifactError(f"{task}: several source classes match the same class name; check mass/data/prompts.json")
+    if len(matched) == len(source_names):
+        perm = [matched[i] for i in range(len(source_names))]
+        if perm == list(range(len(perm))):
+            return None, []
+        moved = [f"{i} {source_names[i]!r} -> {j}" for i, j in enumerate(perm) if i != j]
+        return perm, [f"source labels mapped by name onto the published label order ({len(moved)} moved: "
+                      f"{', '.join(moved)})"]
+    misplaced = {i: j for i, j in matched.items() if i != j}
+    if misplaced:
+        raise ArtifactError(f"{task}: the source orders its classes differently (e.g. source label "
+                            f"{next(iter(misplaced))} is class {next(iter(misplaced.values()))} here) but not every "
+                            "source class name matches one in mass/data/prompts.json, so the labels cannot be mapped "
+                            "by name; add aliases for the differently spelled names")
+    unmatched = [f"{i} {source_names[i]!r}" for i in range(len(source_names)) if i not in matched]
+    return None, [f"labels kept in the source's order ({len(matched)} of {len(source_names)} class names agree at "
+                  f"the same index); spelled differently in the source: {', '.join(unmatched)}"]
 
 
 def shared_head(task: str) -> SharedHead | None:

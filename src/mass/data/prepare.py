@@ -21,7 +21,6 @@ import argparse
 import io
 import json
 import os
-import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -191,28 +190,14 @@ def _scratch(folder: Path, split: str, count: int, size: int) -> np.ndarray:
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
 
 
-def _normalise(name: str) -> str:
-    return re.sub(r"[\s_\-/]+", " ", name).strip().lower()
-
-
-def check_label_names(task: str, classnames: Sequence[str], source_names: Sequence[str] | None) -> list[str]:
-    """Compare the catalog's class names with the source's; notes to keep, or an error.
-
-    Same names in a different order would silently scramble every label, so that is an error;
-    differently spelled names are only recorded (the catalog keeps the CLIP prompt spellings).
-    """
+def check_label_names(task: str, classnames: Sequence, source_names: Sequence[str] | None,
+                      aliases: dict[str, str] | None = None) -> tuple[np.ndarray | None, list[str]]:
+    """The source-to-published label map of ``task`` (None: keep the labels) and notes to keep
+    (:func:`mass.data.catalog.label_permutation`); no source names at all: nothing to check."""
     if source_names is None:
-        return []
-    if len(source_names) != len(classnames):
-        raise ArtifactError(f"{task}: the source has {len(source_names)} classes, the catalog {len(classnames)}; "
-                            "the source or mass/data/prompts.json is wrong")
-    ours, theirs = [_normalise(c) for c in classnames], [_normalise(c) for c in source_names]
-    if ours != theirs and sorted(ours) == sorted(theirs):
-        raise ArtifactError(f"{task}: the source lists the same classes in a different label order; reorder the "
-                            "class names in mass/data/prompts.json to the source's order")
-    if ours == theirs:
-        return []
-    return [f"source class names (label order): {', '.join(source_names)}"]
+        return None, ["the source stores no class names; its labels are taken to be in the published order"]
+    perm, notes = catalog.label_permutation(task, classnames, source_names, aliases)
+    return (None if perm is None else np.asarray(perm, dtype=np.int64)), notes
 
 
 def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_size: int = 224,
@@ -239,7 +224,10 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
     files = {role: [raw / name for name in names] for role, names in manifest["splits"].items()}
     classnames, templates = catalog.task_prompts(task)
     notes = [f"source: hub dataset {manifest['repo']} at commit {manifest['commit']}", *src.notes]
-    notes += check_label_names(task, classnames, source_label_names(files["train"][0], src.label_column))
+    source_names = source_label_names(files["train"][0], src.label_column) or (
+        list(src.source_classnames) if src.source_classnames else None)
+    perm, label_notes = check_label_names(task, classnames, source_names, catalog.label_aliases(task))
+    notes += label_notes
     if src.orientation is not None:
         notes.append(f"{task} images stored in {emnist_orientation!r} orientation (source: {src.orientation!r})")
 
@@ -248,6 +236,8 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
         if len(values) and (values.min() < 0 or values.max() >= len(classnames)):
             raise ArtifactError(f"{task} {role} labels span {values.min()}..{values.max()} but there are "
                                 f"{len(classnames)} classes; the source does not match the catalog")
+    if perm is not None:  # the source's label i is the published head's class perm[i]
+        labels = {role: perm[values] for role, values in labels.items()}
     head = catalog.shared_head(task)
     if head is not None:
         notes.append(f"in a benchmark with {', '.join(t for t in head.label_maps if t != task)}, labels are mapped "
@@ -278,6 +268,9 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
                 (folder / f".{name}_images.scratch.npy").unlink(missing_ok=True)
 
     sizes = {"val": len(val_idx), "test": len(labels["test"])}
+    if src.hub_rows is not None and (len(labels["train"]), len(labels["test"])) != src.hub_rows:
+        notes.append(f"the source has train {len(labels['train'])} / test {len(labels['test'])} rows; the catalog "
+                     f"recorded {src.hub_rows[0]} / {src.hub_rows[1]} for {src.repo} (expected val {src.expected_val})")
     published = {"val": src.published_val, "test": src.published_test}
     for split, count in sizes.items():
         if count != published[split]:
