@@ -1,17 +1,31 @@
-"""Atomic, safe reading and writing of every artifact the pipeline produces.
+"""Atomic, checked reading and writing of every artifact the pipeline produces.
 
-Every writer goes through :func:`atomic_path`: the data lands in a temporary file next to the
-target and is renamed into place only once complete, so a killed job never leaves a file that
-Snakemake or a later rule could take as finished. Readers raise :class:`ArtifactError` with the
-file name and the fix instead of a bare traceback.
+Every writer goes through :func:`atomic_path`: the data lands in a hidden temporary file next to
+the target (``.<name>.<random>.part``, created with the umask's permissions like any other file)
+and is renamed into place only once complete, so a killed job never leaves a file that Snakemake
+or a later rule could take as finished; the next write of the same target removes what such a
+killed write left behind.
+
+Before the rename, the file's sha256 is recorded next to it in ``.<name>.sha256`` (the format of
+``sha256sum``, so ``sha256sum -c`` checks it by hand), and every reader here verifies it first: a
+file changed after it was written (a bad disk, a copy cut short, bytes overwritten in place, which
+safetensors, ``.npy`` and JSON readers would otherwise load as good) raises :class:`ArtifactError`
+naming the file and the fix. Files without a recorded checksum (written before checksums were
+recorded, or placed by hand) are read unverified. ``python -m mass.io verify DIR...`` checks
+every recorded checksum under the given folders.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import glob
+import hashlib
 import json
 import os
-import tempfile
+import secrets
+import sys
+import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,24 +35,138 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+FIX = "delete it and rerun the rule that makes it (rerun the same snakemake command: it remakes missing files)"
+_CHUNK = 1 << 22
+# Files verified by this process, by (path, device, inode, size, mtime): a step that reads a
+# file twice hashes it once.
+_VERIFIED: set[tuple] = set()
+
 
 class ArtifactError(RuntimeError):
     """A required file is missing, truncated or inconsistent; the message says which and how to fix."""
 
 
+def checksum_path(path: str | os.PathLike) -> Path:
+    """Where the sha256 of ``path`` is recorded: ``.<name>.sha256`` in the same folder."""
+    path = Path(path)
+    return path.parent / f".{path.name}.sha256"
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, streamed in 4 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _create_temp(target: Path) -> Path:
+    """A new empty hidden ``.part`` file next to ``target``, with the umask's permissions (mkstemp's
+    would be 0600: group members of a shared results folder could not read what a job wrote)."""
+    while True:
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def _umask() -> int:
+    """The process's umask (read from /proc where possible: setting it to read it back is racy)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def remove_stale_parts(target: str | os.PathLike) -> list[Path]:
+    """Remove the ``.part`` files a killed write of ``target`` left behind (Snakemake runs one job
+    per output at a time, so no other write of ``target`` is in progress)."""
+    target = Path(target)
+    stale = [Path(p) for p in glob.glob(str(target.parent / f".{glob.escape(target.name)}.*.part"))]
+    for part in stale:
+        part.unlink(missing_ok=True)
+    return stale
+
+
+def _writer() -> str:
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    return f"python -m {spec.name}" if spec is not None else Path(sys.argv[0]).name or "python"
+
+
+def _record_checksum(target: Path, digest: str) -> None:
+    sidecar = checksum_path(target)
+    tmp = _create_temp(sidecar)
+    try:
+        tmp.write_text(f"# written by {_writer()}\n{digest}  {target.name}\n")
+        os.replace(tmp, sidecar)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto ``path`` on success only."""
+def atomic_path(path: str | os.PathLike, checksum: bool = True) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success, record its sha256 (unless
+    ``checksum`` is false) and rename it onto ``path``. The checksum is recorded first, so a write
+    killed in between leaves a checksum that no file matches, never a file without its checksum."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    remove_stale_parts(target)
+    tmp_path = _create_temp(target)
     try:
         yield tmp_path
+        # the writer may have replaced the file with its own (safetensors creates it 0600)
+        os.chmod(tmp_path, 0o666 & ~_umask())
+        if checksum:
+            _record_checksum(target, file_sha256(tmp_path))
+        else:
+            checksum_path(target).unlink(missing_ok=True)
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def recorded_checksum(path: str | os.PathLike) -> str | None:
+    """The sha256 recorded when ``path`` was written, or None when none was recorded."""
+    sidecar = checksum_path(path)
+    try:
+        lines = sidecar.read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"cannot read {sidecar}, the checksum of {path} ({err}); {FIX}") from err
+    entries = [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
+    if len(entries) != 1 or len(entries[0]) != 64:
+        raise ArtifactError(f"{sidecar}, the checksum of {path}, is damaged; {FIX}")
+    return entries[0].lower()
+
+
+def verify(path: str | os.PathLike) -> None:
+    """Raise :class:`ArtifactError` when ``path`` is missing or differs from the checksum recorded
+    when it was written; a file without a recorded checksum passes unverified."""
+    path = Path(path)
+    _require(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return
+    expected = recorded_checksum(path)
+    if expected is None:
+        return
+    if file_sha256(path) != expected:
+        raise ArtifactError(f"{path} does not match the sha256 recorded when it was written "
+                            f"({checksum_path(path).name}): it was changed or corrupted since; {FIX}")
+    _VERIFIED.add(key)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
@@ -56,16 +184,28 @@ def _json_default(obj: Any) -> Any:
 
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
-    _require(path)
+    verify(path)
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path} is not valid JSON ({err}); delete it and rerun the rule that makes it") from err
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path} is not valid JSON ({err}); {FIX}") from err
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_csv(path: str | os.PathLike, **kwargs: Any):
+    """A CSV artifact as a pandas DataFrame, after checking its checksum."""
+    import pandas as pd
+
+    path = Path(path)
+    verify(path)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path} is not a readable CSV file ({err}); {FIX}") from err
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
@@ -78,12 +218,11 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
 
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     path = Path(path)
-    _require(path)
+    verify(path)
     try:
         return load_file(str(path), device=str(device))
     except (SafetensorError, OSError) as err:
-        raise ArtifactError(f"{path} is not a readable safetensors file ({err}); "
-                            "delete it and rerun the rule that makes it") from err
+        raise ArtifactError(f"{path} is not a readable safetensors file ({err}); {FIX}") from err
 
 
 def save_arrays(path: str | os.PathLike, **arrays: np.ndarray) -> None:
@@ -95,15 +234,65 @@ def save_arrays(path: str | os.PathLike, **arrays: np.ndarray) -> None:
 
 def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
-    _require(path)
+    verify(path)
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ArtifactError(f"{path} is not a readable .npz file ({err}); {FIX}") from err
+
+
+def load_array(path: str | os.PathLike, mmap: bool = False) -> np.ndarray:
+    """One ``.npy`` array (memory-mapped with ``mmap``), after checking its checksum."""
+    path = Path(path)
+    verify(path)
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise ArtifactError(f"{path} is not a readable .npz file ({err}); "
-                            "delete it and rerun the rule that makes it") from err
+        raise ArtifactError(f"{path} is not a readable .npy file ({err}); {FIX}") from err
 
 
 def _require(path: Path) -> None:
     if not path.is_file():
         raise ArtifactError(f"missing file {path}: run the pipeline step that produces it first")
+
+
+def verify_tree(roots: list[str | os.PathLike], delete: bool = False) -> tuple[int, list[tuple[Path, str]]]:
+    """Check every file under ``roots`` that has a recorded checksum; with ``delete``, remove the
+    bad ones (and their checksums) so that the next Snakemake run remakes them. Returns the
+    number checked and the bad files with why."""
+    checked, bad = 0, []
+    for root in map(Path, roots):
+        for sidecar in sorted(root.rglob(".*.sha256")) if root.is_dir() else [checksum_path(root)]:
+            target = sidecar.parent / sidecar.name[1:-len(".sha256")]
+            if not target.is_file():
+                continue
+            checked += 1
+            try:
+                verify(target)
+            except ArtifactError as err:
+                bad.append((target, str(err)))
+                if delete:
+                    target.unlink()
+                    sidecar.unlink(missing_ok=True)
+    return checked, bad
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mass.io",
+                                     description="Check the recorded sha256 of every artifact under the given folders.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("verify", help="check files against the sha256 recorded when they were written")
+    check.add_argument("paths", nargs="+", help="folders (searched recursively) or files")
+    check.add_argument("--delete", action="store_true",
+                       help="delete every file that fails, so that the next snakemake run remakes it")
+    args = parser.parse_args(argv)
+    checked, bad = verify_tree(args.paths, delete=args.delete)
+    for path, why in bad:
+        print(f"{'DELETED' if args.delete else 'BAD'} {path}: {why}")
+    print(f"{checked} files checked, {len(bad)} {'deleted' if args.delete else 'bad'}")
+    return 1 if bad and not args.delete else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from mass.io import atomic_path, read_json  # noqa: E402
+from mass.io import atomic_path, read_csv, read_json  # noqa: E402
 
 MODULES = {"attn": "attention", "mlp": "MLP"}
 
@@ -118,7 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     sns.set_theme(style=args.style)
     out = Path(args.out_dir)
-    per_task = pd.read_csv(args.per_task, dtype={"benchmark": str})
+    per_task = read_csv(args.per_task, dtype={"benchmark": str})
     hparams = read_json(args.hparams)
     for bench in dict.fromkeys(per_task.benchmark):
         radar(per_task, bench, out / f"radar_{bench}", args.dpi)
@@ -126,7 +126,7 @@ def main() -> None:
         backbone, bench, path = entry.split(":", 2)
         chosen = hparams.get(backbone, {}).get(bench, {}).get("mass_proj", {}).get("layer")
         rows = per_task[(per_task.backbone == backbone) & (per_task.benchmark == bench)]
-        per_layer(per_layer_data(pd.read_csv(path), args.io, args.token), list(dict.fromkeys(rows.task)),
+        per_layer(per_layer_data(read_csv(path), args.io, args.token), list(dict.fromkeys(rows.task)),
                   f"{backbone}, {bench} tasks", chosen, out / f"per_layer_{backbone}_{bench}", args.dpi)
     batched(per_task, out / "batched", args.dpi)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mass.io import atomic_path
+from mass.io import atomic_path, read_csv
 
 METHOD_NAMES = {"zeroshot": "Zero-shot", "finetuned": "Fine-tuned", "weight_averaging": "Weight averaging",
                 "task_arithmetic": "Task Arithmetic", "consensus": "Consensus TA", "tsvm": "TSV-M",
@@ -104,7 +104,7 @@ def main() -> None:
     parser.add_argument("--per-task", required=True)
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args()
-    per_task = pd.read_csv(args.per_task, dtype={"benchmark": str})
+    per_task = read_csv(args.per_task, dtype={"benchmark": str})
     avg, cols, out = means(per_task), _columns(per_task), Path(args.out_dir)
     write_latex(table2(avg, cols), out / "table2.tex",
                 "Mean absolute test accuracy (\\%), normalised accuracy in parentheses.", "tab:table2")

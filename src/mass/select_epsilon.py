@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-import pandas as pd
-
-from mass.io import write_json
+from mass.io import read_csv, write_json
 from mass.routing_sweep import add_candidate_location_args, best_layer
 
 
@@ -25,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     scores = {}
     for eps, path in zip(args.epsilons, args.sweeps, strict=True):
-        layer, acc = best_layer(pd.read_csv(path), tuple(args.blocks), args.modules, args.io, args.token)
+        layer, acc = best_layer(read_csv(path), tuple(args.blocks), args.modules, args.io, args.token)
         scores[eps] = {"layer": layer, "val_routing_accuracy": acc}
     best = max(args.epsilons, key=lambda e: (scores[e]["val_routing_accuracy"], -args.epsilons.index(e)))
     write_json(args.out, {"epsilon": best, "merge_file": args.merges[args.epsilons.index(best)],

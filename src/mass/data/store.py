@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
-from mass.io import ArtifactError, atomic_path, read_json, write_json
+from mass.io import ArtifactError, atomic_path, read_json, verify, write_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -68,6 +68,7 @@ def load_split(root: str | Path, task: str, split: str, mmap: bool = True) -> tu
     for path in (img_path, lab_path):
         if not path.is_file():
             raise ArtifactError(f"missing {path}: run the data preparation rule for task {task!r}")
+        verify(path)  # the sha256 recorded when it was written
     try:
         images = np.load(img_path, mmap_mode="r" if mmap else None, allow_pickle=False)
         labels = np.load(lab_path, allow_pickle=False)

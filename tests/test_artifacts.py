@@ -1,0 +1,203 @@
+"""Artifacts carry a sha256 written with them and checked when read (issue 20, item 1); a killed
+write's hidden ``.part`` file is removed by the next write of its target (item 9); artifacts get the
+umask's permissions (item 10)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from mass.benchmark import FirstPassResult, RoutingFeatures
+from mass.data.store import load_split, save_split
+from mass.io import (
+    ArtifactError,
+    atomic_path,
+    checksum_path,
+    load_tensors,
+    main,
+    read_csv,
+    read_json,
+    save_arrays,
+    save_tensors,
+    write_json,
+)
+from mass.svd import LowRank, TaskComponents
+
+FIX = "delete it and rerun the rule that makes it"
+
+
+def svd_cache(path, seed=0):
+    """A TaskComponents file of ~1 MB, like one task's SVD cache."""
+    g = torch.Generator().manual_seed(seed)
+    matrices = {f"blocks.{i}.mlp.c_fc.weight": LowRank(torch.randn(256, 16, generator=g), torch.rand(16, generator=g),
+                                                       torch.randn(64, 16, generator=g)) for i in range(24)}
+    comps = TaskComponents(matrices, {"ln_post.weight": torch.randn(64, generator=g)})
+    comps.save(path, {"rank_fraction": "0.25"})
+    return comps
+
+
+def zero_block(path, size=64 * 1024):
+    """Overwrite ``size`` bytes in the middle of a file with zeros, keeping its size (a bad sector)."""
+    total = path.stat().st_size
+    offset = max((total - size) // 2, 0)
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(b"\0" * min(size, total - offset))
+    assert path.stat().st_size == total
+
+
+def test_zeroed_block_in_svd_cache_is_refused(tmp_path):
+    path = tmp_path / "svd" / "Cars.safetensors"
+    comps = svd_cache(path)
+    loaded = TaskComponents.load(path)
+    assert torch.equal(loaded.matrices["blocks.3.mlp.c_fc.weight"].U, comps.matrices["blocks.3.mlp.c_fc.weight"].U)
+    zero_block(path)
+    with pytest.raises(ArtifactError, match=rf"{path}.*{FIX}"):
+        TaskComponents.load(path)
+
+
+def _first_pass(path):
+    save_arrays(path, features=np.ones((40, 8), np.float32), task=np.arange(40) % 2, labels=np.arange(40) % 5,
+                **{f"res:{b}.mlp.in.cls": np.full((40, 2), b, np.float32) for b in range(12)})
+    return FirstPassResult.load
+
+
+def _z_l(path):
+    save_arrays(path, layer=np.array("3.mlp.in"), token=np.array("cls"), z_val=np.ones((30, 64), np.float32),
+                z_test=np.ones((30, 64), np.float32), task_val=np.zeros(30, np.int64), task_test=np.zeros(30, np.int64))
+    return RoutingFeatures.load
+
+
+def _method_result(path):
+    write_json(path, {"method": "mass_proj", "test": {"Cars": 0.5, "DTD": 0.25}, "val": {"Cars": 0.5}})
+    return read_json
+
+
+def _merge(path):
+    save_tensors(path, {"w": torch.ones(200, 200)}, {"epsilon": "0.3"})
+    return load_tensors
+
+
+def _sweep(path):
+    with atomic_path(path) as tmp:
+        tmp.write_text("layer,block,accuracy\n" + "".join(f"{b}.mlp.in,{b},0.5\n" for b in range(12)))
+    return read_csv
+
+
+def _split(path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 16, 16, 3), dtype=np.uint8)
+    save_split(path.parent.parent, "digits", "test", images, np.arange(50))
+    return lambda p: load_split(path.parent.parent, "digits", "test")
+
+
+ARTIFACTS = {"first_pass": (_first_pass, "first_pass/eps0.3_val.npz"), "z_l": (_z_l, "routing_features/selected.npz"),
+             "method_result": (_method_result, "methods/mass_proj.json"),
+             "merge": (_merge, "merge/eps0.3.safetensors"), "sweep": (_sweep, "sweep/selected_val.csv"),
+             "prepared_split": (_split, "digits/test_images.npy")}
+
+
+@pytest.mark.parametrize("kind", ARTIFACTS)
+def test_every_artifact_kind_round_trips_and_refuses_a_changed_byte(tmp_path, kind):
+    write, name = ARTIFACTS[kind]
+    path = tmp_path / name
+    read = write(path)
+    read(path)  # unchanged: reads
+    data = bytearray(path.read_bytes())
+    data[len(data) * 2 // 3] ^= 0x01  # one flipped bit, size unchanged
+    path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match=rf"{path.name}.*{FIX}"):
+        read(path)
+
+
+def test_changed_number_in_a_method_result_is_refused(tmp_path):
+    """Still valid JSON, another accuracy: only the checksum tells."""
+    path = tmp_path / "mass_proj.json"
+    write_json(path, {"test": {"Cars": 0.5}})
+    path.write_text(path.read_text().replace("0.5", "0.9"))
+    with pytest.raises(ArtifactError, match="does not match the sha256 recorded"):
+        read_json(path)
+
+
+def test_checksum_file_is_sha256sum_format(tmp_path):
+    path = tmp_path / "eps0.3.json"
+    write_json(path, {"epsilon": 0.3})
+    sidecar = checksum_path(path)
+    assert sidecar.name == ".eps0.3.json.sha256"
+    assert "written by" in sidecar.read_text()
+    if shutil.which("sha256sum"):
+        check = subprocess.run(["sha256sum", "-c", sidecar.name], cwd=tmp_path, capture_output=True, text=True)
+        assert check.returncode == 0 and "eps0.3.json: OK" in check.stdout
+
+
+def test_file_without_recorded_checksum_is_read(tmp_path):
+    """Files written before checksums were recorded (or placed by hand) load unverified."""
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps({"a": 1}))
+    assert read_json(path) == {"a": 1}
+
+
+def test_rewrite_replaces_the_checksum(tmp_path):
+    path = tmp_path / "r.json"
+    write_json(path, {"a": 1})
+    write_json(path, {"a": 2})
+    assert read_json(path) == {"a": 2}
+
+
+def test_verify_command_finds_and_deletes_corrupt_files(tmp_path, capsys):
+    good, bad = tmp_path / "svd" / "A.safetensors", tmp_path / "svd" / "B.safetensors"
+    svd_cache(good)
+    svd_cache(bad, seed=1)
+    zero_block(bad)
+    assert main(["verify", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert f"BAD {bad}" in out and str(good) not in out and "2 files checked, 1 bad" in out
+    assert main(["verify", "--delete", str(tmp_path)]) == 0
+    assert good.exists() and not bad.exists() and not checksum_path(bad).exists()
+    assert main(["verify", str(tmp_path)]) == 0
+
+
+# --- item 9: stale .part files of killed writes -------------------------------------------------
+
+def test_next_write_removes_stale_part_files_of_its_target(tmp_path):
+    target = tmp_path / "eps0.3.safetensors"
+    stale = [tmp_path / f".eps0.3.safetensors.{s}.part" for s in ("k2fa9x0q", "abcd1234")]
+    other = tmp_path / ".eps0.9.safetensors.abcd1234.part"  # another target's: left alone
+    for part in (*stale, other):
+        part.write_bytes(b"x" * 100)
+    save_tensors(target, {"w": torch.ones(3)})
+    assert not any(p.exists() for p in stale) and other.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".part")] == [other.name]
+
+
+def test_failed_write_leaves_no_part_and_no_output(tmp_path):
+    target = tmp_path / "x.json"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- item 10: permissions from the umask -------------------------------------------------------
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_artifacts_get_the_umask_permissions(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "a.json", {"a": 1})
+        save_tensors(tmp_path / "b.safetensors", {"w": torch.ones(2)})
+        save_split(tmp_path, "digits", "test", np.zeros((2, 4, 4, 3), np.uint8), np.zeros(2))
+    finally:
+        os.umask(old)
+    files = [tmp_path / "a.json", tmp_path / "b.safetensors", tmp_path / "digits/test_images.npy",
+             checksum_path(tmp_path / "a.json")]
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
