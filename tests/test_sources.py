@@ -525,6 +525,15 @@ def test_rules_pass_config_pins_and_pick_the_shared_head(tmp_path):
     mnist = f"dataset --task MNIST --out resources/raw/MNIST --lock workflow/sources.lock.json --revision {'1' * 40}"
     assert any(mnist in line for line in lines)
     assert f"--revision {'2' * 40}" in commands["finetuned"] and f"--revision {'3' * 40}" in commands["pretrained"]
+    # theta_pre: the zero-shot encoder of the fine-tuned checkpoints' repository, at the same revision
+    assert f"--zeroshot-repo nik-dim/tall_masks --zeroshot-revision {'2' * 40}" in commands["pretrained"]
+    assert "--report results/ViT-B-32/theta_pre.json" in commands["pretrained"]
+    # hub tasks use the published head; check_head compares it with the text-built one
+    assert "--compare-with resources/checkpoints/ViT-B-32/built_heads/" in commands["head"]
+    assert "rule use_published_head:" in run.stdout
+    built = {m for line in lines if line.startswith("python -m mass.build_heads")
+             for m in re.findall(r"--out resources/checkpoints/ViT-B-32/(\w+/\w+)\.safetensors", line)}
+    assert "heads/CIFAR10_STL10" in built and "heads/EMNIST" in built and "heads/Cars" not in built
     assert any("--emnist-orientation mnist --source-orientation mnist" in line for line in lines)
     tsvm = [line for line in lines if line.startswith("python -m mass.evaluate_tsvm")]
     heads = {line.count("/14/") > 0: re.findall(r"heads/(\w+)\.safetensors", line) for line in tsvm}
@@ -538,3 +547,73 @@ def test_download_rules_are_local_rules():
     local = {block.split(":", 1)[0]: "localrule: True" in block for block in rules}
     assert local == {"download_dataset": True, "prepare_dataset": True, "prepare_train_split": True,
                      "fetch_pretrained": True, "fetch_finetuned": True, "check_head": True}
+
+
+# --------------------------------------------------------------------------- published heads and theta_pre
+
+
+def torch113_head(monkeypatch, path: Path, weight: torch.Tensor, zip_layout: bool) -> None:
+    """A head pickled as the task-vector code saved it under torch 1.13: a whole
+    ``src.models.modeling.ClassificationHead`` module (a Linear with ``normalize``, a weight and a zero
+    bias), in the zip layout or the legacy one; the class is gone when the file is read."""
+    with monkeypatch.context() as patch:
+        modeling = types.ModuleType("src.models.modeling")
+
+        class ClassificationHead(torch.nn.Linear):
+            def __init__(self, normalize: bool, weights: torch.Tensor):
+                super().__init__(weights.shape[1], weights.shape[0])
+                self.normalize = normalize
+                self.weight = torch.nn.Parameter(weights.clone())
+                self.bias = torch.nn.Parameter(torch.zeros_like(self.bias))
+
+        ClassificationHead.__module__ = "src.models.modeling"
+        ClassificationHead.__qualname__ = "ClassificationHead"
+        modeling.ClassificationHead = ClassificationHead
+        for name in ("src", "src.models"):
+            patch.setitem(sys.modules, name, types.ModuleType(name))
+        patch.setitem(sys.modules, "src.models.modeling", modeling)
+        torch.save(ClassificationHead(True, weight), path, _use_new_zipfile_serialization=zip_layout)
+
+
+@pytest.mark.parametrize("zip_layout", [True, False])
+def test_published_head_pickled_by_torch_113_is_read_as_tensors_only(hub, tmp_path, monkeypatch,  # noqa: F811
+                                                                       zip_layout):
+    weight = torch.nn.functional.normalize(torch.randn(10, 16), dim=1) * 100
+    torch113_head(monkeypatch, tmp_path / "head.pt", weight, zip_layout)
+    assert "src.models.modeling" not in sys.modules
+    raw = (tmp_path / "head.pt").read_bytes()
+    assert (raw[:2] == b"PK") == zip_layout  # zip archive, or the legacy magic-number layout
+    hub.add("nik-dim/tall_masks", "single_task/MASS-TINY-VIT/head_MNISTVal.pt", raw)
+    out = tmp_path / "published" / "MNIST.safetensors"
+    fetch_head("mass-tiny-vit", "MNIST", "nik-dim/tall_masks", out, LockFile(tmp_path / "lock.json"),
+               endpoint=hub.url, retries=0)
+    stored = load_tensors(out)
+    assert stored.keys() == {"weight"} and torch.equal(stored["weight"], weight)
+    assert "src.models.modeling" not in sys.modules and not out.with_suffix(".pt").exists()
+
+
+def test_theta_pre_is_the_authors_zero_shot_encoder_and_the_difference_is_recorded(hub, tmp_path):  # noqa: F811
+    from safetensors.torch import save
+
+    torch.manual_seed(2)
+    state = create_clip("mass-tiny-vit").state_dict()
+    hub.add("test/tiny-clip", "open_clip_model.safetensors", save({k: v.contiguous() for k, v in state.items()}))
+    zeroshot = OrderedDict((f"model.{k}", v.clone()) for k, v in state.items() if k.startswith("visual."))
+    zeroshot["model.visual.proj"] += 0.25
+    zeroshot["model.token_embedding.weight"] = torch.zeros(3, 3)  # text tower of the authors' file: not used
+    buf = io.BytesIO()
+    torch.save(zeroshot, buf)
+    hub.add("nik-dim/tall_masks", "single_task/MASS-TINY-VIT/MNISTVal/nonlinear_zeroshot.pt", buf.getvalue())
+    out, report = tmp_path / "pretrained_openai.safetensors", tmp_path / "theta_pre.json"
+    fetch_pretrained("mass-tiny-vit", out, LockFile(tmp_path / "lock.json"), repo="test/tiny-clip", endpoint=hub.url,
+                     cache_dir=str(tmp_path / "hf-cache"), zeroshot_repo="nik-dim/tall_masks", report=report,
+                     retries=0)
+    stored = load_tensors(out)
+    assert torch.equal(stored["visual.proj"], state["visual.proj"] + 0.25)
+    assert all(torch.equal(stored[k], v) for k, v in state.items() if k != "visual.proj")  # text tower: OpenAI's
+    result = json.loads(report.read_text())
+    assert result["max_abs_difference"] == pytest.approx(0.25) and result["largest_difference_tensor"] == "visual.proj"
+    zeroshot_file = "single_task/MASS-TINY-VIT/MNISTVal/nonlinear_zeroshot.pt"
+    assert result["theta_pre"] == f"nik-dim/tall_masks/{zeroshot_file}@{COMMIT}"
+    assert result["compared_with"].startswith("test/tiny-clip/open_clip_model.safetensors@")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".pt") == []  # downloaded .pt removed

@@ -280,6 +280,8 @@ def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None =
                      from_file: str | os.PathLike | None = None, repo: str | None = None,
                      filename: str | None = None, revision: str | None = None, endpoint: str | None = None,
                      cache_dir: str | None = None, raw: str | os.PathLike | None = None, keep_raw: bool = False,
+                     zeroshot_repo: str | None = None, zeroshot_revision: str | None = None,
+                     hub_model_dir: str | None = None, report: str | os.PathLike | None = None,
                      **download_kwargs: Any) -> None:
     """OpenAI CLIP ``model`` as open_clip builds it -> full CLIP state dict (safetensors) at ``out``.
 
@@ -288,6 +290,11 @@ def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None =
     ``repo``/``filename``), pinned in ``lock``: from the Hugging Face cache when already there,
     else downloaded to ``raw``. OpenAI's original ``.pt`` files are TorchScript archives, which
     cannot be loaded without running their code, so they are refused.
+
+    ``zeroshot_repo`` (the fine-tuned checkpoints' repository): theta_pre is the image tower of
+    that repository's zero-shot checkpoint at the same revision (:func:`adopt_zeroshot`); the text
+    tower stays the OpenAI one. ``report`` records which weights theta_pre is and, with
+    ``zeroshot_repo``, their largest absolute difference to open_clip's copy.
     """
     import open_clip
     from huggingface_hub import try_to_load_from_cache
@@ -317,9 +324,54 @@ def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None =
         clip = open_clip.create_model(model, pretrained=str(path), weights_only=True)
     except (RuntimeError, ValueError, KeyError) as err:
         raise ArtifactError(f"{path} is not a {model} CLIP checkpoint open_clip can load ({err})") from err
-    save_tensors(out, clip.state_dict(), {"model": model, "pretrained": "openai", "source": str(path)})
+    state = clip.state_dict()
+    source = f"{repo}/{name}@{snapshot.commit}" if from_file is None else str(path)
+    meta = {"model": model, "pretrained": "openai", "source": source}
+    result: dict[str, Any] = {"model": model, "theta_pre": source, "text_tower": source}
+    if zeroshot_repo is not None:
+        if lock is None:
+            raise ArtifactError("theta_pre from the fine-tuned checkpoints' repository needs a lock file (--lock)")
+        origin, difference = adopt_zeroshot(model, state, zeroshot_repo, lock, zeroshot_revision, endpoint,
+                                            hub_model_dir, out.with_name(f"{out.stem}.zeroshot.pt"), keep_raw,
+                                            **download_kwargs)
+        meta["visual_source"] = origin
+        result.update(theta_pre=origin, compared_with=source, **difference)
+    save_tensors(out, state, meta)
+    if report is not None:
+        write_json(report, result)
     if downloaded and not keep_raw:
         path.unlink()
+
+
+def adopt_zeroshot(model: str, state: dict[str, torch.Tensor], repo: str, lock: LockFile, revision: str | None,
+                   endpoint: str | None, hub_model_dir: str | None, raw: Path, keep_raw: bool = False,
+                   **download_kwargs: Any) -> tuple[str, dict[str, Any]]:
+    """Replace the image tower of a full CLIP state dict (in place) by the authors' zero-shot encoder.
+
+    The published fine-tunes started from ``single_task/<model>/MNISTVal/nonlinear_zeroshot.pt`` of
+    the same repository (open_clip 2.x's copy of the OpenAI weights); task vectors must be taken
+    against exactly those weights. Returns where they came from and the largest absolute difference
+    to the tensors they replace (open_clip's hub copy), recorded once per run.
+    """
+    filename = f"single_task/{hub_model_dir or model}/MNISTVal/nonlinear_zeroshot.pt"
+    snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint, keep_listing=_checkpoint_listing)
+    downloaded = _hub_checkpoint(repo, filename, revision, lock, raw, endpoint, **download_kwargs)
+    visual = visual_state_dict(state_dict_of(safe_torch_load(raw), raw))
+    ours = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+    missing, unexpected = sorted(set(ours) - set(visual)), sorted(set(visual) - set(ours))
+    wrong = sorted(k for k in set(ours) & set(visual) if ours[k].shape != visual[k].shape)
+    if missing or unexpected or wrong:
+        raise ArtifactError(f"{raw} is not a {model} image encoder: missing {missing[:3]}, unexpected "
+                            f"{unexpected[:3]}, wrong shapes {wrong[:3]}")
+    gaps = {k: float((visual[k].double() - ours[k].double()).abs().max()) if ours[k].numel() else 0.0 for k in ours}
+    largest = max(gaps, key=gaps.get)
+    for key, tensor in visual.items():
+        state[f"visual.{key}"] = tensor.to(state[f"visual.{key}"].dtype).contiguous()
+    if downloaded and not keep_raw:
+        raw.unlink()
+    origin = f"{repo}/{snapshot.find(filename)}@{snapshot.commit}"
+    return origin, {"max_abs_difference": gaps[largest], "largest_difference_tensor": f"visual.{largest}",
+                    "tensors_compared": len(gaps)}
 
 
 def _openai_weights(model: str, repo: str | None, filename: str | None) -> tuple[str, list[str]]:
@@ -360,6 +412,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cache-dir", default=None, help="Hugging Face cache to look in first (default: HF_HUB_CACHE)")
     p.add_argument("--raw", default=None, help="where a downloaded checkpoint goes (default: next to --out)")
     p.add_argument("--keep-raw", action="store_true")
+    p.add_argument("--zeroshot-repo", default=None,
+                   help="image tower from this repository's single_task/<model>/MNISTVal/nonlinear_zeroshot.pt")
+    p.add_argument("--zeroshot-revision", default=None, help="revision of --zeroshot-repo (default: pinned main)")
+    p.add_argument("--hub-model-dir", default=None, help="folder name of the model in --zeroshot-repo")
+    p.add_argument("--report", default=None, help="JSON: which weights theta_pre is, and the difference")
     common(p, lock_required=False)
     for name, text in (("finetuned", "published fine-tuned image encoder -> visual safetensors"),
                        ("head", "published classification head -> {'weight'} safetensors")):
@@ -380,7 +437,8 @@ def main(argv: list[str] | None = None) -> None:
         fetch_dataset(args.task, args.out, lock, args.repo, args.revision, args.endpoint, **net)
     elif args.command == "pretrained":
         fetch_pretrained(args.model, args.out, lock, args.from_file, args.repo, args.filename, args.revision,
-                         args.endpoint, args.cache_dir, args.raw, args.keep_raw, **net)
+                         args.endpoint, args.cache_dir, args.raw, args.keep_raw, args.zeroshot_repo,
+                         args.zeroshot_revision, args.hub_model_dir, args.report, **net)
     elif args.command == "finetuned":
         fetch_finetuned(args.model, args.task, args.repo, args.out, lock, args.revision, args.endpoint, args.raw,
                         args.keep_raw, args.hub_model_dir, **net)

@@ -1,4 +1,19 @@
-# Per-task steps: zero-shot heads, (re-)fine-tuning, endpoint accuracies, SVD cache.
+# Per-task steps: heads, (re-)fine-tuning, endpoint accuracies, SVD cache.
+#
+# Heads: a task whose fine-tuned encoder comes from the hub (data_source and finetuned.source
+# "hub", task not re-fine-tuned here) uses the published head it was fine-tuned against
+# (head_<Task>Val.pt, read tensors-only and stored as safetensors by check_head). Every other head
+# (tasks fine-tuned here, heads several tasks share, the demo) is built from the CLIP text tower
+# with the published code's class names and templates; build_head also builds the text head of a
+# hub task, under built_heads/, for check_head's comparison.
+
+_TASKS_WITH_PUBLISHED_HEADS = (
+    sorted({t for names in config["benchmarks"].values() for t in names} - set(config["finetuned"]["refinetune"]))
+    if config["data_source"] == "hub" and config["finetuned"]["source"] == "hub" else []
+)
+_PUBLISHED = "|".join(sorted(_TASKS_WITH_PUBLISHED_HEADS))
+# any name but those (a lookahead up to the word boundary before ".safetensors")
+_TEXT_HEAD = rf"(?!(?:{_PUBLISHED})\b)[A-Za-z0-9_]+" if _PUBLISHED else "[A-Za-z0-9_]+"
 
 
 rule build_head:
@@ -7,6 +22,8 @@ rule build_head:
         data=lambda w: head_data(w.task),
     output:
         "resources/checkpoints/{backbone}/heads/{task}.safetensors",
+    wildcard_constraints:
+        task=_TEXT_HEAD,
     params:
         arch=arch,
         root=data_root(),
@@ -22,6 +39,29 @@ rule build_head:
     shell:
         "python -m mass.build_heads --model {params.arch} --pretrained {input.clip} --data {params.root} "
         "--task {wildcards.task} --out {output} --threads {threads} > {log} 2>&1"
+
+
+use rule build_head as build_head_for_check with:
+    output:
+        "resources/checkpoints/{backbone}/built_heads/{task}.safetensors",
+    wildcard_constraints:
+        task="[A-Za-z0-9_]+",
+    log:
+        "results/logs/build_head_for_check/{backbone}/{task}.log",
+
+
+rule use_published_head:
+    input:
+        "resources/checkpoints/{backbone}/published_heads/{task}.safetensors",
+    output:
+        "resources/checkpoints/{backbone}/heads/{task}.safetensors",
+    wildcard_constraints:
+        task=_PUBLISHED or "(?!)",
+    log:
+        "results/logs/use_published_head/{backbone}/{task}.log",
+    localrule: True
+    shell:
+        "cp {input} {output} > {log} 2>&1"
 
 
 rule finetune:

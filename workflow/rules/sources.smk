@@ -1,7 +1,10 @@
 # External inputs: hub datasets -> prepared splits, OpenAI CLIP, published fine-tuned encoders and heads.
-# Every download is resumable and verified against the lock file (see src/mass/download.py). The
-# pipeline builds every head from text; check_head compares each with the published (pickled) head,
-# read with a restricted unpickler, and reports the per-class agreement.
+# Every download is resumable and verified against the lock file (see src/mass/download.py).
+# check_head reads each published (pickled) head with a restricted unpickler (tensors only), stores it
+# as safetensors and reports its per-class agreement with the head built from text; tasks whose
+# encoders come from the hub then use the published head (models.smk). With finetuned.source hub,
+# theta_pre is the image tower of the same repository's zero-shot checkpoint, compared once with
+# open_clip's copy (results/<backbone>/theta_pre.json).
 #
 # Config keys read here (example values for config.yaml):
 #   sources:
@@ -91,9 +94,18 @@ rule prepare_train_split:
         "python -m mass.data.prepare {params.options} --splits train --threads {threads} > {log} 2>&1"
 
 
+def _zeroshot_options(w):
+    """theta_pre from the fine-tuned checkpoints' repository and revision when they come from the hub."""
+    if config["finetuned"]["source"] != "hub":
+        return ""
+    return (f"--zeroshot-repo {_SOURCES['finetuned_repo']} " + _opt("--zeroshot-revision", _SOURCES["finetuned_revision"])
+            + " " + _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone)))
+
+
 rule fetch_pretrained:
     output:
-        "resources/checkpoints/{backbone}/pretrained_openai.safetensors",
+        clip="resources/checkpoints/{backbone}/pretrained_openai.safetensors",
+        report="results/{backbone}/theta_pre.json",
     wildcard_constraints:
         backbone="[^/]+",
     params:
@@ -101,6 +113,7 @@ rule fetch_pretrained:
         endpoint=_ENDPOINT,
         from_file=lambda w: _opt("--from-file", (_SOURCES.get("pretrained_files") or {}).get(w.backbone)),
         revision=lambda w: _opt("--revision", (_SOURCES.get("pretrained_revisions") or {}).get(w.backbone)),
+        zeroshot=_zeroshot_options,
     log:
         "results/logs/sources/fetch_pretrained/{backbone}.log",
     threads: 1
@@ -111,8 +124,9 @@ rule fetch_pretrained:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.fetch pretrained --model {wildcards.backbone} --out {output} --lock {params.lock} "
-        "{params.endpoint} {params.from_file} {params.revision} > {log} 2>&1"
+        "python -m mass.fetch pretrained --model {wildcards.backbone} --out {output.clip} --lock {params.lock} "
+        "{params.endpoint} {params.from_file} {params.revision} {params.zeroshot} --report {output.report} "
+        "> {log} 2>&1"
 
 
 rule fetch_finetuned:
@@ -143,7 +157,7 @@ rule fetch_finetuned:
 
 rule check_head:
     input:
-        built="resources/checkpoints/{backbone}/heads/{task}.safetensors",
+        built="resources/checkpoints/{backbone}/built_heads/{task}.safetensors",
     output:
         published="resources/checkpoints/{backbone}/published_heads/{task}.safetensors",
         report="results/{backbone}/tasks/{task}/head_check.json",
