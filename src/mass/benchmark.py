@@ -92,10 +92,24 @@ class FirstPassResult:
             raise ArtifactError(f"{path} lacks {err}; delete it and rerun the first-pass rule") from err
 
     def residuals_at(self, key: str) -> torch.Tensor:
+        """Residuals at ``<block>.<module>.<io>.<token>``; a location the first pass did not record
+        fails saying why: a block the model does not have, or an io/token the config left out."""
         if key not in self.residuals:
-            raise ArtifactError(f"the first pass did not record location {key!r} (recorded: "
-                                f"{sorted(self.residuals)[:6]}...); add its io/token to first_pass in the config")
+            raise ArtifactError(self._not_recorded(key))
         return self.residuals[key]
+
+    def _not_recorded(self, key: str) -> str:
+        parts = [k.split(".") for k in self.residuals]
+        blocks = sorted({int(p[0]) for p in parts})
+        ios, tokens = sorted({p[2] for p in parts}), sorted({p[3] for p in parts})
+        recorded = (f"blocks {blocks[0]}-{blocks[-1]}, ios {ios}, tokens {tokens}" if blocks
+                    else "no location")
+        block, _, io, token = (key.split(".") + ["", "", "", ""])[:4]
+        if block.isdigit() and blocks and int(block) not in blocks:
+            return (f"location {key!r}: block {block} does not exist in this model (the first pass recorded "
+                    f"{recorded}); set routing.layer to a block in {blocks[0]}-{blocks[-1]}, or 'auto'")
+        return (f"the first pass did not record location {key!r} (it recorded {recorded}); add "
+                f"{io!r} to first_pass.ios and {token!r} to first_pass.tokens in the config")
 
 
 @dataclass

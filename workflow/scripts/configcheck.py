@@ -1,0 +1,343 @@
+"""The pipeline's configuration: checked before any job runs, and documented from its schema.
+
+The Snakefile calls :func:`check_config` on the merged configuration (config.yaml, then each
+``--configfile``), before Snakemake builds the DAG, so a wrong config stops the run with every
+problem listed (the key and the fix) before any output is deleted or any job starts:
+
+1. unknown keys (a typo such as ``routing: {tok_k: 5}`` or a top-level ``rooters:``), with the
+   allowed keys and the closest one;
+2. the JSON schema (``workflow/schemas/config.schema.yaml``): types, enums, ranges;
+3. what the schema cannot express: architecture names (open_clip's model configs and the repo's
+   ``src/mass/model_configs``), ``candidate_blocks`` and ``routing.layer`` against the model's depth,
+   ordered ranges, the routing location among what the first pass records.
+
+``python workflow/scripts/configcheck.py docs > docs/config.md`` writes the configuration
+reference from the schema (a test checks that docs/config.md is current);
+``python workflow/scripts/configcheck.py check config.yaml [overlay.yaml ...]`` checks config files
+without Snakemake. Only the standard library and PyYAML/jsonschema are imported (no torch), so
+every Snakemake start-up stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import importlib.util
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+LAYER = re.compile(r"^(\d+)\.(attn|mlp)\.(in|out)$")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be run; the message lists every problem with its key and fix."""
+
+
+def load_schema(path: str | os.PathLike = SCHEMA) -> dict:
+    with open(path) as fh:
+        return yaml.safe_load(fh)
+
+
+def _resolve(schema: Mapping, sub: Mapping) -> Mapping:
+    """``sub`` with a local ``$ref`` (``#/definitions/x``) followed; its own keys win."""
+    ref = sub.get("$ref")
+    if not ref:
+        return sub
+    target: Any = schema
+    for part in ref.lstrip("#/").split("/"):
+        target = target[part]
+    return {**_resolve(schema, target), **{k: v for k, v in sub.items() if k != "$ref"}}
+
+
+def _key(path: tuple[str, ...]) -> str:
+    return ".".join(path) if path else "(top level)"
+
+
+def unknown_keys(config: Any, schema: Mapping, sub: Mapping | None = None, path: tuple[str, ...] = ()) -> list[str]:
+    """One message per key the schema does not allow, naming it, the closest allowed key and all of them."""
+    sub = _resolve(schema, schema if sub is None else sub)
+    if not isinstance(config, Mapping):
+        return []
+    errors = []
+    props = sub.get("properties", {})
+    extra = sub.get("additionalProperties", True)
+    for key, value in config.items():
+        if key in props:
+            errors += unknown_keys(value, schema, props[key], (*path, str(key)))
+        elif extra is False:
+            allowed = list(props)
+            close = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            where = f"under '{_key(path)}'" if path else "at the top level"
+            errors.append(f"{_key((*path, str(key)))}: unknown key{hint}; allowed {where}: {', '.join(allowed)}")
+        elif isinstance(extra, Mapping):
+            errors += unknown_keys(value, schema, extra, (*path, str(key)))
+    return errors
+
+
+def schema_errors(config: Mapping, schema: Mapping) -> list[str]:
+    """Type, enum and range errors of the JSON schema, one line each, named by key."""
+    from jsonschema import Draft202012Validator
+
+    errors = []
+    for err in sorted(Draft202012Validator(schema).iter_errors(config), key=lambda e: list(map(str, e.path))):
+        if err.validator == "additionalProperties":
+            continue  # reported by unknown_keys, with the allowed keys
+        path = ".".join(str(p) for p in err.path)
+        message = err.message
+        if err.validator == "contains" and path == "routers":
+            message = "must include 'proj' (MASS itself)"
+        elif err.validator == "oneOf" and path == "routing.eta":
+            message = f"{err.instance!r} is neither 'auto' nor a number in [0, 1]"
+        elif len(message) > 200:
+            message = message[:200] + "..."
+        errors.append(f"{path or '(top level)'}: {message}")
+    return errors
+
+
+# --- what the schema cannot express ---------------------------------------------------------
+
+def model_config_dirs(basedir: str | os.PathLike = ROOT) -> list[Path]:
+    """Folders of open_clip model configs: open_clip's own and the repository's (found without
+    importing either package)."""
+    dirs = []
+    spec = importlib.util.find_spec("open_clip")
+    if spec is not None and spec.submodule_search_locations:
+        dirs.append(Path(list(spec.submodule_search_locations)[0]) / "model_configs")
+    local = Path(basedir) / "src" / "mass" / "model_configs"
+    if local.is_dir():
+        dirs.append(local)
+    else:
+        spec = importlib.util.find_spec("mass")
+        if spec is not None and spec.submodule_search_locations:
+            dirs.append(Path(list(spec.submodule_search_locations)[0]) / "model_configs")
+    return [d for d in dirs if d.is_dir()]
+
+
+def architectures(dirs: Iterable[str | os.PathLike]) -> dict[str, int | None]:
+    """open_clip model name -> number of image-tower blocks (None when not a ViT)."""
+    archs: dict[str, int | None] = {}
+    for folder in dirs:
+        for path in sorted(Path(folder).glob("*.json")):
+            try:
+                layers = json.loads(path.read_text()).get("vision_cfg", {}).get("layers")
+            except (OSError, ValueError):
+                continue
+            archs[path.stem] = layers if isinstance(layers, int) else None
+    return archs
+
+
+def value_errors(config: Mapping, archs: Mapping[str, int | None] | None) -> list[str]:
+    """Architectures, blocks, ranges and the routing location, each error naming the key and fix.
+    ``archs`` None: open_clip's model configs were not found, architecture names are not checked."""
+    errors = []
+    depth: dict[str, int] = {}
+    for name, bb in (config.get("backbones") or {}).items():
+        arch, key = bb.get("arch"), f"backbones.{name}"
+        if archs is not None:
+            if arch not in archs:
+                close = difflib.get_close_matches(str(arch), list(archs), n=3, cutoff=0.6)
+                hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+                errors.append(f"{key}.arch: {arch!r} is not an open_clip architecture (nor one of "
+                              f"src/mass/model_configs){hint}")
+                continue
+            if archs[arch] is None:
+                errors.append(f"{key}.arch: {arch!r} is not a vision transformer; MASS routes on transformer blocks")
+                continue
+            depth[name] = archs[arch]
+        low, high = bb.get("candidate_blocks", [0, 0])
+        if low > high:
+            errors.append(f"{key}.candidate_blocks: [{low}, {high}] is not ordered; write [{high}, {low}]")
+        if name in depth and max(low, high) >= depth[name]:
+            last = depth[name] - 1
+            errors.append(f"{key}.candidate_blocks: [{low}, {high}] goes past the last block of {arch} "
+                          f"(blocks 0-{last}); use blocks in 0-{last}, e.g. [{min(low, last)}, {last}]")
+
+    routing, first_pass = config.get("routing") or {}, config.get("first_pass") or {}
+    ios, tokens = first_pass.get("ios", []), first_pass.get("tokens", [])
+    layer = str(routing.get("layer", "auto"))
+    match = LAYER.match(layer)
+    if match:
+        block, _, io = int(match.group(1)), match.group(2), match.group(3)
+        for name in (config.get("run") or {}).get("backbones", []):
+            if name in depth and block >= depth[name]:
+                errors.append(f"routing.layer: {layer!r}: block {block} does not exist in backbone {name} "
+                              f"({config['backbones'][name]['arch']} has blocks 0-{depth[name] - 1}); "
+                              f"choose a block in 0-{depth[name] - 1}, or 'auto'")
+        if io not in ios:
+            errors.append(f"routing.layer: {layer!r} routes on module {io}puts, which the first pass does not "
+                          f"record (first_pass.ios: {ios}); add '{io}' to first_pass.ios")
+    elif routing.get("io") not in ios:
+        errors.append(f"routing.io: {routing.get('io')!r} is not recorded by the first pass (first_pass.ios: "
+                      f"{ios}); add it to first_pass.ios")
+    if routing.get("token") not in tokens:
+        errors.append(f"routing.token: {routing.get('token')!r} is not recorded by the first pass "
+                      f"(first_pass.tokens: {tokens}); add it to first_pass.tokens")
+    low, high = routing.get("eta_range", [0, 0])
+    if low > high:
+        errors.append(f"routing.eta_range: [{low}, {high}] has low > high; write [{high}, {low}]")
+    return errors
+
+
+def check_config(config: Mapping, basedir: str | os.PathLike = ROOT, schema: Mapping | None = None) -> None:
+    """Raise :class:`ConfigError` listing every problem of ``config`` (nothing is changed)."""
+    schema = load_schema(Path(basedir) / "workflow" / "schemas" / "config.schema.yaml") if schema is None else schema
+    errors = unknown_keys(config, schema) + schema_errors(config, schema)
+    if not errors:
+        dirs = model_config_dirs(basedir)
+        has_open_clip = any(d.parent.name == "open_clip" for d in dirs)
+        errors = value_errors(config, architectures(dirs) if has_open_clip else None)
+    if errors:
+        raise ConfigError("the configuration cannot be run (nothing was started or deleted):\n"
+                          + "\n".join(f"  - {e}" for e in errors))
+
+
+def check_configfile_flags(argv: list[str]) -> None:
+    """``--configfile`` given more than once: Snakemake keeps only the last one's files. Refuse it
+    and show the one-flag form, which layers every file in order."""
+    flags = [a for a in argv if a.split("=", 1)[0] in ("--configfile", "--configfiles")]
+    if len(flags) > 1:
+        raise ConfigError(f"{flags[0]} is given {len(flags)} times; Snakemake would keep only the files of the "
+                          "last one. Give it once with every file, in order: --configfile a.yaml b.yaml")
+
+
+def merge(base: dict, overlay: Mapping) -> dict:
+    """``overlay`` onto ``base`` as Snakemake layers config files (dicts merge, anything else replaces)."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        out[key] = merge(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), dict) else value
+    return out
+
+
+# --- docs/config.md -----------------------------------------------------------------------------
+
+def _fmt(value: Any) -> str:
+    return f"`{json.dumps(value)}`"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _allowed(schema: Mapping, sub: Mapping) -> str:
+    sub = _resolve(schema, sub)
+    if "enum" in sub:
+        return "one of " + ", ".join(_fmt(v) for v in sub["enum"])
+    if "oneOf" in sub:
+        return " or ".join(_allowed(schema, s) for s in sub["oneOf"])
+    kind = sub.get("type", "")
+    kind = " or ".join(kind) if isinstance(kind, list) else kind
+    bounds = []
+    if "minimum" in sub:
+        bounds.append(f">= {sub['minimum']}")
+    if "exclusiveMinimum" in sub:
+        bounds.append(f"> {sub['exclusiveMinimum']}")
+    if "maximum" in sub:
+        bounds.append(f"<= {sub['maximum']}")
+    if "pattern" in sub:
+        bounds.append(f"matching `{sub['pattern']}`")
+    if kind == "array":
+        items = _allowed(schema, sub.get("items", {}))
+        size = ""
+        if sub.get("minItems") == sub.get("maxItems") and "minItems" in sub:
+            size = f"{sub['minItems']} "
+        elif "minItems" in sub:
+            size = f"at least {sub['minItems']} "
+        return f"list of {size}({items})" + (", no repeats" if sub.get("uniqueItems") else "")
+    if kind == "object" and isinstance(sub.get("additionalProperties"), Mapping) and "properties" not in sub:
+        return f"map: name -> {_allowed(schema, sub['additionalProperties'])}"
+    return " ".join([kind, " and ".join(bounds)]).strip()
+
+
+def _rows(schema: Mapping, sub: Mapping, path: tuple[str, ...]) -> list[str]:
+    """Table rows of the keys below ``sub`` (nested objects flattened to dotted keys)."""
+    rows = []
+    for key, child in _resolve(schema, sub).get("properties", {}).items():
+        child = _resolve(schema, child)
+        name = ".".join((*path, key))
+        if child.get("type") == "object" and "properties" in child:
+            rows += _rows(schema, child, (*path, key))
+            continue
+        default = _fmt(child["default"]) if "default" in child else "required"
+        cells = (f"`{name}`", default, _allowed(schema, child), child.get("description", ""))
+        rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return rows
+
+
+def render_docs(schema: Mapping) -> str:
+    """docs/config.md: one section per top-level key, one table row per key below it."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "<!-- Generated from workflow/schemas/config.schema.yaml by",
+        "     python workflow/scripts/configcheck.py docs > docs/config.md",
+        "     Do not edit by hand: tests/test_config.py checks that this file is current. -->",
+        "",
+        "`config.yaml` holds the paper's configuration; presets (`workflow/presets/demo.yaml`) and your own",
+        "files are layered onto it, in order, with one flag:",
+        "`snakemake --cores all --configfile workflow/presets/demo.yaml my.yaml`",
+        "(given twice, `--configfile` would keep only the last file, so the run refuses that).",
+        "Dictionaries merge key by key; lists and values replace. Defaults are the paper's values.",
+        "",
+        "Before any job runs, the run stops with every problem listed, each naming its key and the fix, when",
+        "a key is unknown (a typo), a value has the wrong type or range, an architecture is not an open_clip",
+        "model, `candidate_blocks` or `routing.layer` name a block the model does not have, the routing",
+        "location is not among what the first pass records, or a range is reversed. To check config files",
+        "without Snakemake:",
+        "`python workflow/scripts/configcheck.py check config.yaml workflow/presets/demo.yaml my.yaml`.",
+        "",
+    ]
+    for key, sub in schema["properties"].items():
+        sub = _resolve(schema, sub)
+        lines += [f"## `{key}`", "", sub.get("description", ""), ""]
+        entry = sub.get("additionalProperties")
+        if sub.get("type") == "object" and "properties" in sub:
+            rows = _rows(schema, sub, (key,))
+        elif isinstance(entry, Mapping) and "properties" in _resolve(schema, entry):
+            rows = _rows(schema, entry, (key, "<name>"))
+        else:
+            default = "below" if isinstance(entry, Mapping) else _fmt(sub["default"])
+            rows = [f"| `{key}` | {default} | {_cell(_allowed(schema, sub))} | |"]
+        lines += ["| key | default | allowed | description |", "|---|---|---|---|", *rows, ""]
+        if isinstance(entry, Mapping):
+            lines += ["Default:", "", "```yaml", yaml.safe_dump({key: sub.get("default", {})}, sort_keys=False,
+                                                               default_flow_style=None, width=100).rstrip(),
+                      "```", ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("docs", help="print docs/config.md, generated from the schema")
+    check = sub.add_parser("check", help="check config files, layered in order as Snakemake does")
+    check.add_argument("files", nargs="+")
+    args = parser.parse_args(argv)
+    if args.command == "docs":
+        sys.stdout.write(render_docs(load_schema()))
+        return 0
+    config: dict = {}
+    for path in args.files:
+        with open(path) as fh:
+            config = merge(config, yaml.safe_load(fh) or {})
+    try:
+        check_config(config)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print("configuration OK")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
