@@ -109,10 +109,12 @@ class Predictions:
 class MassModel:
     """theta_pre + alpha * TSV-M(selected tasks), with its own task subset per input.
 
-    The second pass is hybrid. A subset selected by at least ``dense_min_group`` inputs gets
-    its dense merged weights (one matmul per matrix from the cached factorised merge) written
-    into ``visual`` in place, and those inputs run the plain open_clip forward. The inputs of
-    rarer subsets run together, sorted by subset, through :class:`MixedEncoder`, which adds
+    The second pass is hybrid. A subset selected by at least ``dense_min_group`` inputs, or one
+    that uses a matrix's full rank (all T tasks selected where T k = r: the low-rank update is
+    not accurate enough there, see :meth:`SubsetFactors.delta`), gets its dense merged weights
+    (one matmul chain per matrix from the cached factorised merge) written into ``visual`` in
+    place, and those inputs run the plain open_clip forward. The inputs of rarer subsets run
+    together, sorted by subset, through :class:`MixedEncoder`, which adds
     each sample's low-rank update to theta_pre on the fly. Per matrix, building dense weights
     costs as many FLOPs as the low-rank updates of m n / (L (m + n)) samples (~12 for ViT-B/32
     at 224 px), whatever the subset. Measured on a 2-core CPU (ViT-B/32, 8 tasks): writing the
@@ -168,6 +170,8 @@ class MassModel:
         self.visual.eval()
         subsets, subset_of = torch.unique(selection.bool(), dim=0, return_inverse=True)
         dense = torch.bincount(subset_of, minlength=len(subsets)) >= self.dense_min_group
+        dense |= torch.tensor([self.encoder.factors.uses_full_rank(tuple(torch.nonzero(row).flatten().tolist()))
+                               for row in subsets], dtype=torch.bool)
         parts: list[tuple[torch.Tensor, torch.Tensor]] = []  # (input indices, features)
         try:
             for g in torch.nonzero(dense).flatten().tolist():

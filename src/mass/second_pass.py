@@ -2,21 +2,27 @@
 
 TSV-M over a subset S of tasks gives, per matrix, Delta_S = polar(U_S) diag(s_S) polar(V_S)^T
 where U_S, V_S concatenate the tasks' k = floor(r / T) singular vectors. With the Gram matrix
-G = U_S^T U_S, polar(U_S) = U_S G^{-1/2}, so
+G = U_S^T U_S, polar(U_S) = U_S A_U with A_U = G_U^{-1/2}, so
 
-    Delta_S = U_S C_S V_S^T,   C_S = G_U^{-1/2} diag(s_S) G_V^{-1/2}   (|S|k x |S|k).
+    Delta_S = U_S A_U diag(s_S) A_V V_S^T        (A_U, A_V: |S|k x |S|k, symmetric).
 
-The Gram blocks U_i^T U_j of all task pairs are computed once, so a subset costs only small
-eigendecompositions (its "core" C_S, cached per subset), never an SVD of a tall matrix. A
-subset shared by many inputs gets dense weights theta_pre + U_S C_S V_S^T (one matmul chain
-per matrix) written into the encoder (:meth:`MixedEncoder.write_weights`). A batch mixing rare
-subsets is sorted by subset and runs theta_pre plus, per linear map, each sample's low-rank
-correction x V_S C_S^T U_S^T: x V_t is one matmul per task over all samples that selected t,
-then per subset group one matmul by the core and one addmm per task into the output slice.
-Biases, LayerNorms and the class embedding are theta_pre + alpha * the mean of the selected
-tasks' deltas per sample; the patch conv and positional embedding are merged per group. The
-result equals theta_pre + alpha * TSV-M(selected tasks) evaluated with dense weights (see
-tests/test_second_pass.py).
+The Gram blocks U_i^T U_j of all task pairs are computed once, in float64, so a subset costs
+only small float64 eigendecompositions (its :class:`Core`, cached per subset), never an SVD of
+a tall matrix. A and the spectrum stay separate factors: their product grows like
+1 / sigma_min(U_S) sigma_min(V_S) where tasks share directions (MNIST / EMNIST), and rounding
+it to float32 would cost that much accuracy; applied one after the other, every intermediate
+is bounded by 1 / sigma_min and the merge is as accurate as the plain algorithm (thin SVD of
+U_S, P Q^T) in float32 (tests/test_second_pass.py checks near-duplicate tasks and T k = r).
+
+A subset shared by many inputs gets dense weights theta_pre + polar(U_S) diag(s_S) polar(V_S)^T
+written into the encoder (:meth:`MixedEncoder.write_weights`). A batch mixing rare subsets is
+sorted by subset and runs theta_pre plus, per linear map, each sample's low-rank correction
+x V_S A_V diag(s_S) A_U U_S^T: x V_t is one matmul per task over all samples that selected t,
+then per subset group two small matmuls by A_V and A_U and one addmm per task into the output
+slice. Biases, LayerNorms and the class embedding are theta_pre + alpha * the mean of the
+selected tasks' deltas per sample; the patch conv and positional embedding are merged per
+group. The result equals theta_pre + alpha * TSV-M(selected tasks) evaluated with dense weights
+(see tests/test_second_pass.py).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mass.svd import TaskComponents, components_per_task
+from mass.svd import TaskComponents, components_per_task, polar_factor
 
 Subset = tuple[int, ...]
 
@@ -41,15 +47,40 @@ class MatrixFactors:
     U: torch.Tensor       # (T, m, k)
     s: torch.Tensor       # (T, k)
     V: torch.Tensor       # (T, n, k)
-    gram_u: torch.Tensor  # (T k, T k) = U_all^T U_all
+    gram_u: torch.Tensor  # (T k, T k) = U_all^T U_all, float64
     gram_v: torch.Tensor
 
     @property
     def k(self) -> int:
         return self.s.shape[1]
 
+    def uses_full_rank(self, subset: Subset) -> bool:
+        """|S| k = r: the subset's smaller factor is square (T k = r and every task selected)."""
+        return len(subset) * self.k == min(self.U.shape[1], self.V.shape[1])
+
     def columns(self, subset: Subset) -> torch.Tensor:
         return torch.cat([torch.arange(t * self.k, (t + 1) * self.k) for t in subset]).to(self.s.device)
+
+
+def gram(factors: torch.Tensor) -> torch.Tensor:
+    """Float64 Gram matrix of the tasks' (T, m, k) factors side by side: (T k, T k).
+
+    Float64 because polar factors are built from it: a float32 Gram loses sigma_min^2 of U_S
+    to rounding, which is all of it for tasks that share directions.
+    """
+    flat = factors.transpose(0, 1).flatten(1).double()
+    return flat.T @ flat
+
+
+@dataclass
+class Core:
+    """One subset's TSV-M merge of one matrix, in the factors it is applied with:
+    alpha * Delta_S = U_S a_u diag(s) a_v V_S^T. ``a_u`` and ``a_v`` (G^{-1/2}, symmetric) are
+    None for a single task, whose own U and V are orthonormal already."""
+
+    a_u: torch.Tensor | None
+    s: torch.Tensor  # alpha * s_S, (|S| k,)
+    a_v: torch.Tensor | None
 
 
 def inverse_sqrt(gram: torch.Tensor) -> torch.Tensor:
@@ -70,43 +101,54 @@ class SubsetFactors:
             parts = [c.matrices[name].truncate(k) for c in components]
             u = torch.stack([p.U for p in parts]).float().to(self.device)
             v = torch.stack([p.V for p in parts]).float().to(self.device)
-            flat_u, flat_v = u.transpose(0, 1).flatten(1), v.transpose(0, 1).flatten(1)
             self.matrices[name] = MatrixFactors(u, torch.stack([p.s for p in parts]).float().to(self.device),
-                                                v, flat_u.T @ flat_u, flat_v.T @ flat_v)
+                                                v, gram(u), gram(v))
         self.others = {name: torch.stack([c.others[name].float() for c in components]).to(self.device)
                        for name in components[0].others}
         self.cache: OrderedDict[Subset, dict[str, torch.Tensor]] = OrderedDict()
         self.cache_size = cache_size
 
-    def cores(self, subset: Subset) -> dict[str, torch.Tensor]:
-        """alpha * C_S for every matrix; the eigendecompositions of same-sized Gram matrices are batched."""
+    def cores(self, subset: Subset) -> dict[str, Core]:
+        """The :class:`Core` of every matrix; the eigendecompositions of same-sized Gram matrices are batched."""
         if subset in self.cache:
             self.cache.move_to_end(subset)
             return self.cache[subset]
         cores = {}
-        if len(subset) == 1:  # a task's own U, V are orthonormal already: C = diag(s)
-            cores = {name: torch.diag(f.s[subset[0]]) * self.alpha for name, f in self.matrices.items()}
+        if len(subset) == 1:
+            cores = {name: Core(None, f.s[subset[0]] * self.alpha, None) for name, f in self.matrices.items()}
         else:
             by_k: dict[int, list[str]] = {}
             for name, f in self.matrices.items():
                 by_k.setdefault(f.k, []).append(name)
             for names in by_k.values():
                 cols = self.matrices[names[0]].columns(subset)
-                gu = inverse_sqrt(torch.stack([self.matrices[n].gram_u[cols][:, cols] for n in names]))
-                gv = inverse_sqrt(torch.stack([self.matrices[n].gram_v[cols][:, cols] for n in names]))
-                s = torch.stack([self.matrices[n].s[list(subset)].flatten() for n in names]).double()
-                core = (gu * s.unsqueeze(-2)) @ gv * self.alpha
-                cores.update(zip(names, core.float(), strict=True))
+                a_u = inverse_sqrt(torch.stack([self.matrices[n].gram_u[cols][:, cols] for n in names])).float()
+                a_v = inverse_sqrt(torch.stack([self.matrices[n].gram_v[cols][:, cols] for n in names])).float()
+                for i, n in enumerate(names):
+                    cores[n] = Core(a_u[i], self.matrices[n].s[list(subset)].flatten() * self.alpha, a_v[i])
         self.cache[subset] = cores
         if len(self.cache) > self.cache_size:
             self.cache.popitem(last=False)
         return cores
 
+    def uses_full_rank(self, subset: Subset) -> bool:
+        """Whether any matrix's subset factors are square (see :meth:`delta`)."""
+        return any(f.uses_full_rank(subset) for f in self.matrices.values())
+
     def delta(self, name: str, subset: Subset) -> torch.Tensor:
-        """alpha * Delta_S = U_S (alpha C_S) V_S^T of one matrix, dense (no SVD)."""
-        f = self.matrices[name]
+        """alpha * Delta_S = polar(U_S) diag(alpha s_S) polar(V_S)^T of one matrix, dense.
+
+        Where the subset uses the matrix's full rank, its square factor's polar factor is far
+        better conditioned (2 / (sigma_min + sigma_next)) than U_S G^{-1/2} can reproduce in
+        float32 (1 / sigma_min), so both come from thin SVDs, as in TSV-M itself.
+        """
+        f, core = self.matrices[name], self.cores(subset)[name]
         u, v = (factor[list(subset)].transpose(0, 1).flatten(1) for factor in (f.U, f.V))
-        return (u @ self.cores(subset)[name]) @ v.T
+        if f.uses_full_rank(subset):
+            u, v = polar_factor(u), polar_factor(v)
+        elif core.a_u is not None:
+            u, v = u @ core.a_u, v @ core.a_v
+        return (u * core.s) @ v.T
 
 
 @dataclass
@@ -116,7 +158,7 @@ class Group:
     rows: slice
     subset: Subset
     offsets: list[int]  # per task of the subset: where the group starts among that task's samples
-    cores: dict[str, torch.Tensor]  # alpha * C_S of every matrix
+    cores: dict[str, Core]  # of every matrix
 
 
 @dataclass
@@ -143,11 +185,34 @@ class BatchPlan:
         groups, start = [], 0
         for row, count in zip(unique, torch.bincount(subset_of).tolist(), strict=True):
             subset = tuple(torch.nonzero(row).flatten().tolist())
+            if factors.uses_full_rank(subset):
+                raise ValueError(f"task subset {subset} uses the full rank of a matrix; its low-rank update would "
+                                 "lose accuracy: run it with dense weights (MixedEncoder.write_weights)")
             groups.append(Group(slice(start, start + count), subset, [before[start][t] for t in subset],
                                 factors.cores(subset)))
             start += count
         rows = [torch.nonzero(column).flatten() for column in selection.T]
         return cls(order, groups, rows, selection.float() * factors.alpha / selection.sum(1, keepdim=True))
+
+
+def lowrank_update(y: torch.Tensor, x: torch.Tensor, factors: SubsetFactors, name: str, plan: BatchPlan,
+                   transposed: bool = False) -> torch.Tensor:
+    """Adds to ``y``, in place, each sample's x Delta_S^T (linear weights) or, ``transposed``,
+    x Delta_S (``proj``); ``x`` and ``y`` are (N, L, .), contiguous and sorted as ``plan``."""
+    f = factors.matrices[name]
+    inp, out = (f.U, f.V) if transposed else (f.V, f.U)
+    coords = [(x if len(rows) == len(x) else x.index_select(0, rows)) @ inp[t] if len(rows) else None
+              for t, rows in enumerate(plan.rows)]  # one matmul per task over all its samples
+    for g in plan.groups:
+        size, ys = g.rows.stop - g.rows.start, y[g.rows].flatten(0, 1)
+        core = g.cores[name]
+        a_in, a_out = (core.a_u, core.a_v) if transposed else (core.a_v, core.a_u)
+        mixed = torch.cat([coords[t][o:o + size] for t, o in zip(g.subset, g.offsets, strict=True)],
+                          -1).flatten(0, 1)
+        mixed = mixed * core.s if a_in is None else torch.mm(mixed @ a_in, a_out * core.s[:, None])
+        for j, t in enumerate(g.subset):
+            ys.addmm_(mixed[:, j * f.k:(j + 1) * f.k], out[t].T)
+    return y
 
 
 def check_supported(visual: nn.Module) -> None:
@@ -194,23 +259,6 @@ class MixedEncoder:
         for name, param in self.visual.named_parameters():
             param.copy_(self.pre[name] if subset is None else self.merged(name, subset))
 
-    def _lowrank(self, y: torch.Tensor, x: torch.Tensor, name: str, plan: BatchPlan,
-                 transposed: bool = False) -> torch.Tensor:
-        """Adds to ``y``, in place, each sample's x Delta_S^T (linear weights) or, ``transposed``,
-        x Delta_S (``proj``); ``x`` and ``y`` are (N, L, .) and contiguous."""
-        f = self.factors.matrices[name]
-        inp, out = (f.U, f.V) if transposed else (f.V, f.U)
-        coords = [(x if len(rows) == len(x) else x.index_select(0, rows)) @ inp[t] if len(rows) else None
-                  for t, rows in enumerate(plan.rows)]  # one matmul per task over all its samples
-        for g in plan.groups:
-            size, ys = g.rows.stop - g.rows.start, y[g.rows].flatten(0, 1)
-            core = g.cores[name] if transposed else g.cores[name].T
-            mixed = torch.cat([coords[t][o:o + size] for t, o in zip(g.subset, g.offsets, strict=True)],
-                              -1).flatten(0, 1) @ core
-            for j, t in enumerate(g.subset):
-                ys.addmm_(mixed[:, j * f.k:(j + 1) * f.k], out[t].T)
-        return y
-
     def _vector(self, name: str, plan: BatchPlan) -> torch.Tensor:
         """Per-sample non-matrix tensor: theta_pre + alpha * mean of the selected tasks' deltas."""
         return self.pre[name] + plan.mean @ self.factors.others[name]
@@ -219,7 +267,7 @@ class MixedEncoder:
                 bias: str = "bias") -> torch.Tensor:
         w = f"{prefix}.{weight}"
         y = F.linear(x, self.pre[w]).add_(self._vector(f"{prefix}.{bias}", plan)[:, None])
-        return self._lowrank(y, x.contiguous(), w, plan)
+        return lowrank_update(y, x.contiguous(), self.factors, w, plan)
 
     def _layer_norm(self, x: torch.Tensor, prefix: str, plan: BatchPlan, eps: float) -> torch.Tensor:
         x = F.layer_norm(x, x.shape[-1:], eps=eps)
@@ -257,5 +305,5 @@ class MixedEncoder:
             h = block.mlp.gelu(self._linear(h, f"{p}.mlp.c_fc", plan))
             x = x + self._linear(h, f"{p}.mlp.c_proj", plan)
         pooled = self._layer_norm(x[:, :1], "ln_post", plan, visual.ln_post.eps).contiguous()
-        feats = self._lowrank(pooled @ self.pre["proj"], pooled, "proj", plan, transposed=True)[:, 0]
+        feats = lowrank_update(pooled @ self.pre["proj"], pooled, self.factors, "proj", plan, transposed=True)[:, 0]
         return torch.empty_like(feats).index_copy_(0, plan.order, feats)
