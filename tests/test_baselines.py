@@ -1,8 +1,9 @@
 """Merging baselines: closed forms and limiting cases."""
 
+import pytest
 import torch
 
-from mass.baselines import consensus, iso_c, iso_cts, tall_masks, task_arithmetic, weight_average
+from mass.baselines import consensus, iso_c, iso_cts, iso_cts_dimensions, tall_masks, task_arithmetic, weight_average
 from mass.task_vectors import TaskVector
 
 NAME = "transformer.resblocks.1.mlp.c_fc.weight"
@@ -48,3 +49,36 @@ def test_iso_cts_flat_spectrum_full_rank(task_vectors):
     s = torch.linalg.svdvals(merged)
     assert torch.linalg.matrix_rank(merged) == min(merged.shape)
     assert float(s.max() / s.min()) < 1.001
+
+
+@pytest.mark.parametrize("method", [iso_c, iso_cts])
+def test_iso_alpha_scales_the_averaged_tensors_too(task_vectors, method):
+    """Both published implementations multiply the whole merged update, biases, LayerNorms, the
+    patch conv and the class embedding included, by alpha."""
+    _, tvs = task_vectors
+    merged = method(tvs, alpha=2.5)
+    for key in ("conv1.weight", "class_embedding", "ln_pre.weight", "transformer.resblocks.0.attn.in_proj_bias"):
+        torch.testing.assert_close(merged[key], 2.5 * torch.stack([tv.vector[key] for tv in tvs]).mean(0))
+
+
+# Iso-CTS subspace sizes by the published rule: per task p = round((r - int(0.8 r)) / T), Python's
+# round (half to even), and the common subspace gets the rest, r - T p. Worked by hand:
+#   r = 50:   int(40.0) = 40,   rest 10:  T=8 10/8=1.25->1, T=14 0.71->1, T=20 0.5->0 (half to even)
+#   r = 197:  int(157.6) = 157, rest 40:  T=8 5, T=14 2.86->3, T=20 2
+#   r = 257:  int(205.6) = 205, rest 52:  T=8 6.5->6 (half to even), T=14 3.71->4, T=20 2.6->3
+#   r = 512:  int(409.6) = 409, rest 103: T=8 12.875->13, T=14 7.36->7, T=20 5.15->5
+#   r = 768:  int(614.4) = 614, rest 154: T=8 19.25->19, T=14 11, T=20 7.7->8
+#   r = 1024: int(819.2) = 819, rest 205: T=8 25.625->26, T=14 14.64->15, T=20 10.25->10
+ISO_CTS_SIZES = {  # (r, T): (common, per task)
+    (50, 8): (42, 1), (50, 14): (36, 1), (50, 20): (50, 0),
+    (197, 8): (157, 5), (197, 14): (155, 3), (197, 20): (157, 2),
+    (257, 8): (209, 6), (257, 14): (201, 4), (257, 20): (197, 3),
+    (512, 8): (408, 13), (512, 14): (414, 7), (512, 20): (412, 5),
+    (768, 8): (616, 19), (768, 14): (614, 11), (768, 20): (608, 8),
+    (1024, 8): (816, 26), (1024, 14): (814, 15), (1024, 20): (824, 10),
+}
+
+
+@pytest.mark.parametrize("rank,num_tasks", list(ISO_CTS_SIZES))
+def test_iso_cts_subspace_sizes_follow_the_published_rounding(rank, num_tasks):
+    assert iso_cts_dimensions(rank, num_tasks, 0.8) == ISO_CTS_SIZES[rank, num_tasks]

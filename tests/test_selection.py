@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 import torch
 
-from mass import evaluate_baseline, evaluate_mass, routing_features, run_first_pass
+from mass import evaluate_baseline, evaluate_batched, evaluate_mass, evaluate_tsvm, routing_features, run_first_pass
 from mass.data.store import load_split, save_split
 from mass.encoder import create_clip, create_visual
-from mass.inference import encode
+from mass.inference import MassModel, encode
 from mass.io import ArtifactError, load_arrays, load_tensors, read_json, save_arrays, save_tensors
 from mass.routing import MLPRouter, NearestNeighbourRouter
 from mass.svd import TaskComponents
@@ -214,20 +214,20 @@ def test_baseline_coefficients_ignore_the_test_split(bench, tmp_path, monkeypatc
 
 def test_mass_layer_and_eta_ignore_the_test_split(bench, first_passes, tmp_path, monkeypatch):
     second_passes = []
-    predict = evaluate_mass.MassModel.predict
+    predict = MassModel.predict
 
     def counted(self, *args, **kwargs):
         second_passes.append(1)
         return predict(self, *args, **kwargs)
 
-    monkeypatch.setattr(evaluate_mass.MassModel, "predict", counted)
+    monkeypatch.setattr(MassModel, "predict", counted)
     results = {}
     for data, test_fp in (("clean", first_passes["test"]), ("poisoned", first_passes["poisoned"])):
         out = tmp_path / f"{data}.json"
         run_cli(evaluate_mass, [*common(bench, data), "--router", "proj", "--components", *bench["components"],
                                 "--val-first-pass", first_passes["val"], "--test-first-pass", test_fp,
                                 "--layer", "auto", "--blocks", 1, 4, "--eta", "auto", "--eta-trials", 12,
-                                "--top-k", 2, "--out", out], monkeypatch)
+                                "--top-k", 2, "--alpha", 1.0, "--out", out], monkeypatch)
         results[data] = read_json(out)
     # eta trials reuse the cached residuals: one validation second pass per m <= top-k, then the test one
     assert len(second_passes) == 2 * (2 + 1)
@@ -257,7 +257,7 @@ def test_learned_routers_train_on_validation_z_l_only(bench, first_passes, tmp_p
                                *location, "--out", features], monkeypatch)
     args = [*common(bench, "poisoned"), "--router", router, "--components", *bench["components"], *location,
             "--test-first-pass", first_passes["poisoned"], "--mlp-hidden", 16, "--mlp-epochs", 2,
-            "--out", tmp_path / "r.json"]
+            "--alpha", 1.0, "--out", tmp_path / "r.json"]
     with pytest.raises(SystemExit, match="--routing-features"):
         run_cli(evaluate_mass, args, monkeypatch)
     with pytest.raises(ArtifactError, match=r"z\.npz holds z_l at 2\.mlp\.in\.cls, not at 1\.attn\.in\.cls"):
@@ -278,3 +278,25 @@ def test_learned_routers_train_on_validation_z_l_only(bench, first_passes, tmp_p
     torch.testing.assert_close(seen[0][0], torch.cat(captured))
     assert torch.equal(seen[0][1], torch.from_numpy(val["task"]))
     assert read_json(tmp_path / "r.json")["hyperparameters"]["layer"] == "2.mlp.in"
+
+
+def test_batched_mass_and_tsvm_use_and_record_the_configured_alpha(bench, first_passes, tmp_path, monkeypatch):
+    """merge.alpha reaches the batched second pass (built by the same helper as per-sample MASS) and
+    is what both the batched and the TSV-M results record."""
+    built = []
+    init = MassModel.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built.append(self.alpha)
+
+    monkeypatch.setattr(MassModel, "__init__", spy)
+    (tmp_path / "mass.json").write_text('{"hyperparameters": {"layer": "2.mlp.in", "token": "cls"}}')
+    run_cli(evaluate_batched, [*common(bench, "clean"), "--components", *bench["components"], "--alpha", 0.5,
+                               "--test-first-pass", first_passes["test"], "--mass-result", tmp_path / "mass.json",
+                               "--route-batch-size", 8, "--out", tmp_path / "batched.json"], monkeypatch)
+    assert built == [0.5]
+    assert read_json(tmp_path / "batched.json")["hyperparameters"]["alpha"] == 0.5
+    run_cli(evaluate_tsvm, ["--tasks", *TASKS, "--heads", *bench["heads"], "--first-pass", first_passes["test"],
+                            "--alpha", 0.7, "--out", tmp_path / "tsvm.json"], monkeypatch)
+    assert read_json(tmp_path / "tsvm.json")["hyperparameters"]["alpha"] == 0.7

@@ -69,12 +69,16 @@ def consensus(task_vectors: Sequence[TaskVector], lambdas: Sequence[float], alph
     return merged
 
 
-def _mean_or_matrix(task_vectors: Sequence[TaskVector], per_matrix) -> StateDict:
-    """Apply ``per_matrix(stack)`` to task matrices; average every other tensor."""
+def _mean_or_matrix(task_vectors: Sequence[TaskVector], per_matrix, alpha: float) -> StateDict:
+    """alpha * (``per_matrix(stack)`` on task matrices, the mean of every other tensor).
+
+    alpha scales the averaged tensors too, as both published Iso implementations do (they
+    multiply the whole merged update by the scaling factor).
+    """
     merged: StateDict = {}
     for key in _keys(task_vectors):
         stack = _stack(task_vectors, key)
-        merged[key] = per_matrix(stack) if is_matrix(key, stack[0]) else stack.mean(0)
+        merged[key] = alpha * (per_matrix(stack) if is_matrix(key, stack[0]) else stack.mean(0))
     return merged
 
 
@@ -82,19 +86,27 @@ def iso_c(task_vectors: Sequence[TaskVector], alpha: float) -> StateDict:
     """Iso-C (Marczak et al., 2025): per matrix, flatten the spectrum of sum_t Delta_t to its mean."""
     def flatten(stack: torch.Tensor) -> torch.Tensor:
         u, s, vh = torch.linalg.svd(stack.sum(0), full_matrices=False)
-        return alpha * s.mean() * (u @ vh)
-    return _mean_or_matrix(task_vectors, flatten)
+        return s.mean() * (u @ vh)
+    return _mean_or_matrix(task_vectors, flatten, alpha)
+
+
+def iso_cts_dimensions(rank: int, num_tasks: int, common_fraction: float) -> tuple[int, int]:
+    """(common subspace size, per-task size) of Iso-CTS for a matrix of rank ``rank``.
+
+    The published code gives each task round((r - int(f r)) / T) directions (Python's round,
+    half to even) and the common subspace the rest, r - T p. The cap at floor(r / T) only keeps
+    the common size non-negative for tiny matrices, where the published rule would fail.
+    """
+    per_task = min(rank // num_tasks, round((rank - int(rank * common_fraction)) / num_tasks))
+    return rank - per_task * num_tasks, per_task
 
 
 def iso_cts(task_vectors: Sequence[TaskVector], alpha: float, common_fraction: float = 0.8) -> StateDict:
-    """Iso-CTS: a common subspace (top ``common_fraction`` of the summed matrix's rank, rounded
-    so the rest splits evenly across tasks) plus each task's top directions outside it,
-    orthogonalised as in TSV-M, with the spectrum flattened to its mean."""
+    """Iso-CTS: a common subspace (the top directions of the summed matrix, sized by
+    :func:`iso_cts_dimensions`) plus each task's top directions outside it, orthogonalised as in
+    TSV-M, with the spectrum flattened to its mean."""
     def merge(stack: torch.Tensor) -> torch.Tensor:
-        num_tasks = stack.shape[0]
-        rank = min(stack.shape[1:])
-        per_task = (rank - int(rank * common_fraction)) // num_tasks
-        common = rank - per_task * num_tasks
+        common, per_task = iso_cts_dimensions(min(stack.shape[1:]), stack.shape[0], common_fraction)
         u, s, v = truncated_svd(stack.sum(0), common)
         us, ss, vs = [u], [s], [v]
         for delta in stack:
@@ -102,5 +114,5 @@ def iso_cts(task_vectors: Sequence[TaskVector], alpha: float, common_fraction: f
             ut, st, vt = truncated_svd(outside, per_task)
             us.append(ut), ss.append(st), vs.append(vt)
         u_all, s_all, v_all = torch.cat(us, 1), torch.cat(ss), torch.cat(vs, 1)
-        return alpha * s_all.mean() * (polar_factor(u_all) @ polar_factor(v_all).T)
-    return _mean_or_matrix(task_vectors, merge)
+        return s_all.mean() * (polar_factor(u_all) @ polar_factor(v_all).T)
+    return _mean_or_matrix(task_vectors, merge, alpha)

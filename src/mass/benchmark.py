@@ -10,6 +10,7 @@ import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,9 +19,12 @@ from mass.data import catalog
 from mass.data.store import StackedSplits, load_split
 from mass.io import ArtifactError, load_arrays, load_tensors, read_json
 from mass.svd import TaskComponents
-from mass.task_vectors import StateDict
+from mass.task_vectors import StateDict, visual_state_dict
 from mass.training import set_threads
 from mass.tsv import apply_delta
+
+if TYPE_CHECKING:
+    from mass.inference import MassModel
 
 
 @dataclass
@@ -161,6 +165,27 @@ def first_pass_weights(pre: StateDict, args: argparse.Namespace, alpha: float) -
 
 def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_mass_model_args(parser: argparse.ArgumentParser) -> None:
+    """Options naming what the MASS second pass merges: theta_pre, the task components, alpha."""
+    parser.add_argument("--pretrained", required=True)
+    parser.add_argument("--components", nargs="+", required=True, help="SVD cache of each task")
+    parser.add_argument("--alpha", type=float, required=True, help="TSV-M scaling of the second pass (merge.alpha)")
+
+
+def mass_model(args: argparse.Namespace) -> MassModel:
+    """The MASS model every step evaluates (per-sample and batched routing alike), from its options.
+
+    open_clip is imported here, not with this module: steps such as the routing sweep never need it.
+    """
+    from mass.encoder import create_visual, image_size
+    from mass.inference import MassModel
+
+    pre = visual_state_dict(load_tensors(args.pretrained))
+    heads, head_names = load_heads(args.heads)
+    return MassModel(create_visual(args.model, pre, device()), pre, load_components(args.components), heads,
+                     head_names, image_size(args.model), device(), args.alpha)
 
 
 def common_parser(description: str) -> argparse.ArgumentParser:

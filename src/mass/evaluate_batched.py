@@ -9,27 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from mass.benchmark import (
-    FirstPassResult,
-    common_parser,
-    device,
-    load_benchmark_split,
-    load_components,
-    load_heads,
-    setup,
-)
-from mass.encoder import create_visual, image_size
+from mass.benchmark import FirstPassResult, add_mass_model_args, common_parser, load_benchmark_split, mass_model, setup
 from mass.evaluate_mass import per_task_accuracy
-from mass.inference import MassModel
-from mass.io import load_tensors, read_json, write_json
+from mass.io import read_json, write_json
 from mass.routing import batched_route, one_hot_selection
-from mass.task_vectors import visual_state_dict
 
 
 def main() -> None:
     parser = common_parser(__doc__.splitlines()[0])
-    parser.add_argument("--pretrained", required=True)
-    parser.add_argument("--components", nargs="+", required=True)
+    add_mass_model_args(parser)
     parser.add_argument("--test-first-pass", required=True)
     parser.add_argument("--mass-result", required=True, help="per-sample MASS result JSON (routing layer)")
     parser.add_argument("--route-batch-size", type=int, required=True)
@@ -45,16 +33,13 @@ def main() -> None:
         idx = torch.nonzero(fp.task == t).flatten()
         for chunk in torch.split(idx, args.route_batch_size):
             routed[chunk] = batched_route(residuals[chunk])
-    pre = visual_state_dict(load_tensors(args.pretrained))
-    heads, head_names = load_heads(args.heads)
-    model = MassModel(create_visual(args.model, pre, device()), pre, load_components(args.components), heads,
-                      head_names, image_size(args.model), device())
+    model = mass_model(args)
     test = load_benchmark_split(args.data_dirs, args.tasks, "test")
     pred = model.predict(test.images, one_hot_selection(routed, T), args.batch_size, desc="batched second pass")
     correct = model.is_correct(pred, test.task, test.labels)
     write_json(args.out, {"method": "mass_batched", "test": per_task_accuracy(correct, test),
                           "routing_accuracy": per_task_accuracy(routed == test.task, test),
-                          "hyperparameters": {"layer": hp["layer"], "token": hp["token"],
+                          "hyperparameters": {"layer": hp["layer"], "token": hp["token"], "alpha": args.alpha,
                                               "route_batch_size": args.route_batch_size}})
 
 

@@ -18,16 +18,13 @@ from mass.benchmark import (
     FirstPassResult,
     RoutingFeatures,
     SplitData,
+    add_mass_model_args,
     common_parser,
-    device,
     load_benchmark_split,
-    load_components,
-    load_heads,
+    mass_model,
     setup,
 )
-from mass.encoder import create_visual, image_size
-from mass.inference import MassModel
-from mass.io import load_tensors, write_json
+from mass.io import write_json
 from mass.routing import (
     MLPRouter,
     NearestNeighbourRouter,
@@ -37,7 +34,6 @@ from mass.routing import (
     top1_accuracy_per_task,
 )
 from mass.routing_sweep import add_routing_location_args, routing_location
-from mass.task_vectors import visual_state_dict
 
 ROUTERS = ("proj", "proj_pre", "nn", "mlp")
 
@@ -75,8 +71,7 @@ def tune_eta(weights: torch.Tensor, correct_by_m: dict[int, torch.Tensor], top_k
 def main() -> None:
     parser = common_parser(__doc__.splitlines()[0])
     parser.add_argument("--router", required=True, choices=ROUTERS)
-    parser.add_argument("--pretrained", required=True)
-    parser.add_argument("--components", nargs="+", required=True)
+    add_mass_model_args(parser)
     parser.add_argument("--val-first-pass", required=True)
     parser.add_argument("--test-first-pass", required=True)
     parser.add_argument("--routing-features", help="nn / mlp: z_l of val and test (mass.routing_features)")
@@ -89,15 +84,11 @@ def main() -> None:
     parser.add_argument("--eta-trials", type=int, default=30)
     parser.add_argument("--mlp-hidden", type=int, default=1024)
     parser.add_argument("--mlp-epochs", type=int, default=20)
-    parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     setup(args)
     tasks, T = args.tasks, len(args.tasks)
-    pre = visual_state_dict(load_tensors(args.pretrained))
-    heads, head_names = load_heads(args.heads)
-    model = MassModel(create_visual(args.model, pre, device()), pre, load_components(args.components), heads,
-                      head_names, image_size(args.model), device(), args.alpha)
+    model = mass_model(args)
     fp_val, fp_test = FirstPassResult.load(args.val_first_pass), FirstPassResult.load(args.test_first_pass)
     hparams: dict = {"router": args.router}
 

@@ -14,13 +14,14 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", required=True)
     parser.add_argument("--heads", nargs="+", required=True)
     parser.add_argument("--first-pass", required=True, help="test-split first pass of the unfiltered merge")
+    parser.add_argument("--alpha", type=float, required=True, help="the scaling that first pass used (merge.alpha)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     fp = FirstPassResult.load(args.first_pass)
     data = SplitData(None, fp.labels, fp.task, args.tasks)
     heads, _ = load_heads(args.heads)
     write_json(args.out, {"method": "tsvm", "test": accuracy_with_oracle_heads(fp.features, data, heads),
-                          "hyperparameters": {"alpha": 1.0, "epsilon": None}})
+                          "hyperparameters": {"alpha": args.alpha, "epsilon": None}})
 
 
 if __name__ == "__main__":

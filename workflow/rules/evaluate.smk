@@ -9,6 +9,7 @@ rule evaluate_tsvm:
         "results/{backbone}/{bench}/methods/tsvm.json",
     params:
         tasks=lambda w: " ".join(tasks(w)),
+        alpha=config["merge"]["alpha"],
     log:
         "results/logs/evaluate_tsvm/{backbone}/{bench}.log",
     threads: 1
@@ -19,7 +20,7 @@ rule evaluate_tsvm:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.evaluate_tsvm --tasks {params.tasks} --heads {input.heads} --first-pass {input.first_pass} "
-        "--out {output} > {log} 2>&1"
+        "--alpha {params.alpha} --out {output} > {log} 2>&1"
 
 
 rule evaluate_baseline:
@@ -116,6 +117,7 @@ rule evaluate_batched:
     params:
         common=bench_args,
         route_batch_size=config["routing"]["batched_size"],
+        alpha=config["merge"]["alpha"],
     log:
         "results/logs/evaluate_batched/{backbone}/{bench}.log",
     threads: config["compute_threads"]
@@ -128,4 +130,4 @@ rule evaluate_batched:
     shell:
         "python -m mass.evaluate_batched {params.common} --components {input.components} --test-first-pass {input.test_first_pass} "
         "--mass-result {input.mass_result} --route-batch-size {params.route_batch_size} "
-        "--threads {threads} --out {output} > {log} 2>&1"
+        "--alpha {params.alpha} --threads {threads} --out {output} > {log} 2>&1"
