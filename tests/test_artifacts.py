@@ -164,6 +164,18 @@ def test_verify_command_finds_and_deletes_corrupt_files(tmp_path, capsys):
     assert main(["verify", str(tmp_path)]) == 0
 
 
+def test_copy_command_keeps_the_checksum_and_refuses_a_corrupt_source(tmp_path):
+    """use_published_head copies a stored head this way: the copy is checked like any artifact."""
+    source, target = tmp_path / "published" / "A.safetensors", tmp_path / "heads" / "A.safetensors"
+    svd_cache(source)
+    assert main(["copy", str(source), str(target)]) == 0
+    assert checksum_path(target).exists() and load_tensors(target).keys() == load_tensors(source).keys()
+    zero_block(source)
+    with pytest.raises(ArtifactError, match="A.safetensors"):
+        main(["copy", str(source), str(tmp_path / "heads" / "B.safetensors")])
+    assert not (tmp_path / "heads" / "B.safetensors").exists()
+
+
 # --- item 9: stale .part files of killed writes -------------------------------------------------
 
 def test_next_write_removes_stale_part_files_of_its_target(tmp_path):

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import sys
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -278,6 +279,13 @@ def verify_tree(roots: list[str | os.PathLike], delete: bool = False) -> tuple[i
     return checked, bad
 
 
+def copy_artifact(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy ``source`` (checked against its recorded sha256) to ``target`` as every artifact is written."""
+    verify(source)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(source, tmp)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mass.io",
                                      description="Check the recorded sha256 of every artifact under the given folders.")
@@ -286,7 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("paths", nargs="+", help="folders (searched recursively) or files")
     check.add_argument("--delete", action="store_true",
                        help="delete every file that fails, so that the next snakemake run remakes it")
+    copy = sub.add_parser("copy", help="copy a checked artifact, atomically and with its sha256")
+    copy.add_argument("source")
+    copy.add_argument("target")
     args = parser.parse_args(argv)
+    if args.command == "copy":
+        copy_artifact(args.source, args.target)
+        return 0
     checked, bad = verify_tree(args.paths, delete=args.delete)
     for path, why in bad:
         print(f"{'DELETED' if args.delete else 'BAD'} {path}: {why}")

@@ -177,6 +177,15 @@ def _opt(flag, value):
     return f"{flag} {shlex.quote(str(value))}" if value else ""
 
 
+def zeroshot_options(w):
+    """theta_pre from the fine-tuned checkpoints' repository and revision when they come from the hub."""
+    if config["finetuned"]["source"] != "hub":
+        return ""
+    revision = _opt("--zeroshot-revision", _SOURCES["finetuned_revision"])
+    model_dir = _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone))
+    return f"--zeroshot-repo {_SOURCES['finetuned_repo']} {revision} {model_dir}"
+
+
 def _dataset_cfg(task):
     return (config.get("datasets") or {}).get(task) or {}
 

@@ -60,8 +60,10 @@ rule use_published_head:
     log:
         "results/logs/use_published_head/{backbone}/{task}.log",
     localrule: True
+    conda:
+        "../../envs/mass.yaml"
     shell:
-        "cp {input} {output} > {log} 2>&1"
+        "python -m mass.io copy {input} {output} > {log} 2>&1"
 
 
 rule finetune:

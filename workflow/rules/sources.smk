@@ -94,14 +94,6 @@ rule prepare_train_split:
         "python -m mass.data.prepare {params.options} --splits train --threads {threads} > {log} 2>&1"
 
 
-def _zeroshot_options(w):
-    """theta_pre from the fine-tuned checkpoints' repository and revision when they come from the hub."""
-    if config["finetuned"]["source"] != "hub":
-        return ""
-    return (f"--zeroshot-repo {_SOURCES['finetuned_repo']} " + _opt("--zeroshot-revision", _SOURCES["finetuned_revision"])
-            + " " + _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone)))
-
-
 rule fetch_pretrained:
     output:
         clip="resources/checkpoints/{backbone}/pretrained_openai.safetensors",
@@ -113,7 +105,7 @@ rule fetch_pretrained:
         endpoint=_ENDPOINT,
         from_file=lambda w: _opt("--from-file", (_SOURCES.get("pretrained_files") or {}).get(w.backbone)),
         revision=lambda w: _opt("--revision", (_SOURCES.get("pretrained_revisions") or {}).get(w.backbone)),
-        zeroshot=_zeroshot_options,
+        zeroshot=zeroshot_options,
     log:
         "results/logs/sources/fetch_pretrained/{backbone}.log",
     threads: 1
