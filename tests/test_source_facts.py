@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 from test_download import HubServer, hub  # noqa: F401  (fixture)
-from test_sources import gray, parquet_bytes, write_raw
+from test_sources import gray, parquet_bytes, png, write_raw
 
 from mass.data import catalog
 from mass.data.prepare import prepare
@@ -31,6 +34,7 @@ from mass.heads import prompt
 from mass.io import load_tensors
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sources"
+FIXTURE_NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))
 
 
 def facts(name: str) -> dict:
@@ -39,15 +43,26 @@ def facts(name: str) -> dict:
     return {key: fact["value"] for key, fact in data.items()}
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in FIXTURES.glob("*.json")))
+def tasks_with(*keys: str) -> list[str]:
+    """The catalog tasks whose fixture records one of ``keys``."""
+    return [n for n in FIXTURE_NAMES if n in catalog.TASKS and any(k in facts(n) for k in keys)]
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_every_fact_cites_where_it_was_read(name):
     assert facts(name)
 
 
-@pytest.mark.parametrize("task", ["Food101", "FER2013", "KMNIST", "SUN397", "DTD"])
+def test_every_catalog_task_has_a_fixture():
+    assert set(catalog.TASKS) <= set(FIXTURE_NAMES)
+
+
+@pytest.mark.parametrize("task", tasks_with("repo"))
 def test_catalog_matches_the_recorded_source(task):
     fact, src = facts(task), catalog.source(task)
     assert src.repo == fact["repo"]
+    if "data_dir" in fact:
+        assert src.data_dir == fact["data_dir"]
     if "splits" in fact:
         assert (src.train_split, src.test_split) == (fact["splits"]["train"], fact["splits"]["test"])
     if "ref" in fact:
@@ -66,7 +81,7 @@ def test_sun397_and_dtd_expect_the_hub_copies_val_sizes():
     assert "1985" in " ".join(catalog.source("SUN397").notes)
 
 
-@pytest.mark.parametrize("task", ["Food101", "FER2013", "KMNIST", "EMNIST", "Flowers102"])
+@pytest.mark.parametrize("task", tasks_with("published_classnames", "published_templates"))
 def test_prompts_are_those_of_the_code_that_made_the_published_heads(task):
     fact = facts(task)
     classnames, templates = catalog.task_prompts(task)
@@ -74,6 +89,65 @@ def test_prompts_are_those_of_the_code_that_made_the_published_heads(task):
         assert classnames == fact["published_classnames"]
     if "published_templates" in fact:
         assert templates == fact["published_templates"]
+
+
+@pytest.mark.parametrize("task", tasks_with("hub_classnames", "hub_classnames_first"))
+def test_hub_label_names_agree_with_the_published_order(task):
+    """The hub copy's label names, mapped by name, land on the published class of the same name."""
+    fact = facts(task)
+    classnames, _ = catalog.task_prompts(task)
+    names = [c if isinstance(c, str) else c[0] for c in classnames]
+    if "hub_classnames" not in fact:
+        first = fact["hub_classnames_first"]
+        assert [catalog.normalise_name(n) for n in names[:len(first)]] == [catalog.normalise_name(n) for n in first]
+        return
+    hub_names = fact["hub_classnames"]
+    perm, _ = catalog.label_permutation(task, classnames, hub_names, catalog.label_aliases(task))
+    perm = perm or list(range(len(hub_names)))
+    aliases = {catalog.normalise_name(k): v for k, v in catalog.label_aliases(task).items()}
+    for i, name in enumerate(hub_names):
+        key = catalog.normalise_name(name)
+        ours = classnames[perm[i]]
+        synonyms = [ours] if isinstance(ours, str) else ours
+        assert catalog.normalise_name(aliases.get(key, name)) in {catalog.normalise_name(c) for c in synonyms}
+
+
+@pytest.mark.parametrize("task", ["MNIST", "RESISC45", "OxfordIIITPet", "CIFAR10", "FashionMNIST", "RenderedSST2"])
+def test_hub_labels_already_in_the_published_order_are_kept(task):
+    classnames, _ = catalog.task_prompts(task)
+    assert catalog.label_permutation(task, classnames, facts(task)["hub_classnames"]) == (None, [])
+
+
+@pytest.mark.parametrize("task", [t for t in tasks_with("files") if len(facts(t)["files"]) > 1])
+def test_split_files_pick_the_recorded_parquet_files(task):
+    files = facts(task)["files"]
+    src = catalog.source(task)
+    chosen = src.split_files(files)
+    assert [posixpath.basename(f).split("-")[0] for f in chosen["train"]] == [src.train_split]
+    assert [posixpath.basename(f).split("-")[0] for f in chosen["test"]] == [src.test_split]
+
+
+def test_pcam_boolean_labels_are_classes_0_and_1(tmp_path):
+    fact = facts("PCAM")
+    assert fact["columns"]["label_type"] == "bool"
+
+    def pcam_parquet(images: np.ndarray, labels: list[bool]) -> bytes:
+        cells = [{"bytes": png(img), "path": f"{i}.png"} for i, img in enumerate(images)]
+        image = pa.array(cells, type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+        table = pa.table({fact["columns"]["image"]: image, fact["columns"]["label"]: pa.array(labels, type=pa.bool_())})
+        features = {"image": {"_type": "Image"}, "label": {"dtype": "bool", "_type": "Value"}}
+        table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+        buf = io.BytesIO()
+        pq.write_table(table, buf)
+        return buf.getvalue()
+
+    images = gray(24, 5, size=8)
+    train = pcam_parquet(images[:20], [bool(i % 2) for i in range(20)])
+    stored, notes = prepared_labels(tmp_path, "PCAM", train, pcam_parquet(images[20:], [True, False, False, True]))
+    assert stored == [1, 0, 0, 1]
+    classnames, _ = catalog.task_prompts("PCAM")
+    assert classnames[1] == fact["published_classnames"][1] and "metastatic" in classnames[1]
+    assert any("the source stores no class names" in n for n in notes)
 
 
 def test_cifar100_names_keep_torchvision_underscores():

@@ -122,32 +122,34 @@ _SUN397_NOTE = ("SUN397: the hub copy has train 19850 / test 19850 (one of SUN39
                 "split.")
 
 SOURCES: dict[str, DatasetSource] = {s.task: s for s in (
-    DatasetSource("Cars", "tanganke/stanford_cars", 814, 8041,
+    DatasetSource("Cars", "tanganke/stanford_cars", 814, 8041, hub_rows=(8144, 8041),
                   notes=("Stanford Cars' original URL is dead; the hub parquet copy is used.",)),
     DatasetSource("DTD", "tanganke/dtd", 564, 1880, hub_rows=(3760, 1880), notes=(_DTD_NOTE,)),
     DatasetSource("EuroSAT", "tanganke/eurosat", 2700, 2700, val_size=2700,
                   notes=("EuroSAT: the published split is 21600/2700/2700 with a separate validation folder; the "
                          "hub copy has train (21600) and test (2700) only, so val is a seeded 2700-image carve of "
                          "train.",)),
-    DatasetSource("GTSRB", "tanganke/gtsrb", 2664, 12630),
-    DatasetSource("MNIST", "ylecun/mnist", 5000, 10000),
-    DatasetSource("RESISC45", "tanganke/resisc45", 1890, 6300),
-    DatasetSource("SVHN", "ufldl-stanford/svhn", 5000, 26032, data_dir="cropped_digits"),
+    DatasetSource("GTSRB", "tanganke/gtsrb", 2664, 12630, hub_rows=(26640, 12630)),
+    DatasetSource("MNIST", "ylecun/mnist", 5000, 10000, hub_rows=(60000, 10000)),
+    DatasetSource("RESISC45", "tanganke/resisc45", 1890, 6300, hub_rows=(18900, 6300)),
+    DatasetSource("SVHN", "ufldl-stanford/svhn", 5000, 26032, data_dir="cropped_digits", hub_rows=(73257, 26032)),
     DatasetSource("SUN397", "tanganke/sun397", 3970, 19850, hub_rows=(19850, 19850), notes=(_SUN397_NOTE,)),
     DatasetSource("STL10", "tanganke/stl10", 500, 8000, head="CIFAR10_STL10"),
-    DatasetSource("OxfordIIITPet", "timm/oxford-iiit-pet", 368, 3669),
+    DatasetSource("OxfordIIITPet", "timm/oxford-iiit-pet", 368, 3669, hub_rows=(3680, 3669)),
     DatasetSource("Flowers102", "dpdl-benchmark/oxford_flowers102", 102, 6149),
     DatasetSource("CIFAR100", "tanganke/cifar100", 5000, 10000),
-    DatasetSource("PCAM", "1aurent/PatchCamelyon", 5000, 32768),
+    DatasetSource("PCAM", "1aurent/PatchCamelyon", 5000, 32768, hub_rows=(262144, 32768),
+                  notes=("PCAM: the hub copy's label is a boolean (True = metastatic tissue = class 1) with no "
+                         "class names; its validation split ('valid', 32768) is not used.",)),
     DatasetSource("FER2013", "clip-benchmark/wds_fer2013", 2870, 7178, ref="refs/convert/parquet",
                   image_column="jpg", label_column="cls",
                   source_classnames=("angry", "disgusted", "fearful", "happy", "neutral", "sad", "surprised"),
                   notes=("FER2013: the hub copy is a webdataset; its parquet conversion (refs/convert/parquet) "
                          "is used.",)),
-    DatasetSource("CIFAR10", "tanganke/cifar10", 5000, 10000, head="CIFAR10_STL10"),
+    DatasetSource("CIFAR10", "tanganke/cifar10", 5000, 10000, head="CIFAR10_STL10", hub_rows=(50000, 10000)),
     DatasetSource("Food101", "ethz/food101", 5000, 25250, test_split="validation", hub_rows=(75750, 25250)),
-    DatasetSource("FashionMNIST", "zalando-datasets/fashion_mnist", 5000, 10000),
-    DatasetSource("RenderedSST2", "nateraw/rendered-sst2", 692, 1821),
+    DatasetSource("FashionMNIST", "zalando-datasets/fashion_mnist", 5000, 10000, hub_rows=(60000, 10000)),
+    DatasetSource("RenderedSST2", "nateraw/rendered-sst2", 692, 1821, hub_rows=(6920, 1821)),
     DatasetSource("EMNIST", "ernestchu/emnist-digits", 5000, 40000, orientation="torchvision",
                   notes=("EMNIST: the 'digits' split (240000/40000) of the published checkpoints. The hub copy is "
                          "taken to keep the raw EMNIST (= torchvision) orientation, transposed relative to MNIST; "
