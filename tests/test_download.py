@@ -42,6 +42,9 @@ class HubServer:
         self.branches: dict[tuple[str, str], str] = {}
         self.lfs_override: dict[str, str] = {}  # filename -> sha256 the API reports instead of the real one
         self.drop_after: dict[str, int] = {}  # filename -> bytes sent before the connection drops (once)
+        self.no_lfs: set[str] = set()  # filenames the API lists without size or LFS sha256 (as an old lock)
+        self.html: dict[str, str] = {}  # filename -> Content-Type of an HTML error page served with status 200
+        self.cut_without_length: dict[str, int] = {}  # filename -> bytes sent, no Content-Length, then closed
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.lock = threading.Lock()
         server = self
@@ -78,7 +81,8 @@ class HubServer:
                 commit = server.commit_of(repo_path, unquote(revision))
                 if commit is None:
                     return self._send(404, b'{"error": "Repository not found"}')
-                siblings = [{"rfilename": name, "size": len(data),
+                siblings = [{"rfilename": name} if name in server.no_lfs else
+                            {"rfilename": name, "size": len(data),
                              "lfs": {"sha256": server.lfs_override.get(name, hashlib.sha256(data).hexdigest()),
                                      "size": len(data), "pointerSize": 134}}
                             for name, data in server.files[(repo_path, commit)].items()]
@@ -92,6 +96,17 @@ class HubServer:
                 data = server.files.get((repo_path, commit), {}).get(unquote(filename)) if commit else None
                 if data is None:
                     return self._send(404, b"Entry not found")
+                name = unquote(filename)
+                if name in server.html:
+                    page = b"<!DOCTYPE html>\n<html><body><h1>Service unavailable</h1></body></html>\n"
+                    return self._send(200, page, {"Content-Type": server.html[name]})
+                if name in server.cut_without_length:  # a body cut short that the client cannot tell
+                    self.send_response(200)
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    self.wfile.write(data[:server.cut_without_length[name]])
+                    self.close_connection = True
+                    return
                 start = 0
                 range_header = self.headers.get("Range")
                 if range_header:
@@ -305,12 +320,16 @@ def test_config_revision_is_pinned_on_first_resolution_and_reused(hub, tmp_path)
     hub.add("org/model", "weights.bin", payload(), branch="v1")
     lock = LockFile(tmp_path / "lock.json")
     assert resolve_revision(HubRepo("org/model"), "v1", lock, endpoint=hub.url).commit == COMMIT
-    assert lock.revision("org/model@v1") == {"commit": COMMIT}
+    assert lock.revision("org/model@v1") == {  # the pin carries its listing and the hub's checksums
+        "commit": COMMIT, "files": ["weights.bin"],
+        "records": {"weights.bin": {"size": 200_000, "sha256": sha(payload())}}}
     hub.add("org/model", "weights.bin", payload(seed=5), commit="f" * 40, branch="v1")  # the tag is moved
     assert resolve_revision(HubRepo("org/model"), "v1", lock, endpoint=hub.url).commit == COMMIT
     assert hub.api_calls() == 1
-    pinned = resolve_revision(HubRepo("org/model"), "f" * 40, lock, endpoint="http://127.0.0.1:9")
-    assert pinned.commit == "f" * 40  # a commit sha needs no resolution, hence no network
+    pinned = resolve_revision(HubRepo("org/model"), "f" * 40, lock, endpoint=hub.url)
+    assert pinned.commit == "f" * 40 and pinned.files["weights.bin"] == FileRecord(200_000, sha(payload(seed=5)))
+    again = resolve_revision(HubRepo("org/model"), "f" * 40, lock, endpoint="http://127.0.0.1:9")
+    assert again == pinned and hub.api_calls() == 2  # a commit is listed once (for its checksums), then pinned
 
 
 def test_snapshot_matches_folder_case(hub, tmp_path):

@@ -16,7 +16,14 @@ The published ``.pt`` files are pickles, and unpickling runs code named in the f
 loaded with ``torch.load(weights_only=True)``; a file that pickles whole modules (the heads)
 is read by a restricted unpickler instead, which rebuilds tensors and containers only and turns
 module classes of torch / open_clip / the task-vector code into inert placeholders whose
-tensors are then collected; any other class or function in the file is refused.
+tensors are then collected; any other class or function in the file is refused. A file that
+cannot be unpickled at all is reported as corrupt (delete it and rerun), not as refused.
+
+Every download is format-checked before it is pinned in the lock file: a parquet file must open
+and have the task's image and label columns; a checkpoint must load as tensors and convert (an
+image encoder of the model's shapes, a head with a 2-D weight, a CLIP open_clip loads). The
+check runs on the downloaded ``.part`` file (and on a file the user placed), so a bad download
+is deleted and never recorded, and the conversion reuses what the check loaded.
 """
 
 from __future__ import annotations
@@ -25,12 +32,14 @@ import argparse
 import os
 import pickle
 import posixpath
+import re
 import types
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import torch
 
 from mass.data import catalog
@@ -79,10 +88,19 @@ class Placeholder:
         self.items[key] = value
 
 
+class _Refused(pickle.UnpicklingError):
+    """A well-formed pickle names a class or function the restricted unpickler does not allow."""
+
+
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
     _placeholders: dict[tuple[str, str], type] = {}
 
     def find_class(self, module: str, name: str) -> Any:
+        if not (_DOTTED.match(module) and _DOTTED.match(name)):  # bytes of a damaged file read as a name
+            raise pickle.UnpicklingError(f"damaged global name {module!r}.{name!r}")
         module = "builtins" if module == "__builtin__" else module
         if (module, name) in _ALLOWED_GLOBALS:
             return _ALLOWED_GLOBALS[(module, name)]
@@ -93,8 +111,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             if key not in self._placeholders:
                 self._placeholders[key] = type(name, (Placeholder,), {"qualname": f"{module}.{name}"})
             return self._placeholders[key]
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only tensors, containers and module "
-                                     "classes of torch/open_clip/the task-vector code are allowed")
+        raise _Refused(f"refusing to load {module}.{name}: only tensors, containers and module "
+                       "classes of torch/open_clip/the task-vector code are allowed")
 
 
 def _restricted_load(file: Any, **kwargs: Any) -> Any:
@@ -105,19 +123,26 @@ _RESTRICTED_PICKLE = types.SimpleNamespace(__name__="mass_restricted_pickle", Un
                                            load=_restricted_load)
 
 
+def _corrupt(path: str | os.PathLike, err: BaseException) -> ArtifactError:
+    return ArtifactError(f"{path} is corrupt or not a torch checkpoint ({type(err).__name__}: {err}); delete it and "
+                         "rerun (the rule downloads it again, checked against the pinned sha256)")
+
+
 def safe_torch_load(path: str | os.PathLike) -> Any:
     """Load a torch checkpoint without executing code from it (see the module docstring)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        pass  # not a plain state dict (e.g. a pickled module): retry with the restricted unpickler
-    except (RuntimeError, OSError, EOFError) as err:
-        raise ArtifactError(f"{path} is not a readable torch checkpoint ({err}); delete it and rerun") from err
+        pass  # not a plain state dict (e.g. a pickled module, or damaged): retry with the restricted unpickler
+    except Exception as err:  # noqa: BLE001  (zip, decoding or tensor errors of a damaged file)
+        raise _corrupt(path, err) from err
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RESTRICTED_PICKLE)
-    except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, RuntimeError) as err:
+    except _Refused as err:
         raise ArtifactError(f"{path}: {err}. The file was not loaded; if you trust it, convert it to a state dict "
                             "yourself (torch.save(obj.state_dict())) and place that file there instead.") from err
+    except Exception as err:  # noqa: BLE001  (anything else: the pickle itself is damaged)
+        raise _corrupt(path, err) from err
 
 
 def state_dict_of(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -166,12 +191,26 @@ def fetch_dataset(task: str, out: str | os.PathLike, lock: LockFile, repo: str |
     snapshot = resolve_revision(HubRepo(src.repo, "dataset"), requested, lock, endpoint=endpoint,
                                 keep_listing=lambda name: name.endswith(".parquet"))
     splits = src.split_files(snapshot.files)
+    check = parquet_check((src.image_column, src.label_column))
     for names in splits.values():
         for name in names:
-            download_hub_file(snapshot, name, out / name, lock, endpoint=endpoint, **download_kwargs)
+            download_hub_file(snapshot, name, out / name, lock, endpoint=endpoint, check=check, **download_kwargs)
     manifest = {"task": task, "repo": src.repo, "revision": requested, "commit": snapshot.commit, "splits": splits}
     write_json(out / "manifest.json", manifest)
     return manifest
+
+
+def parquet_check(columns: tuple[str, ...]) -> Callable[[Path], None]:
+    """Format check of a dataset file: it opens as parquet (a transfer cut short has no footer),
+    has ``columns``, and its smallest of them (the labels) decodes."""
+    def check(path: Path) -> None:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        missing = [c for c in columns if c not in names]
+        if missing:
+            raise ArtifactError(f"parquet file without column(s) {missing} (columns: {names})")
+        parquet.read(columns=[columns[-1]])
+    return check
 
 
 def _checkpoint_listing(name: str) -> bool:
@@ -187,7 +226,8 @@ def _checkpoint_listing(name: str) -> bool:
 
 def _hub_checkpoint(repo: str, filename: str, revision: str | None, lock: LockFile, raw: Path,
                     endpoint: str | None, **download_kwargs: Any) -> bool:
-    """Make ``raw`` the verified hub file; True if it was downloaded now (not already on disk)."""
+    """Make ``raw`` the verified hub file (``check``, in ``download_kwargs``: its conversion, run
+    before it is pinned); True if it was downloaded now (not already on disk)."""
     existed = raw.exists()
     snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint, keep_listing=_checkpoint_listing)
     if snapshot.files and snapshot.find(filename) not in snapshot.files:
@@ -217,9 +257,15 @@ def fetch_finetuned(model: str, task: str, repo: str, out: str | os.PathLike, lo
     out = Path(out)
     raw = Path(raw) if raw else out.with_suffix(".pt")
     filename = f"single_task/{hub_model_dir or model}/{task}Val/nonlinear_finetuned.pt"
-    downloaded = _hub_checkpoint(repo, filename, revision, lock, raw, endpoint, **download_kwargs)
-    tensors = visual_state_dict(state_dict_of(safe_torch_load(raw), raw))
-    _check_visual(model, tensors, raw)
+    converted: dict[str, Any] = {}
+
+    def convert(path: Path) -> None:
+        tensors = visual_state_dict(state_dict_of(safe_torch_load(path), path))
+        _check_visual(model, tensors, path)
+        converted["tensors"] = tensors
+
+    downloaded = _hub_checkpoint(repo, filename, revision, lock, raw, endpoint, check=convert, **download_kwargs)
+    tensors = converted["tensors"]
     save_tensors(out, tensors, {"model": model, "task": task, "source": f"{repo}/{filename}"})
     if downloaded and not keep_raw:
         raw.unlink()
@@ -238,16 +284,10 @@ def fetch_head(model: str, task: str, repo: str, out: str | os.PathLike, lock: L
     out = Path(out)
     raw = Path(raw) if raw else out.with_suffix(".pt")
     filename = f"single_task/{hub_model_dir or model}/head_{task}Val.pt"
-    downloaded = _hub_checkpoint(repo, filename, revision, lock, raw, endpoint, **download_kwargs)
-    obj = safe_torch_load(raw)
-    tensors = state_dict_of(obj, raw)
-    weight, bias = tensors.get("weight"), tensors.get("bias")
-    if weight is None or weight.ndim != 2:
-        raise ArtifactError(f"{raw} has no 2-D 'weight' (keys: {sorted(tensors)}); it is not a classification head")
-    if bias is not None and bool(bias.abs().max() > 0):
-        raise ArtifactError(f"{raw} has a non-zero bias, but the pipeline's heads are bias-free")
-    if isinstance(obj, Placeholder) and isinstance(obj.state, dict) and obj.state.get("normalize") is False:
-        raise ArtifactError(f"{raw} is a head without input normalisation; the pipeline's heads normalise features")
+    converted: dict[str, Any] = {}
+    downloaded = _hub_checkpoint(repo, filename, revision, lock, raw, endpoint,
+                                 check=lambda path: converted.update(weight=head_weight(path)), **download_kwargs)
+    weight = converted["weight"]
     save_tensors(out, {"weight": weight}, {"model": model, "task": task, "source": f"{repo}/{filename}"})
     if downloaded and not keep_raw:
         raw.unlink()
@@ -255,6 +295,20 @@ def fetch_head(model: str, task: str, repo: str, out: str | os.PathLike, lock: L
         agreement = compare_heads(weight, load_tensors(compare_with)["weight"], compare_with)
         write_json(report, {"task": task, "model": model, "published": f"{repo}/{filename}",
                             "built": str(compare_with), **agreement})
+
+
+def head_weight(path: Path) -> torch.Tensor:
+    """The ``weight`` of a published classification head file, checked to be what the pipeline uses."""
+    obj = safe_torch_load(path)
+    tensors = state_dict_of(obj, path)
+    weight, bias = tensors.get("weight"), tensors.get("bias")
+    if weight is None or weight.ndim != 2:
+        raise ArtifactError(f"{path} has no 2-D 'weight' (keys: {sorted(tensors)}); it is not a classification head")
+    if bias is not None and bool(bias.abs().max() > 0):
+        raise ArtifactError(f"{path} has a non-zero bias, but the pipeline's heads are bias-free")
+    if isinstance(obj, Placeholder) and isinstance(obj.state, dict) and obj.state.get("normalize") is False:
+        raise ArtifactError(f"{path} is a head without input normalisation; the pipeline's heads normalise features")
+    return weight
 
 
 def compare_heads(published: torch.Tensor, built: torch.Tensor, path: str | os.PathLike) -> dict[str, Any]:
@@ -304,6 +358,14 @@ def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None =
     register_model_configs()
     out = Path(out)
     downloaded = False
+    loaded: dict[str, Any] = {}
+
+    def load_clip(file: Path) -> torch.nn.Module:
+        try:
+            return open_clip.create_model(model, pretrained=str(file), weights_only=True)
+        except (RuntimeError, ValueError, KeyError, OSError, EOFError) as err:
+            raise ArtifactError(f"{file} is not a {model} CLIP checkpoint open_clip can load ({err})") from err
+
     if from_file is not None:
         path = Path(from_file)
         if not path.is_file():
@@ -319,12 +381,9 @@ def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None =
         default_raw = out.with_name(f"{out.stem}.hub{Path(name).suffix}")
         path = Path(cached) if isinstance(cached, str) else Path(raw) if raw else default_raw
         downloaded = not path.exists()
-        download_hub_file(snapshot, name, path, lock, endpoint=endpoint, **download_kwargs)
-    try:
-        clip = open_clip.create_model(model, pretrained=str(path), weights_only=True)
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise ArtifactError(f"{path} is not a {model} CLIP checkpoint open_clip can load ({err})") from err
-    state = clip.state_dict()
+        download_hub_file(snapshot, name, path, lock, endpoint=endpoint,
+                          check=lambda file: loaded.update(clip=load_clip(file)), **download_kwargs)
+    state = (loaded["clip"] if "clip" in loaded else load_clip(path)).state_dict()
     source = f"{repo}/{name}@{snapshot.commit}" if from_file is None else str(path)
     meta = {"model": model, "pretrained": "openai", "source": source}
     result: dict[str, Any] = {"model": model, "theta_pre": source, "text_tower": source}
@@ -355,14 +414,20 @@ def adopt_zeroshot(model: str, state: dict[str, torch.Tensor], repo: str, lock: 
     """
     filename = f"single_task/{hub_model_dir or model}/MNISTVal/nonlinear_zeroshot.pt"
     snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint, keep_listing=_checkpoint_listing)
-    downloaded = _hub_checkpoint(repo, filename, revision, lock, raw, endpoint, **download_kwargs)
-    visual = visual_state_dict(state_dict_of(safe_torch_load(raw), raw))
     ours = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
-    missing, unexpected = sorted(set(ours) - set(visual)), sorted(set(visual) - set(ours))
-    wrong = sorted(k for k in set(ours) & set(visual) if ours[k].shape != visual[k].shape)
-    if missing or unexpected or wrong:
-        raise ArtifactError(f"{raw} is not a {model} image encoder: missing {missing[:3]}, unexpected "
-                            f"{unexpected[:3]}, wrong shapes {wrong[:3]}")
+    converted: dict[str, Any] = {}
+
+    def convert(path: Path) -> None:
+        visual = visual_state_dict(state_dict_of(safe_torch_load(path), path))
+        missing, unexpected = sorted(set(ours) - set(visual)), sorted(set(visual) - set(ours))
+        wrong = sorted(k for k in set(ours) & set(visual) if ours[k].shape != visual[k].shape)
+        if missing or unexpected or wrong:
+            raise ArtifactError(f"{path} is not a {model} image encoder: missing {missing[:3]}, unexpected "
+                                f"{unexpected[:3]}, wrong shapes {wrong[:3]}")
+        converted["visual"] = visual
+
+    downloaded = _hub_checkpoint(repo, filename, revision, lock, raw, endpoint, check=convert, **download_kwargs)
+    visual = converted["visual"]
     gaps = {k: float((visual[k].double() - ours[k].double()).abs().max()) if ours[k].numel() else 0.0 for k in ours}
     largest = max(gaps, key=gaps.get)
     for key, tensor in visual.items():
@@ -399,6 +464,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--endpoint", default=None, help="hub endpoint (default: $HF_ENDPOINT or huggingface.co)")
         p.add_argument("--retries", type=int, default=5)
         p.add_argument("--timeout", type=float, default=60.0)
+        p.add_argument("--min-rate", type=float, default=4096.0,
+                       help="give a download attempt up when slower than this many bytes/s over --rate-window s")
+        p.add_argument("--rate-window", type=float, default=60.0)
 
     p = sub.add_parser("dataset", help="a task's hub parquet files + manifest.json")
     p.add_argument("--task", required=True, choices=catalog.TASKS)
@@ -432,7 +500,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--report", default=None, help="JSON report of the comparison (with --compare-with)")
     args = parser.parse_args(argv)
     lock = LockFile(args.lock) if args.lock else None
-    net = {"retries": args.retries, "timeout": args.timeout}
+    net = {"retries": args.retries, "timeout": args.timeout, "min_rate": args.min_rate,
+           "rate_window": args.rate_window}
     if args.command == "dataset":
         fetch_dataset(args.task, args.out, lock, args.repo, args.revision, args.endpoint, **net)
     elif args.command == "pretrained":

@@ -6,7 +6,8 @@ decodes every image and applies CLIP's evaluation preprocessing up to the pixel 
 the shortest side to ``image-size`` with bicubic filtering, centre crop, RGB), exactly as
 open_clip's eval transform does it, so later rules only normalise. Images are stored once per
 split with :func:`mass.data.store.save_split`; ``info.json`` (class names, templates, head,
-provenance and deviations) is written last.
+provenance and deviations) is written last. Progress goes to stderr (the rule's log): a tqdm bar
+of decoded images per split (count, rate, ETA) and one line per file written.
 
 Splits: ``val`` is carved from the official train split with the ``<X>Val`` convention
 (:func:`mass.data.store.carve_validation`; EuroSAT: a fixed 2700), ``train`` is the rest and
@@ -18,9 +19,11 @@ them onto their shared head where both are present (:func:`mass.data.catalog.ben
 from __future__ import annotations
 
 import argparse
+import errno
 import io
 import json
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -33,6 +36,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tvf
+from tqdm import tqdm
 
 from mass.data import catalog
 from mass.data.store import TaskInfo, carve_validation, save_info, save_split
@@ -152,7 +156,8 @@ def carve(num_train: int, val_size: int | None) -> tuple[np.ndarray, np.ndarray]
 
 
 def write_images(files: Sequence[Path], column: str, destinations: Sequence[tuple[np.ndarray, np.ndarray]],
-                 size: int, source_orientation: str | None, orientation: str, threads: int) -> None:
+                 size: int, source_orientation: str | None, orientation: str, threads: int,
+                 desc: str = "images") -> None:
     """Decode a split row by row into its destination arrays.
 
     ``destinations`` pairs each output array with ``position`` (one int per source row: its index
@@ -164,13 +169,17 @@ def write_images(files: Sequence[Path], column: str, destinations: Sequence[tupl
 
     wanted = np.any([position >= 0 for _, position in destinations], axis=0)  # rows stored somewhere
     row = 0
-    with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool:
+    tty = sys.stderr.isatty()
+    with ThreadPoolExecutor(max_workers=max(threads, 1)) as pool, \
+            tqdm(total=int(wanted.sum()), unit="img", desc=desc, file=sys.stderr, disable=False,
+                 mininterval=0.5 if tty else 30.0, ascii=not tty) as bar:
         for cells in iter_images(files, column):
             rows = [row + i for i in range(len(cells)) if row + i < len(wanted) and wanted[row + i]]
             for r, pixels in zip(rows, pool.map(convert, [cells[r - row] for r in rows]), strict=True):
                 for array, position in destinations:
                     if position[r] >= 0:
                         array[position[r]] = pixels
+            bar.update(len(rows))
             row += len(cells)
     expected = len(destinations[0][1])
     if row != expected:
@@ -184,10 +193,32 @@ def _positions(indices: np.ndarray, total: int) -> np.ndarray:
 
 
 def _scratch(folder: Path, split: str, count: int, size: int) -> np.ndarray:
-    """A disk-backed uint8 array for a split (PCAM's train split alone is ~39 GB at 224 px)."""
+    """A disk-backed uint8 array for a split (PCAM's train split alone is ~39 GB at 224 px).
+
+    Its disk space is reserved at once (``posix_fallocate``): a sparse memory map on a disk that
+    fills up would kill the process with SIGBUS part-way, with no message."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f".{split}_images.scratch.npy"
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
+    try:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
+        with open(path, "r+b") as fh:
+            try:
+                os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
+            except OSError as err:  # a filesystem that cannot reserve space (EOPNOTSUPP) is written as is
+                if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                    raise
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        raise _no_space(err, path, count * size * size * 3) from None
+    return array
+
+
+def _no_space(err: OSError, path: Path, needed: int | None = None) -> ArtifactError:
+    amount = f" (it needs {needed / 2**30:.2f} GiB)" if needed else ""
+    why = f"{errno.errorcode.get(err.errno or 0, '')} {err.strerror or err}"
+    return ArtifactError(f"cannot write {path}{amount}: {why}. "
+                         f"Free space on that disk (or point resources/ at a bigger one) and rerun the rule; what was "
+                         "written is removed.")
 
 
 def check_label_names(task: str, classnames: Sequence, source_names: Sequence[str] | None,
@@ -256,13 +287,19 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
         try:
             write_images(split_files, src.image_column,
                          [(arrays[name], _positions(idx, len(split_labels))) for name, idx in parts],
-                         image_size, src.orientation, emnist_orientation, threads)
+                         image_size, src.orientation, emnist_orientation, threads,
+                         desc=f"{task} {'+'.join(name for name, _ in parts)}")
             if not checked:
                 name, idx = parts[0]
                 check_orientation(task, arrays[name], split_labels[idx], emnist_orientation)
                 checked = True
             for name, idx in parts:
-                save_split(out, task, name, arrays[name], split_labels[idx])
+                try:
+                    save_split(out, task, name, arrays[name], split_labels[idx])
+                except OSError as err:
+                    raise _no_space(err, folder / f"{name}_images.npy", arrays[name].nbytes) from None
+                print(f"wrote {folder / f'{name}_images.npy'} and {name}_labels.npy ({len(idx)} images, "
+                      f"{image_size} px)", file=sys.stderr, flush=True)
         finally:
             for name in arrays:
                 (folder / f".{name}_images.scratch.npy").unlink(missing_ok=True)
