@@ -302,7 +302,10 @@ def _named_like(path: Path, target: Path) -> Iterator[Path]:
         return
     link = target.with_name(f".{target.stem}.checking{target.suffix}")
     link.unlink(missing_ok=True)
-    os.link(path, link)
+    try:
+        os.link(path, link)
+    except OSError:  # a filesystem without hard links
+        link.symlink_to(path.name)
     try:
         yield link
     finally:
