@@ -31,6 +31,7 @@ include: "workflow/rules/demo.smk"
 include: "workflow/rules/models.smk"
 include: "workflow/rules/merge.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/interpret.smk"
 include: "workflow/rules/report.smk"
 
 

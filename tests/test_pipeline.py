@@ -5,21 +5,24 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from test_routing_analysis import check_routing_figures
 from test_tables import assert_tables_summarise
 from workflow_run import ROOT, snakemake, workflow_copy
 
 ALL_RULES = {
     "download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned", "build_head",
     "finetune", "evaluate_endpoints", "svd_cache", "merge", "first_pass", "routing_sweep", "select_epsilon",
-    "routing_features", "evaluate_tsvm", "evaluate_baseline", "evaluate_mass", "evaluate_batched", "collect_results",
-    "make_tables", "make_plots",
+    "routing_features", "evaluate_tsvm", "evaluate_tsvc", "evaluate_baseline", "evaluate_mass", "evaluate_batched",
+    "collect_results", "make_tables", "make_plots", "download_descriptions", "interpret_tsv",
 }
 CI_BENCHMARKS = yaml.safe_load((ROOT / "tests" / "ci_demo.yaml").read_text())["benchmarks"]
-SOURCE_RULES = {"download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned"}
-DEMO_RULES = ALL_RULES - SOURCE_RULES | {"generate_demo_task", "pretrain_demo_clip"}
+SOURCE_RULES = {"download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned",
+                "download_descriptions"}
+DEMO_RULES = ALL_RULES - SOURCE_RULES | {"generate_demo_task", "pretrain_demo_clip", "demo_descriptions"}
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -33,6 +36,8 @@ def test_paper_dry_run_plans_the_3x3_grid_and_every_rule(tmp_path):
     counts = job_counts(run.stdout)
     assert ALL_RULES <= set(counts), ALL_RULES - set(counts)
     assert counts["evaluate_tsvm"] == 9 and counts["select_epsilon"] == 9
+    assert counts["evaluate_tsvc"] == 9  # TSV-C (both ks) once per backbone x benchmark
+    assert counts["interpret_tsv"] == 9 and counts["download_descriptions"] == 1  # one pinned pool for all
     assert counts["evaluate_mass"] == 9 * 4 and counts["evaluate_baseline"] == 9 * 5
     assert counts["routing_features"] == 9  # z_l once per benchmark, for both learned routers
     assert counts["fetch_pretrained"] == 3 and counts["download_dataset"] == 20
@@ -67,9 +72,12 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     ran = set(re.findall(r"\(Rule: (\w+)\)", run.stderr + run.stdout))
     assert DEMO_RULES <= ran, DEMO_RULES - ran
-    for name in ("table2.tex", "table2_vs_paper.tex", "table3.tex"):
+    for name in ("table2.tex", "table2_vs_paper.tex", "table3.tex", "tsvc.tex"):
         assert "\\toprule" in (cwd / "results/tables" / name).read_text()
-    for fig in ("radar_3", "radar_4", "per_layer_tiny_3", "per_layer_tiny_4", "batched"):
+    figs = ("radar_3", "radar_4", "per_layer_tiny_3", "per_layer_tiny_4", "batched", "confusion_tiny_3",
+            "confusion_tiny_4", "selection_sizes_tiny_3", "selection_sizes_tiny_4", "textspan_tiny_3",
+            "textspan_tiny_4")
+    for fig in figs:
         assert (cwd / "figures" / f"{fig}.pdf").stat().st_size > 1000
         assert (cwd / "figures" / f"{fig}.png").stat().st_size > 1000
     per_task = pd.read_csv(cwd / "results/tables/per_task.csv", dtype={"benchmark": str})
@@ -81,6 +89,27 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     assert not list(cwd.rglob("*.part"))
     # the tables summarise the per-task results; every choice made on validation is recorded
     assert_tables_summarise(cwd / "results/tables/per_task.csv", cwd / "results/tables")
+    for bench in ("3", "4"):
+        methods = cwd / f"results/tiny/{bench}/methods"
+        rows = per_task[per_task.benchmark == bench].set_index(["method", "task"])
+        for method in ("tsvc", "tsvc_size"):  # TSV-C's per-task numbers reach per_task.csv unchanged
+            result = json.loads((methods / f"{method}.json").read_text())
+            assert list(result["test"]) == CI_BENCHMARKS[bench]
+            for task, acc in result["test"].items():
+                assert rows.loc[(method, task), "accuracy"] == acc
+                assert rows.loc[(method, task), "size_fraction"] == result["size_fraction"][task]
+        routing = dict(np.load(methods / "mass_proj_routing.npz"))
+        check_routing_figures(cwd / "figures", f"tiny_{bench}", routing,
+                              json.loads((methods / "mass_proj.json").read_text()))
+        # TEXTSPAN: every task decoded at the routing layer chosen on validation and at the early block
+        picks = pd.read_csv(cwd / f"results/tiny/{bench}/textspan.csv")
+        chosen_layer = json.loads((methods / "mass_proj.json").read_text())["hyperparameters"]["layer"]
+        assert set(picks[picks.role == "routing"].layer) == {chosen_layer}
+        assert set(picks[picks.role == "early"].block) == {1}
+        assert set(picks.task) == set(CI_BENCHMARKS[bench]) and picks.explained.between(0, 1).all()
+        assert (picks.groupby(["task", "role"]).explained.sum() <= 1 + 1e-6).all()
+        shown = pd.read_csv(cwd / f"figures/textspan_tiny_{bench}.csv")
+        pd.testing.assert_frame_equal(shown, picks)
     chosen = json.loads((cwd / "results/tables/selected_hyperparameters.json").read_text())["tiny"]
     for bench in ("3", "4"):
         assert chosen[bench]["epsilon"]["selected_on"] == "val"
@@ -92,8 +121,8 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     assert report.returncode == 0, report.stderr[-4000:]
     html = (cwd / "report.html").read_text()
     items = [f"{t}.{ext}" for t in ("table2", "table2_vs_paper", "table3") for ext in ("tex", "csv")]
-    items += [f"{f}.{ext}" for f in ("radar_3", "radar_4", "per_layer_tiny_3", "per_layer_tiny_4", "batched")
-              for ext in ("pdf", "png")]
+    items += [f"tsvc.{ext}" for ext in ("tex", "csv")]
+    items += [f"{f}.{ext}" for f in figs for ext in ("pdf", "png")]
     for item in [*items, "per_task.csv", "selected_hyperparameters.json", "backbones tiny"]:
         assert item in html, item
     for caption in (ROOT / "workflow/report").glob("*.rst"):

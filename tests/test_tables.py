@@ -13,7 +13,8 @@ import pytest
 from mass import collect_results, make_plots, make_tables
 
 METHODS = ["zeroshot", "finetuned", "weight_averaging", "task_arithmetic", "consensus", "tsvm", "iso_c", "iso_cts",
-           "mass_proj", "mass_nn", "mass_mlp", "mass_proj_pre", "mass_batched"]
+           "mass_proj", "mass_nn", "mass_mlp", "mass_proj_pre", "mass_batched", "tsvc", "tsvc_size"]
+SIZES = {"tsvc": [0.26, 0.24, 0.25], "tsvc_size": [0.1, 0.098, 0.099]}
 FINETUNED = {"t1": 0.80, "t2": 0.95, "t3": 0.50}
 
 
@@ -32,8 +33,8 @@ def hand_written_per_task() -> pd.DataFrame:
                     scale = 1 - 0.03 * m - 0.1 * b
                     acc = FINETUNED[task] if method == "finetuned" else [0.125, 0.6, 0.777][t] * scale
                     rows.append(dict(backbone=backbone, benchmark=bench, method=method, task=task, accuracy=acc,
-                                     routing_accuracy=None, finetuned=FINETUNED[task],
-                                     normalized=acc / FINETUNED[task]))
+                                     routing_accuracy=None, size_fraction=SIZES.get(method, [None] * 3)[t],
+                                     finetuned=FINETUNED[task], normalized=acc / FINETUNED[task]))
     return pd.DataFrame(rows)
 
 
@@ -81,6 +82,31 @@ def assert_tables_summarise(per_task_csv: Path, tables: Path) -> None:
             assert f"{shown:.1f}" in tex3
             checked += 1
     assert checked > 0
+    assert_tsvc_table_summarises(per_task, tables)
+
+
+def assert_tsvc_table_summarises(per_task: pd.DataFrame, tables: Path) -> None:
+    """The TSV-C table holds every task's TSV-C accuracy, normalised accuracy and stored size (%) and their
+    means; Table 3's oracle row is the mean normalised TSV-C accuracy at the benchmark's k."""
+    tsvc = pd.read_csv(tables / "tsvc.csv", dtype={"benchmark": str})
+    tex = (tables / "tsvc.tex").read_text()
+    table3 = pd.read_csv(tables / "table3.csv", header=[0, 1], index_col=0)
+    rows = per_task[per_task.method.isin(list(make_tables.TSVC_SETTINGS))]
+    assert len(tsvc) == len(rows) + rows.groupby(["backbone", "benchmark", "method"]).ngroups
+    for (backbone, bench, method), group in rows.groupby(["backbone", "benchmark", "method"]):
+        setting = make_tables.TSVC_SETTINGS[method]
+        got = tsvc[(tsvc.backbone == backbone) & (tsvc.benchmark == bench) & (tsvc.setting == setting)]
+        got = got.set_index("task")
+        for _, r in group.iterrows():
+            assert got.loc[r.task, "accuracy"] == pytest.approx(100 * r.accuracy)
+            assert got.loc[r.task, "normalized"] == pytest.approx(100 * r.normalized)
+            assert got.loc[r.task, "stored size"] == pytest.approx(100 * r.size_fraction)
+        for column, key in (("accuracy", "accuracy"), ("normalized", "normalized"), ("stored size", "size_fraction")):
+            assert got.loc["mean", column] == pytest.approx(100 * group[key].mean())
+        assert f"{got.loc['mean', 'normalized']:.1f}" in tex
+        if method == "tsvc":  # the oracle router of Table 3
+            shown = table3.loc[make_tables.ROUTER_NAMES["tsvc"], (backbone, f"{bench} tasks")]
+            assert rounds_from(shown, got.loc["mean", "normalized"])
 
 
 def test_tables_equal_the_means_of_hand_written_per_task_results(tmp_path, monkeypatch):

@@ -1,8 +1,9 @@
 """Pipeline step: gather every per-task number of every method into one long CSV.
 
 Columns: backbone, benchmark, method, task, accuracy (test), routing_accuracy (MASS only),
-finetuned (test), normalized. Tables and figures are drawn from this file only, so each printed
-number can be traced back. Every hyperparameter chosen on validation (epsilon, routing layer,
+size_fraction (TSV-C only: numbers stored over those of the dense task vector), finetuned (test),
+normalized. Tables and figures are drawn from this file only, so each printed number can be traced
+back. Every hyperparameter chosen on validation (epsilon, routing layer,
 eta, alphas, Consensus lambdas) goes to one JSON beside it.
 """
 
@@ -57,7 +58,8 @@ def main() -> None:
         hparams.setdefault(backbone, {}).setdefault(bench, {})[data["method"]] = data.get("hyperparameters", {})
         for task, acc in data["test"].items():
             rows.append(dict(backbone=backbone, benchmark=bench, method=data["method"], task=task, accuracy=acc,
-                             routing_accuracy=data.get("routing_accuracy", {}).get(task)))
+                             routing_accuracy=data.get("routing_accuracy", {}).get(task),
+                             size_fraction=data.get("size_fraction", {}).get(task)))
     benches: dict[tuple[str, str], list[str]] = {}
     for r in rows:
         tasks = benches.setdefault((r["backbone"], r["benchmark"]), [])
@@ -66,9 +68,11 @@ def main() -> None:
     for (backbone, bench), tasks in benches.items():
         for task in tasks:
             rows.append(dict(backbone=backbone, benchmark=bench, method="zeroshot", task=task,
-                             accuracy=zs[backbone, task], routing_accuracy=None))
+                             accuracy=zs[backbone, task], routing_accuracy=None,
+                             size_fraction=None))
             rows.append(dict(backbone=backbone, benchmark=bench, method="finetuned", task=task,
-                             accuracy=ft[backbone, task], routing_accuracy=None))
+                             accuracy=ft[backbone, task], routing_accuracy=None,
+                             size_fraction=None))
     table = pd.DataFrame(rows)
     table["finetuned"] = [ft[b, t] for b, t in zip(table.backbone, table.task, strict=True)]
     table["normalized"] = table.accuracy / table.finetuned

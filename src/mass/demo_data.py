@@ -208,6 +208,26 @@ FAMILIES: dict[str, str] = {
 }
 
 
+# Descriptions of nothing the demo tasks show: the TEXTSPAN pool of the demo mixes them with the
+# demo's own caption vocabulary, so a decoding that picks them has found nothing task-specific.
+DISTRACTORS: tuple[str, ...] = (
+    "a dog on a lawn", "a cat sleeping on a sofa", "a red sports car", "a city street at night",
+    "an aerial view of farmland", "a bowl of fruit", "a mountain lake", "a crowd at a concert",
+    "a plate of pasta", "a sailing boat at sea", "a snowy forest", "a close-up of a flower",
+    "a portrait of a smiling person", "a bird on a branch", "a bicycle leaning on a wall", "a beach at sunset",
+    "a kitchen interior", "a traffic sign", "a satellite image of a city", "a tissue sample under a microscope",
+    "a penguin on ice", "a house with a garden", "a glass of water", "a pile of books", "a cloudy sky",
+    "a brick wall", "a wooden table", "a green field", "a blurry photo", "a black and white photograph",
+)
+
+
+def description_pool() -> list[str]:
+    """The demo's TEXTSPAN pool, deterministic: the first caption template with every task's family and
+    class phrases (the vocabulary its tiny CLIP was pretrained on), then the distractor descriptions."""
+    subjects = [FAMILIES[t] for t in TASKS] + [p for t in TASKS for p in class_phrases(t)] + list(DISTRACTORS)
+    return list(dict.fromkeys(TEMPLATES[0].format(c=s) for s in subjects))
+
+
 def class_phrases(task: str) -> list[str]:
     _, names, phrase = TASKS[task]
     return [phrase.format(n) for n in names]

@@ -11,6 +11,7 @@ tasks, so the second pass is run once per m <= k on validation and every eta is 
 
 from __future__ import annotations
 
+import numpy as np
 import optuna
 import torch
 
@@ -24,7 +25,7 @@ from mass.benchmark import (
     mass_model,
     setup,
 )
-from mass.io import write_json
+from mass.io import save_arrays, write_json
 from mass.routing import (
     MLPRouter,
     NearestNeighbourRouter,
@@ -85,6 +86,7 @@ def main() -> None:
     parser.add_argument("--mlp-hidden", type=int, default=1024)
     parser.add_argument("--mlp-epochs", type=int, default=20)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--routing-out", help="npz of every test sample's selection, top-ranked and true task")
     args = parser.parse_args()
     setup(args)
     tasks, T = args.tasks, len(args.tasks)
@@ -135,6 +137,9 @@ def main() -> None:
     pred = model.predict(test.images, selection, args.batch_size, desc="test second pass")
     correct = model.is_correct(pred, test.task, test.labels)
     one_hot = torch.nn.functional.one_hot(routed, T).float()
+    if args.routing_out:
+        save_arrays(args.routing_out, selection=selection.bool().numpy(), routed=routed.numpy(), task=test.task.numpy(),
+                    tasks=np.array(tasks))
     write_json(args.out, {
         "method": f"mass_{args.router}", "test": per_task_accuracy(correct, test),
         "routing_accuracy": top1_accuracy_per_task(-one_hot, test.task, tasks),

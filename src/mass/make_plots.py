@@ -4,7 +4,13 @@
 - ``per_layer_<backbone>_<bench>``: routing (task-identification) accuracy per block, attention
   and MLP inputs as separate curves: mean +- std over tasks, then every task's own curve
   (Figs. 3, 7, 8, 11); the layer chosen on validation is marked;
-- ``batched``: per-sample vs batched MASS normalised accuracy (Fig. 6).
+- ``batched``: per-sample vs batched MASS normalised accuracy (Fig. 6);
+- ``confusion_<backbone>_<bench>``: where the projection router of MASS (Table 2's row) sends each
+  task's test images: alone to a task, or to several tasks (with or without the true one), and
+  which task it ranks first (mass.routing_analysis);
+- ``selection_sizes_<backbone>_<bench>``: how many tasks it selects per image (1 .. top-k), per task;
+- ``textspan_<backbone>_<bench>``: TEXTSPAN descriptions of each task's singular vectors at the
+  routing block and at an early block, beside test images of the task (Figs. 5, 12; mass.textspan).
 Every number a figure shows is written as CSV beside it. Plotting options (dpi, style) reach
 only this step, so changing them redraws figures without recomputing anything.
 """
@@ -22,7 +28,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from mass.io import atomic_path, read_csv, read_json  # noqa: E402
+from mass.io import atomic_path, load_arrays, read_csv, read_json  # noqa: E402
+from mass.routing_analysis import confusion_counts, selection_sizes, top1_counts  # noqa: E402
 
 MODULES = {"attn": "attention", "mlp": "MLP"}
 
@@ -105,10 +112,94 @@ def batched(per_task: pd.DataFrame, stem: Path, dpi: int) -> None:
     save(fig, avg, stem, dpi)
 
 
+def _long(counts: pd.DataFrame, matrix: str) -> pd.DataFrame:
+    """A counts matrix as rows (true task, column, count, fraction of the true task's test images)."""
+    frac = counts.div(counts.sum(axis=1), axis=0)
+    out = counts.stack().rename("count").to_frame().join(frac.stack().rename("fraction")).reset_index()
+    out.columns = ["true_task", "sent_to", "count", "fraction"]
+    out.insert(0, "matrix", matrix)
+    return out
+
+
+def confusion(routing: dict[str, np.ndarray], title: str, stem: Path, dpi: int) -> None:
+    """Two heatmaps of row fractions: the selection (alone / several tasks) and the top-ranked task."""
+    names = [str(n) for n in routing["tasks"]]
+    sel = confusion_counts(routing["selection"], routing["task"], names)
+    top = top1_counts(routing["routed"], routing["task"], names)
+    T = len(names)
+    fig, axes = plt.subplots(1, 2, figsize=(2.2 + 0.75 * (2 * T + 2), 1.6 + 0.55 * T),
+                             gridspec_kw={"width_ratios": [T + 2, T]})
+    for ax, counts, name in ((axes[0], sel, "selected tasks"), (axes[1], top, "top-ranked task")):
+        frac = counts.div(counts.sum(axis=1), axis=0)
+        sns.heatmap(frac, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="Blues", cbar=False, ax=ax,
+                    annot_kws={"fontsize": 7})
+        ax.set(xlabel=name, ylabel="true task")
+        ax.tick_params(axis="x", labelrotation=45, labelsize=8)
+        ax.tick_params(axis="y", labelrotation=0, labelsize=8)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
+    axes[0].set_title(f"{title}: routed alone to / to several tasks")
+    axes[1].set_title("task ranked first")
+    data = pd.concat([_long(sel, "selection"), _long(top, "top1")], ignore_index=True)
+    save(fig, data, stem, dpi)
+
+
+def sizes_figure(routing: dict[str, np.ndarray], title: str, top_k: int, stem: Path, dpi: int) -> None:
+    """Stacked bars: share of each task's test images routed to 1, 2, ... top-k tasks."""
+    names = [str(n) for n in routing["tasks"]]
+    data = selection_sizes(routing["selection"], routing["task"], names, top_k)
+    wide = data.pivot(index="task", columns="size", values="fraction").loc[[*names, "all"]]
+    fig, ax = plt.subplots(figsize=(6.5, 1.2 + 0.35 * len(wide)))
+    left = np.zeros(len(wide))
+    for size in wide.columns:
+        ax.barh(wide.index, wide[size], left=left, label=f"{size} task{'s' if size > 1 else ''}")
+        left += wide[size].to_numpy()
+    ax.invert_yaxis()
+    ax.set(xlabel="share of test images", xlim=(0, 1), title=f"{title}: tasks selected per image")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+    save(fig, data, stem, dpi)
+
+
+def textspan_figure(picks: pd.DataFrame, images: dict[str, np.ndarray], title: str, stem: Path, dpi: int) -> None:
+    """One row per task: its test images, then the descriptions TEXTSPAN picked at the routing block and at the
+    early block, each with the share of variance its direction explained."""
+    names = [str(n) for n in images["tasks"]]
+    per_task = max((int((images["task"] == t).sum()) for t in range(len(names))), default=0)
+    roles = [r for r in ("routing", "early") if r in set(picks.role)]
+    fig = plt.figure(figsize=(1.1 * per_task + 4.6 * len(roles), 0.25 + 1.15 * len(names)))
+    grid = fig.add_gridspec(len(names), per_task + len(roles), width_ratios=[1] * per_task + [4.2] * len(roles),
+                            wspace=0.08, hspace=0.25)
+    for t, name in enumerate(names):
+        for j, img in enumerate(images["images"][images["task"] == t]):
+            ax = fig.add_subplot(grid[t, j])
+            ax.imshow(img, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=9, rotation=0, ha="right", va="center")
+        for c, role in enumerate(roles):
+            rows = picks[(picks.task == name) & (picks.role == role)].sort_values("rank")
+            ax = fig.add_subplot(grid[t, per_task + c])
+            ax.axis("off")
+            lines = [f"{int(r['rank'])}. {r['text']} ({100 * r['explained']:.0f}%)" for _, r in rows.iterrows()]
+            ax.text(0.02, 0.5, "\n".join(lines), fontsize=7, va="center", ha="left", family="monospace",
+                    transform=ax.transAxes)
+            if t == 0:
+                layer = rows.layer.iloc[0] if len(rows) else ""
+                ax.set_title(f"{role} location {layer}", fontsize=9)
+    fig.suptitle(f"{title}: task singular vectors decoded by TEXTSPAN", fontsize=10)
+    save(fig, picks, stem, dpi)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-task", required=True)
     parser.add_argument("--sweeps", nargs="+", required=True, help="BACKBONE:BENCHMARK:test sweep CSV entries")
+    parser.add_argument("--routing", nargs="*", default=[],
+                        help="BACKBONE:BENCHMARK:mass_proj_routing.npz entries (confusion, selection sizes)")
+    parser.add_argument("--textspan", nargs="*", default=[],
+                        help="BACKBONE:BENCHMARK:textspan.csv:textspan_images.npz entries (mass.interpret_tsv)")
+    parser.add_argument("--top-k", type=int, default=3, help="most tasks a selection holds (routing.top_k)")
     parser.add_argument("--hparams", required=True, help="selected_hyperparameters.json (marks the routing layer)")
     parser.add_argument("--io", default="in", help="routing at module inputs or outputs")
     parser.add_argument("--token", default="cls")
@@ -129,6 +220,16 @@ def main() -> None:
         per_layer(per_layer_data(read_csv(path), args.io, args.token), list(dict.fromkeys(rows.task)),
                   f"{backbone}, {bench} tasks", chosen, out / f"per_layer_{backbone}_{bench}", args.dpi)
     batched(per_task, out / "batched", args.dpi)
+    for entry in args.routing:
+        backbone, bench, path = entry.split(":", 2)
+        routing = load_arrays(path)
+        confusion(routing, f"{backbone}, {bench} tasks", out / f"confusion_{backbone}_{bench}", args.dpi)
+        sizes_figure(routing, f"{backbone}, {bench} tasks", args.top_k, out / f"selection_sizes_{backbone}_{bench}",
+                     args.dpi)
+    for entry in args.textspan:
+        backbone, bench, picks, images = entry.split(":", 3)
+        textspan_figure(read_csv(picks), load_arrays(images), f"{backbone}, {bench} tasks",
+                        out / f"textspan_{backbone}_{bench}", args.dpi)
 
 
 if __name__ == "__main__":

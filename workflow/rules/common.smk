@@ -136,7 +136,7 @@ def quoted(values):
 def method_results(backbone, bench):
     base = f"results/{backbone}/{bench}/methods"
     return (
-        [f"{base}/tsvm.json", f"{base}/mass_batched.json"]
+        [f"{base}/tsvm.json", f"{base}/mass_batched.json", f"{base}/tsvc.json", f"{base}/tsvc_size.json"]
         + [f"{base}/{m}.json" for m in BASELINES]
         + [f"{base}/mass_{r}.json" for r in ROUTERS]
     )
@@ -259,3 +259,18 @@ def routing_location_args(w):
     r = config["routing"]
     return (f"--layer {r['layer']} --blocks {blocks(w)} --modules {' '.join(r['modules'])} "
             f"--io {r['io']} --token {r['token']}")
+
+
+# TEXTSPAN's description pool: downloaded at a pinned commit (hub), or generated offline (demo).
+_POOL = config["textspan"]["descriptions"]
+
+
+def descriptions_file():
+    return f"resources/descriptions/{config['data_source']}.txt"
+
+
+def descriptions_checksum():
+    """The pool's expected sha256 (and size) when the config pins them; else the lock file's."""
+    if _POOL["sha256"] and _POOL["size"] is not None:
+        return f"--sha256 {_POOL['sha256']} --size {_POOL['size']}"
+    return _opt("--sha256", _POOL["sha256"])

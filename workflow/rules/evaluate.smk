@@ -23,6 +23,33 @@ rule evaluate_tsvm:
         "--alpha {params.alpha} --out {output} > {log} 2>&1"
 
 
+rule evaluate_tsvc:
+    input:
+        unpack(bench_inputs),
+    output:
+        benchmark_k="results/{backbone}/{bench}/methods/tsvc.json",
+        size="results/{backbone}/{bench}/methods/tsvc_size.json",
+    params:
+        common=bench_args,
+        size_fraction=config["tsvc"]["size_fraction"],
+        alpha=config["merge"]["alpha"],
+    log:
+        "results/logs/evaluate_tsvc/{backbone}/{bench}.log",
+    benchmark:
+        "results/benchmarks/evaluate_tsvc/{backbone}/{bench}.tsv"
+    threads: config["compute_threads"]
+    resources:
+        mem_mb=16000,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.evaluate_tsvc {params.common} --components {input.components} --alpha {params.alpha} "
+        "--size-fraction {params.size_fraction} --threads {threads} --out {output.benchmark_k} "
+        "--out-size {output.size} > {log} 2>&1"
+
+
 rule evaluate_baseline:
     input:
         unpack(bench_inputs),
@@ -50,7 +77,8 @@ rule evaluate_mass:
     input:
         unpack(mass_first_passes),
     output:
-        "results/{backbone}/{bench}/methods/mass_{router}.json",
+        result="results/{backbone}/{bench}/methods/mass_{router}.json",
+        routing="results/{backbone}/{bench}/methods/mass_{router}_routing.npz",
     params:
         common=bench_args,
         routing_features=routing_features_option,
@@ -79,7 +107,7 @@ rule evaluate_mass:
         "{params.location} --temperature {params.temperature} {params.standardize} --top-k {params.top_k} "
         "--eta {params.eta} --eta-range {params.eta_range} --eta-trials {params.eta_trials} "
         "--mlp-hidden {params.mlp_hidden} --mlp-epochs {params.mlp_epochs} --alpha {params.alpha} "
-        "--threads {threads} --out {output} > {log} 2>&1"
+        "--threads {threads} --out {output.result} --routing-out {output.routing} > {log} 2>&1"
 
 
 rule routing_features:

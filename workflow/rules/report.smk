@@ -37,6 +37,7 @@ rule make_tables:
                         caption="../report/table2_vs_paper.rst", category="Tables"),
         table3=report(multiext("results/tables/table3", ".tex", ".csv"), caption="../report/table3.rst",
                       category="Tables"),
+        tsvc=report(multiext("results/tables/tsvc", ".tex", ".csv"), caption="../report/tsvc.rst", category="Tables"),
     log:
         "results/logs/make_tables.log",
     threads: 1
@@ -54,6 +55,9 @@ rule make_plots:
         per_task="results/tables/per_task.csv",
         hparams="results/tables/selected_hyperparameters.json",
         sweeps=[f"results/{bb}/{b}/sweep/selected_test.csv" for bb in BACKBONES for b in BENCHMARKS],
+        routing=[f"results/{bb}/{b}/methods/mass_proj_routing.npz" for bb in BACKBONES for b in BENCHMARKS],
+        textspan=[f"results/{bb}/{b}/textspan{ext}" for bb in BACKBONES for b in BENCHMARKS
+                  for ext in (".csv", "_images.npz")],
     output:
         radar=report(expand("figures/radar_{bench}.{ext}", bench=BENCHMARKS, ext=["pdf", "png"]),
                      caption="../report/radar.rst", category="Figures", subcategory="Radar charts"),
@@ -62,10 +66,26 @@ rule make_plots:
                          caption="../report/per_layer.rst", category="Figures", subcategory="Per-layer routing"),
         batched=report(multiext("figures/batched", ".pdf", ".png"), caption="../report/batched.rst",
                        category="Figures", subcategory="Batched routing"),
+        confusion=report(expand("figures/confusion_{backbone}_{bench}.{ext}", backbone=BACKBONES, bench=BENCHMARKS,
+                                ext=["pdf", "png"]),
+                         caption="../report/confusion.rst", category="Figures", subcategory="Routing confusion"),
+        selection_sizes=report(expand("figures/selection_sizes_{backbone}_{bench}.{ext}", backbone=BACKBONES,
+                                      bench=BENCHMARKS, ext=["pdf", "png"]),
+                               caption="../report/selection_sizes.rst", category="Figures",
+                               subcategory="Selection sizes"),
+        textspan=report(expand("figures/textspan_{backbone}_{bench}.{ext}", backbone=BACKBONES, bench=BENCHMARKS,
+                               ext=["pdf", "png"]),
+                        caption="../report/textspan.rst", category="Figures", subcategory="TEXTSPAN decoding"),
         data=expand("figures/{name}.csv", name=[f"radar_{b}" for b in BENCHMARKS] + ["batched"]
-                    + [f"per_layer_{bb}_{b}" for bb in BACKBONES for b in BENCHMARKS]),
+                    + [f"{kind}_{bb}_{b}" for kind in ("per_layer", "confusion", "selection_sizes", "textspan")
+                       for bb in BACKBONES for b in BENCHMARKS]),
     params:
         sweeps=" ".join(f"{bb}:{b}:results/{bb}/{b}/sweep/selected_test.csv" for bb in BACKBONES for b in BENCHMARKS),
+        routing=" ".join(f"{bb}:{b}:results/{bb}/{b}/methods/mass_proj_routing.npz" for bb in BACKBONES
+                         for b in BENCHMARKS),
+        textspan=" ".join(f"{bb}:{b}:results/{bb}/{b}/textspan.csv:results/{bb}/{b}/textspan_images.npz"
+                          for bb in BACKBONES for b in BENCHMARKS),
+        top_k=config["routing"]["top_k"],
         io=config["routing"]["io"],
         token=config["routing"]["token"],
         dpi=config["plots"]["dpi"],
@@ -80,5 +100,6 @@ rule make_plots:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.make_plots --per-task {input.per_task} --hparams {input.hparams} --sweeps {params.sweeps} "
-        "--io {params.io} --token {params.token} --out-dir figures --dpi {params.dpi} --style {params.style} "
+        "--routing {params.routing} --textspan {params.textspan} --top-k {params.top_k} --io {params.io} --token {params.token} --out-dir figures "
+        "--dpi {params.dpi} --style {params.style} "
         "> {log} 2>&1"
