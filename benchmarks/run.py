@@ -200,6 +200,67 @@ def routing_location(visual) -> LayerId:
     return LayerId(min(9, len(visual.transformer.resblocks) - 1), "mlp")
 
 
+class OfficialStrategy:
+    """The official MASS implementation's second pass, rebuilt here from its description (no code
+    of it is copied), to compare with this project's on the same work.
+
+    Each batch is grouped by selected task subset; a subset without a model gets a full encoder
+    copy holding theta_pre + alpha * TSV-M(subset), merged from the stored components with
+    SVD-based polar factors (``tsv_merge``); at most ``max_models`` such copies are kept and the
+    whole cache is flushed when one more is needed; each group runs through its subset's copy.
+    """
+
+    def __init__(self, args, device, pretrained, comps, alpha: float = 1.0, max_models: int = 6):
+        self.args, self.device, self.pretrained, self.comps = args, device, pretrained, comps
+        self.alpha, self.max_models = alpha, max_models
+        self.models: dict[tuple[int, ...], torch.nn.Module] = {}
+
+    def model(self, subset: tuple[int, ...]) -> torch.nn.Module:
+        if subset not in self.models:
+            if len(self.models) >= self.max_models:
+                self.models.clear()
+            delta, _ = tsv_merge([self.comps[t] for t in subset], len(self.comps), device=self.device)
+            self.models[subset] = create_visual(self.args.model, apply_delta(self.pretrained, delta, self.alpha),
+                                                self.device)
+        return self.models[subset]
+
+    def features(self, images: np.ndarray, selection: torch.Tensor) -> torch.Tensor:
+        size, bs = image_size(self.args.model), self.args.batch_size
+        out = None
+        for start in range(0, len(images), bs):
+            subsets, group_of = torch.unique(selection[start:start + bs], dim=0, return_inverse=True)
+            for g, row in enumerate(subsets):
+                idx = start + torch.nonzero(group_of == g).flatten()
+                feats, _ = encode(self.model(tuple(torch.nonzero(row).flatten().tolist())), images[idx.numpy()],
+                                  size, bs, self.device)
+                out = torch.empty(len(images), feats.shape[1]) if out is None else out
+                out[idx] = feats
+        return out
+
+
+def bench_official(args, device, pretrained, comps, images, cases, model: MassModel, best: dict) -> dict:
+    """The official strategy (:class:`OfficialStrategy`, a fresh cache each run, best of
+    ``--official-repeats``) on the same images and selections, its time over this project's second
+    pass (subset cores cached beforehand, as MASS is timed) and over that pass plus the cores'
+    computation, and how often the two predict the same (head, class)."""
+    out = {}
+    for case, selection in cases.items():
+        best_s, feats = float("inf"), None
+        for _ in range(args.official_repeats):
+            official = OfficialStrategy(args, device, pretrained, comps)
+            t, feats = timed(lambda sel=selection, o=official: o.features(images, sel), device)
+            best_s = min(best_s, t)
+        ours = model.predict(images, selection, args.batch_size)
+        theirs = model.predict_features(feats, selection)
+        same = (ours.task == theirs.task) & (ours.cls == theirs.cls)
+        out[case] = {"official_second_pass_s": best_s,
+                     "official_over_this_project": best_s / best[f"second_pass_{case}"],
+                     "official_over_this_project_with_cores": best_s / (best[f"second_pass_{case}"]
+                                                                        + best[f"cores_{case}"]),
+                     "official_same_predictions": float(same.float().mean())}
+    return out
+
+
 def make_routing_pass(args, device, visual, comps, images) -> Callable[[], torch.Tensor]:
     """MASS's first pass: the routing layer's residuals only, stopping right after it, then the
     projection router (its real cost; the benchmark forces the selection mix afterwards)."""
@@ -240,6 +301,9 @@ def bench_throughput(args, device, pretrained, comps, images, cases: dict[str, t
     for _ in range(args.repeats):
         for name, step in steps.items():
             best[name] = min(best[name], timed(step, device)[0])
+    best.update({f"cores_{case}": t for case, t in t_cores.items()})
+    official = (bench_official(args, device, pretrained, comps, images, cases, model, best)
+                if args.official_repeats else {})
     rows = []
     for case, selection in cases.items():
         _, counts = torch.unique(selection, dim=0, return_counts=True)
@@ -255,7 +319,7 @@ def bench_throughput(args, device, pretrained, comps, images, cases: dict[str, t
             "routing_pass_over_forward": best["routing_pass"] / best["forward"],
             "second_pass_over_forward": best[f"second_pass_{case}"] / best["forward"],
             "mass_over_forward": best[f"mass_{case}"] / best["forward"],
-            "mass_setup_s": t_setup, "subset_cores_s": t_cores[case],
+            "mass_setup_s": t_setup, "subset_cores_s": t_cores[case], **official.get(case, {}),
         })
     return rows
 
@@ -420,6 +484,15 @@ def markdown(result: dict) -> str:
                      f"| {r['first_pass_over_forward']:.2f} | {r['routing_pass_over_forward']:.2f} "
                      f"| {r['second_pass_over_forward']:.2f} | {r['mass_over_forward']:.2f} "
                      f"| {r['subset_cores_s']:.2f} |")
+    official = [r for r in result["throughput"] if "official_second_pass_s" in r]
+    if official:
+        lines += ["", "Second pass, the official implementation's strategy (a model copy per subset, at most 6 "
+                  "kept) against this project's on the same images and selections:", "",
+                  "| T | case | official s | official / this project | same, this project's subset cores "
+                  "included | same predictions |", "|---|---|---|---|---|---|"]
+        lines += [f"| {r['tasks']} | {r['case']} | {r['official_second_pass_s']:.1f} "
+                  f"| {r['official_over_this_project']:.1f} | {r['official_over_this_project_with_cores']:.1f} "
+                  f"| {r['official_same_predictions']:.3f} |" for r in official]
     if "svd" in result:
         s = result["svd"]
         lines += ["", f"SVD cache: {s['cache_s_per_task']:.1f} s/task (batched library path) vs "
@@ -473,6 +546,8 @@ def main() -> None:
     parser.add_argument("--no-dry-run", action="store_true", help="skip the snakemake -n timing")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, few images and tasks")
     parser.add_argument("--repeats", type=int, default=3, help="throughput timings: best of this many runs")
+    parser.add_argument("--official-repeats", type=int, default=1,
+                        help="runs of the official implementation's strategy per case, best kept (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.quick:

@@ -22,6 +22,9 @@ def test_quick_benchmark_writes_every_item(tmp_path):
         for key in ("first_pass_over_forward", "routing_pass_over_forward", "second_pass_over_forward",
                     "mass_over_forward"):
             assert 0 < r[key] < 100, key
+        # the official strategy ran on the same work and predicts as this project does
+        assert r["official_second_pass_s"] > 0 and r["official_over_this_project"] > 0
+        assert r["official_same_predictions"] == 1.0
     storage = result["storage"]
     # each task keeps k = floor(r / 4) triplets of every matrix: over all 4 tasks about one
     # r x (m + n) set per matrix, between 1x and 2x the matrices' own size; the total adds the
@@ -39,4 +42,5 @@ def test_quick_benchmark_writes_every_item(tmp_path):
         assert 0 < report["rise_mib"] < report["peak_mib"], step
     table = out.with_suffix(".md").read_text()
     assert "| 4 | random |" in table
+    assert "official / this project" in table
     assert "| MASS, random mix (setup included) |" in table
