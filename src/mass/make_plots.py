@@ -166,9 +166,10 @@ def textspan_figure(picks: pd.DataFrame, images: dict[str, np.ndarray], title: s
     names = [str(n) for n in images["tasks"]]
     per_task = max((int((images["task"] == t).sum()) for t in range(len(names))), default=0)
     roles = [r for r in ("routing", "early") if r in set(picks.role)]
-    fig = plt.figure(figsize=(1.1 * per_task + 4.6 * len(roles), 0.25 + 1.15 * len(names)))
+    height = 0.6 + 1.15 * len(names)
+    fig = plt.figure(figsize=(1.1 * per_task + 4.6 * len(roles), height))
     grid = fig.add_gridspec(len(names), per_task + len(roles), width_ratios=[1] * per_task + [4.2] * len(roles),
-                            wspace=0.08, hspace=0.25)
+                            wspace=0.08, hspace=0.25, top=1 - 0.55 / height)
     for t, name in enumerate(names):
         for j, img in enumerate(images["images"][images["task"] == t]):
             ax = fig.add_subplot(grid[t, j])
@@ -187,7 +188,7 @@ def textspan_figure(picks: pd.DataFrame, images: dict[str, np.ndarray], title: s
             if t == 0:
                 layer = rows.layer.iloc[0] if len(rows) else ""
                 ax.set_title(f"{role} location {layer}", fontsize=9)
-    fig.suptitle(f"{title}: task singular vectors decoded by TEXTSPAN", fontsize=10)
+    fig.suptitle(f"{title}: task singular vectors decoded by TEXTSPAN", fontsize=10, y=1 - 0.1 / height)
     save(fig, picks, stem, dpi)
 
 
