@@ -17,7 +17,8 @@ from workflow_run import AGGREGATES, SMALL, dry_run, env, snakemake
 
 pytestmark = pytest.mark.slow
 
-ROUTING = {"evaluate_mass", "evaluate_batched"} | AGGREGATES
+# interpret_tsv decodes at the routing layer that evaluate_mass records, so it follows evaluate_mass
+ROUTING = {"evaluate_mass", "evaluate_batched", "interpret_tsv"} | AGGREGATES
 MERGE = {"merge", "first_pass", "routing_sweep", "select_epsilon"} | ROUTING
 
 
