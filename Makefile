@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 
 demo: $(VENV)/.installed
 	time snakemake --cores $(CORES) --configfile workflow/presets/demo.yaml
+	$(PY) workflow/scripts/top_jobs.py results/benchmarks --top 10
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks examples

@@ -11,6 +11,8 @@ rule generate_demo_task:
         seed=config["seed"],
     log:
         "results/logs/generate_demo_task/{task}.log",
+    benchmark:
+        "results/benchmarks/generate_demo_task/{task}.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -35,6 +37,8 @@ rule pretrain_demo_clip:
         seed=config["seed"],
     log:
         "results/logs/pretrain_demo_clip/{backbone}.log",
+    benchmark:
+        "results/benchmarks/pretrain_demo_clip/{backbone}.tsv"
     threads: 2
     resources:
         mem_mb=4000,

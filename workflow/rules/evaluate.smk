@@ -12,6 +12,8 @@ rule evaluate_tsvm:
         alpha=config["merge"]["alpha"],
     log:
         "results/logs/evaluate_tsvm/{backbone}/{bench}.log",
+    benchmark:
+        "results/benchmarks/evaluate_tsvm/{backbone}/{bench}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -61,6 +63,8 @@ rule evaluate_baseline:
         grid=baseline_grid,
     log:
         "results/logs/evaluate_baseline/{backbone}/{bench}/{method}.log",
+    benchmark:
+        "results/benchmarks/evaluate_baseline/{backbone}/{bench}/{method}.tsv"
     threads: config["compute_threads"]
     resources:
         mem_mb=32000,
@@ -94,6 +98,8 @@ rule evaluate_mass:
         alpha=config["merge"]["alpha"],
     log:
         "results/logs/evaluate_mass/{backbone}/{bench}/{router}.log",
+    benchmark:
+        "results/benchmarks/evaluate_mass/{backbone}/{bench}/{router}.tsv"
     threads: config["compute_threads"]
     resources:
         mem_mb=16000,
@@ -123,6 +129,8 @@ rule routing_features:
         alpha=config["merge"]["alpha"],
     log:
         "results/logs/routing_features/{backbone}/{bench}/{fpmodel}.log",
+    benchmark:
+        "results/benchmarks/routing_features/{backbone}/{bench}/{fpmodel}.tsv"
     threads: config["compute_threads"]
     resources:
         mem_mb=16000,
@@ -148,6 +156,8 @@ rule evaluate_batched:
         alpha=config["merge"]["alpha"],
     log:
         "results/logs/evaluate_batched/{backbone}/{bench}.log",
+    benchmark:
+        "results/benchmarks/evaluate_batched/{backbone}/{bench}.tsv"
     threads: config["compute_threads"]
     resources:
         mem_mb=16000,

@@ -14,6 +14,8 @@ rule download_descriptions:
         lock=_LOCK,
     log:
         "results/logs/sources/download_descriptions.log",
+    benchmark:
+        "results/benchmarks/download_descriptions.tsv"
     threads: 1
     resources:
         mem_mb=500,
@@ -31,6 +33,8 @@ rule demo_descriptions:
         "resources/descriptions/demo.txt",
     log:
         "results/logs/demo_descriptions.log",
+    benchmark:
+        "results/benchmarks/demo_descriptions.tsv"
     threads: 1
     resources:
         mem_mb=500,

@@ -11,6 +11,8 @@ rule merge:
         tasks=lambda w: " ".join(tasks(w)),
     log:
         "results/logs/merge/{backbone}/{bench}/eps{eps}.log",
+    benchmark:
+        "results/benchmarks/merge/{backbone}/{bench}/eps{eps}.tsv"
     threads: config["compute_threads"]
     resources:
         mem_mb=8000,
@@ -35,6 +37,8 @@ rule first_pass:
         alpha=config["merge"]["alpha"],
     log:
         "results/logs/first_pass/{backbone}/{bench}/{fpmodel}_{split}.log",
+    benchmark:
+        "results/benchmarks/first_pass/{backbone}/{bench}/{fpmodel}_{split}.tsv"
     threads: config["compute_threads"]
     resources:
         mem_mb=16000,
@@ -57,6 +61,8 @@ rule routing_sweep:
         tasks=lambda w: " ".join(tasks(w)),
     log:
         "results/logs/routing_sweep/{backbone}/{bench}/{fpmodel}_{split}.log",
+    benchmark:
+        "results/benchmarks/routing_sweep/{backbone}/{bench}/{fpmodel}_{split}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -81,6 +87,8 @@ rule select_epsilon:
         token=config["routing"]["token"],
     log:
         "results/logs/select_epsilon/{backbone}/{bench}.log",
+    benchmark:
+        "results/benchmarks/select_epsilon/{backbone}/{bench}.tsv"
     threads: 1
     resources:
         mem_mb=1000,

@@ -29,6 +29,8 @@ rule build_head:
         root=data_root(),
     log:
         "results/logs/build_head/{backbone}/{task}.log",
+    benchmark:
+        "results/benchmarks/build_head/{backbone}/{task}.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -48,6 +50,8 @@ use rule build_head as build_head_for_check with:
         task="[A-Za-z0-9_]+",
     log:
         "results/logs/build_head_for_check/{backbone}/{task}.log",
+    benchmark:
+        "results/benchmarks/build_head_for_check/{backbone}/{task}.tsv"
 
 
 rule use_published_head:
@@ -59,6 +63,8 @@ rule use_published_head:
         task=_PUBLISHED or "(?!)",
     log:
         "results/logs/use_published_head/{backbone}/{task}.log",
+    benchmark:
+        "results/benchmarks/use_published_head/{backbone}/{task}.tsv"
     localrule: True
     conda:
         "../../envs/mass.yaml"
@@ -84,6 +90,8 @@ rule finetune:
         seed=config["seed"],
     log:
         "results/logs/finetune/{backbone}/{task}.log",
+    benchmark:
+        "results/benchmarks/finetune/{backbone}/{task}.tsv"
     threads: 1
     resources:
         mem_mb=16000,
@@ -112,6 +120,8 @@ rule evaluate_endpoints:
         batch_size=config["first_pass"]["batch_size"],
     log:
         "results/logs/evaluate_endpoints/{backbone}/{task}.log",
+    benchmark:
+        "results/benchmarks/evaluate_endpoints/{backbone}/{task}.tsv"
     threads: 1
     resources:
         mem_mb=8000,
@@ -135,6 +145,8 @@ rule svd_cache:
         rank_fraction=config["svd"]["rank_fraction"],
     log:
         "results/logs/svd_cache/{backbone}/{task}.log",
+    benchmark:
+        "results/benchmarks/svd_cache/{backbone}/{task}.tsv"
     threads: config["compute_threads"]
     resources:
         mem_mb=8000,

@@ -16,6 +16,8 @@ rule collect_results:
         epsilons=" ".join(f"{bb}:{b}:results/{bb}/{b}/selected_epsilon.json" for bb in BACKBONES for b in BENCHMARKS),
     log:
         "results/logs/collect_results.log",
+    benchmark:
+        "results/benchmarks/collect_results.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -40,6 +42,8 @@ rule make_tables:
         tsvc=report(multiext("results/tables/tsvc", ".tex", ".csv"), caption="../report/tsvc.rst", category="Tables"),
     log:
         "results/logs/make_tables.log",
+    benchmark:
+        "results/benchmarks/make_tables.tsv"
     threads: 1
     resources:
         mem_mb=1000,
@@ -92,6 +96,8 @@ rule make_plots:
         style=config["plots"]["style"],
     log:
         "results/logs/make_plots.log",
+    benchmark:
+        "results/benchmarks/make_plots.tsv"
     threads: 1
     resources:
         mem_mb=2000,

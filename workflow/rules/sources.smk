@@ -35,6 +35,8 @@ rule download_dataset:
         revision=lambda w: _opt("--revision", _dataset_cfg(w.task).get("revision")),
     log:
         "results/logs/sources/download_dataset/{task}.log",
+    benchmark:
+        "results/benchmarks/download_dataset/{task}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -59,6 +61,8 @@ rule prepare_dataset:
         options=prepare_options,
     log:
         "results/logs/sources/prepare_dataset/{task}.log",
+    benchmark:
+        "results/benchmarks/prepare_dataset/{task}.tsv"
     threads: 4
     resources:
         mem_mb=8000,
@@ -83,6 +87,8 @@ rule prepare_train_split:
         options=prepare_options,
     log:
         "results/logs/sources/prepare_train_split/{task}.log",
+    benchmark:
+        "results/benchmarks/prepare_train_split/{task}.tsv"
     threads: 4
     resources:
         mem_mb=8000,
@@ -108,6 +114,8 @@ rule fetch_pretrained:
         zeroshot=zeroshot_options,
     log:
         "results/logs/sources/fetch_pretrained/{backbone}.log",
+    benchmark:
+        "results/benchmarks/fetch_pretrained/{backbone}.tsv"
     threads: 1
     resources:
         mem_mb=6000,
@@ -135,6 +143,8 @@ rule fetch_finetuned:
         model_dir=lambda w: _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone)),
     log:
         "results/logs/sources/fetch_finetuned/{backbone}/{task}.log",
+    benchmark:
+        "results/benchmarks/fetch_finetuned/{backbone}/{task}.tsv"
     threads: 1
     resources:
         mem_mb=8000,
@@ -164,6 +174,8 @@ rule check_head:
         model_dir=lambda w: _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone)),
     log:
         "results/logs/sources/check_head/{backbone}/{task}.log",
+    benchmark:
+        "results/benchmarks/check_head/{backbone}/{task}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
