@@ -5,13 +5,25 @@ CORES ?= 2
 SHELL := /bin/bash
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test lint paper-dry-run clean-demo
+.PHONY: demo test lint lock paper-dry-run clean-demo
 
-$(VENV)/.installed: pyproject.toml
+# The exact versions come from the lock files (pipeline + dev tools); the project goes on top without
+# resolving anything, and pip check fails the install if the lock no longer satisfies pyproject.toml.
+$(VENV)/.installed: pyproject.toml requirements/pipeline.lock requirements/dev.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -r requirements/dev.lock
+	$(PY) -m pip install -q --no-deps -e .
+	$(PY) -m pip check
 	touch $@
+
+# After editing the requirements in pyproject.toml: resolve them into .venv (keeping what still fits;
+# `rm -rf .venv` first to re-resolve everything), then rewrite requirements/*.lock from it.
+lock:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -c requirements/constraints.txt -e ".[pipeline,dev]"
+	$(PY) requirements/freeze.py
+	touch $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	time snakemake --cores $(CORES) --configfile workflow/presets/demo.yaml
