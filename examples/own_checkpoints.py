@@ -9,10 +9,22 @@ random pixels, so the script runs anywhere in seconds.
 import numpy as np
 import torch
 
-from mass import LayerId, MassModel, ProjectionRouter, TaskComponents, TaskVector, first_pass, layer_bases, tsv_merge
-from mass.encoder import create_clip, create_visual, image_size
-from mass.heads import build_zero_shot_head, tokenizer_for
-from mass.tsv import apply_delta
+from mass import (
+    LayerId,
+    MassModel,
+    ProjectionRouter,
+    TaskComponents,
+    TaskVector,
+    apply_delta,
+    build_zero_shot_head,
+    create_clip,
+    create_visual,
+    first_pass,
+    image_size,
+    layer_bases,
+    tokenizer_for,
+    tsv_merge,
+)
 
 arch = "mass-tiny-vit"  # an open_clip architecture name, e.g. "ViT-B-32-quickgelu"
 torch.manual_seed(0)

@@ -21,7 +21,8 @@ _EXPORTS = {
     "ProjectionRouter": "routing", "projection_residuals": "routing", "routing_weights": "routing",
     "select_tasks": "routing", "LowRank": "svd", "TaskComponents": "svd", "LayerId": "task_vectors",
     "TaskVector": "task_vectors", "visual_state_dict": "task_vectors", "apply_delta": "tsv",
-    "epsilon_filter": "tsv", "tsv_merge": "tsv",
+    "epsilon_filter": "tsv", "tsv_merge": "tsv", "create_clip": "encoder", "create_visual": "encoder",
+    "image_size": "encoder", "build_zero_shot_head": "heads", "tokenizer_for": "heads",
 }
 __all__ = sorted(_EXPORTS)
 
