@@ -55,7 +55,7 @@ def test_small_demo_on_slurm_equals_local_run(small_demo, tmp_path):
     if shutil.which("sinfo") is None:
         pytest.skip("no SLURM here (sinfo not found); .ci/run starts one with tests/slurm/cluster.sh start")
     cwd = workflow_copy(tmp_path / "slurm")
-    # The README command, plus: fast status checks, our own job names, and one thread per job as in the
+    # The command of docs/running.md, plus: fast status checks, our own job names, and one thread per job as in the
     # local run (the profile asks for more). With different thread counts the checkpoints differ in the
     # last bits (measured: fine-tuning on 1 vs 2 threads), although the reported accuracies were equal.
     run = snakemake("--workflow-profile", "workflow/profiles/slurm", *SMALL, "--jobs", "2", "--max-threads", "1",

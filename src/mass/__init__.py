@@ -8,7 +8,6 @@ The library behind the reproduction pipeline; usable on its own checkpoints:
 - :mod:`mass.baselines`: weight averaging, Task Arithmetic, Consensus TA, Iso-C, Iso-CTS
 - :mod:`mass.routing`: projection, nearest-neighbour and MLP routers
 - :mod:`mass.inference`: first pass with routing residuals, grouped MASS second pass
-- :mod:`mass.metrics`: absolute, normalised and task-identification accuracy
 """
 
 from importlib import import_module

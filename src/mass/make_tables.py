@@ -1,8 +1,9 @@
 """Pipeline step: the paper's tables as LaTeX (booktabs), from the per-task CSV.
 
 - ``table2.tex``: mean absolute (normalised) test accuracy, method x backbone x benchmark;
-- ``table2_vs_paper.tex``: reproduced beside the published numbers (reference.md section 4) and the
-  difference, absolute and normalised, one row per method x backbone x benchmark;
+- ``table2_vs_paper.tex``: reproduced beside the published numbers (the paper's Table 2, in
+  ``mass/data/published.json``) and the difference, absolute and normalised, one row per method x
+  backbone x benchmark;
 - ``table3.tex``: normalised accuracy of MASS by router, and of MASS with an oracle router (each image
   routed to its true task alone), which is TSV-C at the benchmark's k: the routing ceiling;
 - ``tsvc.tex``: TSV-C per task and its mean: accuracy, normalised accuracy and stored size (% of the
