@@ -37,4 +37,4 @@ paper-dry-run: $(VENV)/.installed
 	snakemake -n --cores all
 
 clean-demo:
-	rm -rf results/tiny resources/data/demo resources/descriptions/demo.txt resources/checkpoints/tiny results/tables figures/*.p* figures/*.csv results/benchmarks
+	rm -rf results/tiny resources/data/demo resources/descriptions/demo.txt resources/checkpoints/tiny results/tables figures/*.p* figures/*.csv results/benchmarks/*/tiny results/benchmarks/*/tiny.tsv results/benchmarks/generate_demo_task results/benchmarks/demo_descriptions
