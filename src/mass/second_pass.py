@@ -90,7 +90,7 @@ def inverse_sqrt(gram: torch.Tensor) -> torch.Tensor:
 
 
 class SubsetFactors:
-    """Per-task TSV-M factors of every matrix, and the per-subset cores C_S (LRU-cached)."""
+    """Per-task TSV-M factors of every matrix, and each subset's :class:`Core` of every matrix (LRU-cached)."""
 
     def __init__(self, components: Sequence[TaskComponents], alpha: float = 1.0,
                  device: str | torch.device = "cpu", cache_size: int = 64):
@@ -105,7 +105,7 @@ class SubsetFactors:
                                                 v, gram(u), gram(v))
         self.others = {name: torch.stack([c.others[name].float() for c in components]).to(self.device)
                        for name in components[0].others}
-        self.cache: OrderedDict[Subset, dict[str, torch.Tensor]] = OrderedDict()
+        self.cache: OrderedDict[Subset, dict[str, Core]] = OrderedDict()
         self.cache_size = cache_size
 
     def cores(self, subset: Subset) -> dict[str, Core]:
