@@ -369,11 +369,11 @@ def test_plain_state_dict_loads(tmp_path):
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
 
 
-def pickled_head(monkeypatch, path: Path, weight: torch.Tensor) -> None:
-    """Pickle a module whose class lives in the task-vector code's ``src.modeling`` (gone at load time)."""
+def pickled_head(monkeypatch, path: Path, weight: torch.Tensor, module: str = "src.modeling",
+                 zip_layout: bool = True) -> None:
+    """Pickle a whole ``<module>.ClassificationHead`` (a Linear with ``normalize``, the weight and a zero
+    bias), as the task-vector code saved its heads; the class and its modules are gone at load time."""
     with monkeypatch.context() as patch:
-        module = types.ModuleType("src.modeling")
-
         class ClassificationHead(torch.nn.Linear):
             def __init__(self, weights: torch.Tensor):
                 super().__init__(weights.shape[1], weights.shape[0])
@@ -381,12 +381,13 @@ def pickled_head(monkeypatch, path: Path, weight: torch.Tensor) -> None:
                 self.weight = torch.nn.Parameter(weights.clone())
                 self.bias = torch.nn.Parameter(torch.zeros_like(self.bias))
 
-        ClassificationHead.__module__ = "src.modeling"
+        ClassificationHead.__module__ = module
         ClassificationHead.__qualname__ = "ClassificationHead"
-        module.ClassificationHead = ClassificationHead
-        patch.setitem(sys.modules, "src", types.ModuleType("src"))
-        patch.setitem(sys.modules, "src.modeling", module)
-        torch.save(ClassificationHead(weight), path)
+        parts = module.split(".")
+        for i in range(1, len(parts) + 1):
+            patch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
+        sys.modules[module].ClassificationHead = ClassificationHead
+        torch.save(ClassificationHead(weight), path, _use_new_zipfile_serialization=zip_layout)
 
 
 def test_pickled_modules_are_read_without_their_code(tmp_path, monkeypatch):
@@ -556,25 +557,8 @@ def test_download_rules_are_local_rules():
 
 def torch113_head(monkeypatch, path: Path, weight: torch.Tensor, zip_layout: bool) -> None:
     """A head pickled as the task-vector code saved it under torch 1.13: a whole
-    ``src.models.modeling.ClassificationHead`` module (a Linear with ``normalize``, a weight and a zero
-    bias), in the zip layout or the legacy one; the class is gone when the file is read."""
-    with monkeypatch.context() as patch:
-        modeling = types.ModuleType("src.models.modeling")
-
-        class ClassificationHead(torch.nn.Linear):
-            def __init__(self, normalize: bool, weights: torch.Tensor):
-                super().__init__(weights.shape[1], weights.shape[0])
-                self.normalize = normalize
-                self.weight = torch.nn.Parameter(weights.clone())
-                self.bias = torch.nn.Parameter(torch.zeros_like(self.bias))
-
-        ClassificationHead.__module__ = "src.models.modeling"
-        ClassificationHead.__qualname__ = "ClassificationHead"
-        modeling.ClassificationHead = ClassificationHead
-        for name in ("src", "src.models"):
-            patch.setitem(sys.modules, name, types.ModuleType(name))
-        patch.setitem(sys.modules, "src.models.modeling", modeling)
-        torch.save(ClassificationHead(True, weight), path, _use_new_zipfile_serialization=zip_layout)
+    ``src.models.modeling.ClassificationHead`` module, in the zip layout or the legacy one."""
+    pickled_head(monkeypatch, path, weight, "src.models.modeling", zip_layout)
 
 
 @pytest.mark.parametrize("zip_layout", [True, False])
