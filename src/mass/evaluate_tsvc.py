@@ -20,7 +20,7 @@ from mass.benchmark import (
     setup,
 )
 from mass.data.store import RowSubset
-from mass.encoder import create_visual, image_size
+from mass.encoder import create_visual, image_size, load_visual
 from mass.heads import head_logits
 from mass.inference import encode
 from mass.io import load_tensors, write_json
@@ -43,11 +43,12 @@ def main() -> None:
     heads, _ = load_heads(args.heads)
     test = load_benchmark_split(args.data_dirs, tasks, "test")
     results = {setting: {"test": {}, "size_fraction": {}, "ranks": {}} for setting in ("benchmark", "size")}
+    visual = create_visual(args.model, pre, device())  # one tower; each model's weights are copied into it
     for t, (name, comp) in enumerate(zip(tasks, load_components(args.components), strict=True)):
         idx = test.indices_of(t)
         for setting, result in results.items():
             ranks = ranks_for(setting, comp, T, args.size_fraction)
-            visual = create_visual(args.model, apply_delta(pre, compressed_delta(comp, ranks), args.alpha), device())
+            load_visual(visual, apply_delta(pre, compressed_delta(comp, ranks), args.alpha))
             feats, _ = encode(visual, RowSubset(test.images, idx), image_size(args.model), args.batch_size, device(),
                               desc=f"{name} TSV-C {setting}")
             pred = head_logits(feats, heads[t]).argmax(1)
