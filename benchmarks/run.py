@@ -45,11 +45,13 @@ import numpy as np
 import torch
 
 from mass.encoder import all_layers, create_visual, image_size
-from mass.inference import MassModel, encode, first_pass, layer_bases
+from mass.forward import encode, first_pass, layer_bases
+from mass.mass_model import MassModel
 from mass.routing import ProjectionRouter
 from mass.second_pass import SubsetFactors
-from mass.svd import LowRank, TaskComponents, components_per_task, default_device
+from mass.svd import LowRank, TaskComponents, components_per_task
 from mass.task_vectors import LayerId, TaskVector, is_matrix
+from mass.training import default_device
 from mass.tsv import apply_delta, tsv_merge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -397,7 +399,7 @@ def step_memory(step: str, opts: dict, num_tasks: int, threads: int, selection: 
     """
     args = argparse.Namespace(**opts)
     torch.set_num_threads(threads)
-    device, g = default_device(), torch.Generator().manual_seed(args.seed)
+    device, g = torch.device(default_device()), torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     pretrained = create_visual(args.model).state_dict()
     if step.startswith("svd"):
@@ -553,7 +555,7 @@ def main() -> None:
     if args.quick:
         args.model, args.tasks, args.images, args.batch_size, args.svd_tasks = "mass-tiny-vit", [4], 12, 5, 1
         args.rank_fraction, args.task_run, args.dense_min_group = 0.25, 4, 3
-    device = default_device()
+    device = torch.device(default_device())
     g = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     pretrained = create_visual(args.model).state_dict()

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from mass.benchmark import FirstPassResult, RoutingFeatures
 from mass.data.store import load_split, save_split
+from mass.forward import FirstPassResult, RoutingFeatures
 from mass.io import (
     ArtifactError,
     atomic_path,
@@ -28,6 +28,7 @@ from mass.io import (
     save_tensors,
     write_json,
 )
+from mass.steps.use_published_head import main as use_published_head
 from mass.svd import LowRank, TaskComponents
 
 FIX = "delete it and rerun the rule that makes it"
@@ -164,15 +165,15 @@ def test_verify_command_finds_and_deletes_corrupt_files(tmp_path, capsys):
     assert main(["verify", str(tmp_path)]) == 0
 
 
-def test_copy_command_keeps_the_checksum_and_refuses_a_corrupt_source(tmp_path):
+def test_use_published_head_keeps_the_checksum_and_refuses_a_corrupt_source(tmp_path):
     """use_published_head copies a stored head this way: the copy is checked like any artifact."""
     source, target = tmp_path / "published" / "A.safetensors", tmp_path / "heads" / "A.safetensors"
     svd_cache(source)
-    assert main(["copy", str(source), str(target)]) == 0
+    use_published_head(["--published", str(source), "--out", str(target)])
     assert checksum_path(target).exists() and load_tensors(target).keys() == load_tensors(source).keys()
     zero_block(source)
     with pytest.raises(ArtifactError, match="A.safetensors"):
-        main(["copy", str(source), str(tmp_path / "heads" / "B.safetensors")])
+        use_published_head(["--published", str(source), "--out", str(tmp_path / "heads" / "B.safetensors")])
     assert not (tmp_path / "heads" / "B.safetensors").exists()
 
 

@@ -15,7 +15,7 @@ import torch
 import yaml
 from workflow_run import ROOT, SMALL, snakemake, workflow_copy
 
-from mass.benchmark import FirstPassResult
+from mass.forward import FirstPassResult
 from mass.io import ArtifactError
 
 _spec = importlib.util.spec_from_file_location("configcheck", ROOT / "workflow/scripts/configcheck.py")
@@ -129,7 +129,8 @@ def test_docs_config_md_is_generated_from_the_schema():
     ({"merge": {"epsilon_grid": [-0.1, 0.3]}}, "merge.epsilon_grid.0: -0.1 is less than the minimum of 0"),
     ({"merge": {"epsilon_grid": [0.3, 1.5]}}, "merge.epsilon_grid.1: 1.5 is greater than the maximum of 1"),
     ({"merge": {"alpha": 0}}, "merge.alpha: 0 is less than or equal to the minimum of 0"),
-    ({"baselines": {"iso_alphas": [1.0, -1.0]}}, "baselines.iso_alphas.1: -1.0 is less than or equal to the minimum"),
+    ({"baselines": {"iso_c": {"alphas": [1.0, -1.0]}}},
+     "baselines.iso_c.alphas.1: -1.0 is less than or equal to the minimum"),
     ({"routing": {"eta": 1.5}}, "routing.eta: 1.5 is neither 'auto' nor a number in [0, 1]"),
     ({"routers": ["nn"]}, "routers: must include 'proj'"),
 ])

@@ -17,7 +17,8 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from mass.download import (
+from mass.io import ArtifactError
+from mass.sources.download import (
     ChecksumMismatch,
     DownloadError,
     DownloadInterrupted,
@@ -28,8 +29,7 @@ from mass.download import (
     download_hub_file,
     resolve_revision,
 )
-from mass.download import main as download_main
-from mass.io import ArtifactError
+from mass.sources.download import main as download_main
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -27,7 +27,9 @@ from test_download import COMMIT, FAST, HubServer, fetch, hub, payload, sha  # n
 from test_sources import DIGITS, gray, mnist_on_hub, parquet_bytes, pickled_head, write_raw
 
 from mass.data.prepare import prepare
-from mass.download import (
+from mass.encoder import create_clip
+from mass.io import ArtifactError
+from mass.sources.download import (
     ChecksumMismatch,
     DownloadError,
     DownloadInterrupted,
@@ -37,10 +39,8 @@ from mass.download import (
     download,
     resolve_revision,
 )
-from mass.download import main as download_main
-from mass.encoder import create_clip
-from mass.fetch import fetch_dataset, fetch_finetuned, fetch_head, safe_torch_load
-from mass.io import ArtifactError
+from mass.sources.download import main as download_main
+from mass.sources.fetch import fetch_dataset, fetch_finetuned, fetch_head, safe_torch_load
 
 REPO = Path(__file__).resolve().parents[1]
 TALL = "nik-dim/tall_masks"
@@ -290,7 +290,7 @@ def test_disk_full_during_a_download_is_one_message(hub, small_disk):  # noqa: F
     lock = LockFile(small_disk.parent / "lock.json")
     snapshot = resolve_revision(HubRepo("org/model"), None, lock, endpoint=hub.url)
     target = small_disk / "weights.bin"
-    from mass.download import download_hub_file
+    from mass.sources.download import download_hub_file
 
     with pytest.raises(DownloadError) as err:
         download_hub_file(snapshot, "weights.bin", target, lock, endpoint=hub.url, **FAST)
@@ -302,7 +302,7 @@ def test_disk_full_during_a_download_is_one_message(hub, small_disk):  # noqa: F
 
 FSIZE_SCRIPT = """
 import resource, signal, sys
-from mass.download import DownloadError, download
+from mass.sources.download import DownloadError, download
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
 try:
@@ -328,8 +328,9 @@ def test_disk_full_while_preparing_a_dataset_is_one_message(tmp_path, small_disk
     raw = tmp_path / "raw"
     write_raw(raw, "MNIST", parquet_bytes(gray(40, 1), np.arange(40) % 10, DIGITS),
               parquet_bytes(gray(120, 2), np.arange(120) % 10))
-    done = subprocess.run([sys.executable, "-m", "mass.data.prepare", "--task", "MNIST", "--raw", str(raw), "--out",
-                           str(small_disk), "--image-size", "64", "--splits", "test"],
+    done = subprocess.run([sys.executable, "-m", "mass.steps.prepare_dataset", "--task", "MNIST", "--raw", str(raw),
+                           "--out", str(small_disk), "--image-size", "64", "--emnist-orientation", "torchvision",
+                           "--threads", "1"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
     last = done.stderr.strip().splitlines()[-1]
@@ -420,8 +421,8 @@ def test_download_log_shows_bytes_rate_and_one_line_per_file(hub, tmp_path):  # 
     hub.add("org/model", "weights.bin", data)
     log = tmp_path / "download.log"
     with open(log, "w") as fh:  # as the rules run it: stdout and stderr to the log file
-        subprocess.run([sys.executable, "-m", "mass.download", "--repo", "org/model", "--filename", "weights.bin",
-                        "--endpoint", hub.url, "--out", str(tmp_path / "weights.bin"), "--lock",
+        subprocess.run([sys.executable, "-m", "mass.sources.download", "--repo", "org/model", "--filename",
+                        "weights.bin", "--endpoint", hub.url, "--out", str(tmp_path / "weights.bin"), "--lock",
                         str(tmp_path / "lock.json"), "--retries", "0"], stdout=fh, stderr=subprocess.STDOUT,
                        check=True, timeout=120)
     text = log.read_text()

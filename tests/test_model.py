@@ -6,8 +6,9 @@ import torch
 from conftest import perturbed_encoders
 
 from mass.encoder import FirstPassProbe, all_layers, create_visual
+from mass.forward import encode, first_pass, layer_bases
 from mass.heads import build_zero_shot_head, head_logits, tokenizer_for
-from mass.inference import MassModel, encode, first_pass, layer_bases, predict_over_heads
+from mass.mass_model import MassModel, predict_over_heads
 from mass.routing import projection_residuals
 from mass.svd import TaskComponents
 from mass.task_vectors import LayerId, TaskVector
@@ -99,7 +100,7 @@ def test_multi_head_argmax_and_shared_heads():
     assert task.tolist() == [1, 1] and cls.tolist() == [1, 0]
     model = MassModel(None, {}, [None, None, None], heads + [heads[1]], ["x", "s", "s"], SIZE)
     assert model.candidate_heads((0, 1, 2)) == [0, 1]
-    from mass.inference import Predictions
+    from mass.mass_model import Predictions
     ok = model.is_correct(Predictions(torch.tensor([2, 0]), torch.tensor([1, 1])),
                           torch.tensor([1, 0]), torch.tensor([1, 0]))
     assert ok.tolist() == [True, False]

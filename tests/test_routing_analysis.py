@@ -12,10 +12,10 @@ import pytest
 import torch
 from test_tables import hand_written_per_task, run_cli
 
-from mass import make_plots
 from mass.io import save_arrays
-from mass.routing import top1_accuracy_per_task
+from mass.routing import routing_accuracy_per_task
 from mass.routing_analysis import MULTI_WITH_TRUE, MULTI_WITHOUT_TRUE, confusion_counts, selection_sizes, top1_counts
+from mass.steps import make_plots
 
 NAMES = ["t1", "t2", "t3"]
 
@@ -98,7 +98,7 @@ def test_routing_figures_summarise_the_per_sample_routing(tmp_path, monkeypatch)
         for ext in ("pdf", "png"):
             assert (figures / f"{stem}.{ext}").stat().st_size > 1000, stem
     # what evaluate_mass records from the same routing
-    one_hot = torch.nn.functional.one_hot(torch.from_numpy(routing["routed"]), 3).float()
-    result = {"routing_accuracy": top1_accuracy_per_task(-one_hot, torch.from_numpy(routing["task"]), NAMES),
+    result = {"routing_accuracy": routing_accuracy_per_task(torch.from_numpy(routing["routed"]),
+                                                            torch.from_numpy(routing["task"]), NAMES),
               "mean_selected_tasks": float(routing["selection"].sum(1).mean())}
     check_routing_figures(figures, "tiny_3", routing, result)

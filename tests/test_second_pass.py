@@ -8,7 +8,8 @@ import torch
 from conftest import perturbed_encoders, random_orthonormal
 
 from mass.encoder import create_visual
-from mass.inference import MassModel, encode
+from mass.forward import encode
+from mass.mass_model import MassModel
 from mass.second_pass import BatchPlan, MixedEncoder, SubsetFactors, inverse_sqrt, lowrank_update
 from mass.svd import LowRank, TaskComponents, components_per_task, polar_factor, truncated_svd
 from mass.task_vectors import TaskVector

@@ -21,12 +21,14 @@ import numpy as np
 import pytest
 import torch
 
-from mass import evaluate_baseline, evaluate_batched, evaluate_mass, evaluate_tsvm, routing_features, run_first_pass
 from mass.data.store import load_split, save_split
 from mass.encoder import create_clip, create_visual
-from mass.inference import MassModel, encode
+from mass.forward import encode
 from mass.io import ArtifactError, load_arrays, load_tensors, read_json, save_arrays, save_tensors
+from mass.mass_model import MassModel
 from mass.routing import MLPRouter, NearestNeighbourRouter
+from mass.steps import evaluate_baseline, evaluate_batched, evaluate_mass, evaluate_tsvm, routing_features
+from mass.steps import first_pass as run_first_pass
 from mass.svd import TaskComponents
 from mass.task_vectors import TaskVector
 from mass.tsv import apply_delta, tsv_merge
@@ -169,7 +171,15 @@ def bench(tmp_path_factory):
 
 def common(bench, data: str) -> list:
     return ["--model", "mass-tiny-vit", "--tasks", *TASKS, "--data-dirs", bench["root"] / data,
-            "--heads", *bench["heads"], "--pretrained", bench["root"] / "pre.safetensors", "--batch-size", 64]
+            "--heads", *bench["heads"], "--pretrained", bench["root"] / "pre.safetensors", "--batch-size", 64,
+            "--threads", 1, "--seed", 0]
+
+
+# The options the rules always pass (the steps require them), at the config's defaults; a test's own
+# values come later on the command line and win.
+LOCATION = ["--modules", "attn", "mlp", "--io", "in", "--token", "cls"]
+ROUTING = [*LOCATION, "--temperature", 1.0, "--top-k", 3, "--eta", "auto", "--eta-range", 0.05, 0.5,
+           "--eta-trials", 30, "--mlp-hidden", 1024, "--mlp-epochs", 20]
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +191,8 @@ def first_passes(bench):
     for split in ("val", "test"):
         out[split] = root / f"fp_{split}.npz"
         run_cli(run_first_pass, [*common(bench, "clean"), "--components", *bench["components"], "--merged",
-                                 root / "merged.safetensors", "--split", split, "--out", out[split]], mp)
+                                 root / "merged.safetensors", "--split", split, "--alpha", 1.0, "--ios", "in",
+                                 "--tokens", "cls", "--out", out[split]], mp)
     mp.undo()
     arrays = load_arrays(out["test"])
     task = arrays["task"]
@@ -195,7 +206,7 @@ def first_passes(bench):
 
 @pytest.mark.parametrize("method,grid", [
     ("task_arithmetic", ["--alphas", 0.3, 0.7, 1.0]),
-    ("consensus", ["--alphas", 0.5, 1.0, "--lambdas", 0.2, 0.5]),
+    ("consensus", ["--alphas", 0.5, 1.0, "--lambdas", 0.2, 0.5, "--min-agreement", 2]),
     ("iso_cts", ["--alphas", 0.5, 1.5, "--common-fraction", 0.8]),
 ])
 def test_baseline_coefficients_ignore_the_test_split(bench, tmp_path, monkeypatch, method, grid):
@@ -224,7 +235,8 @@ def test_mass_layer_and_eta_ignore_the_test_split(bench, first_passes, tmp_path,
     results = {}
     for data, test_fp in (("clean", first_passes["test"]), ("poisoned", first_passes["poisoned"])):
         out = tmp_path / f"{data}.json"
-        run_cli(evaluate_mass, [*common(bench, data), "--router", "proj", "--components", *bench["components"],
+        run_cli(evaluate_mass, [*common(bench, data), *ROUTING, "--router", "proj",
+                                "--components", *bench["components"],
                                 "--val-first-pass", first_passes["val"], "--test-first-pass", test_fp,
                                 "--layer", "auto", "--blocks", 1, 4, "--eta", "auto", "--eta-trials", 12,
                                 "--top-k", 2, "--alpha", 1.0, "--out", out], monkeypatch)
@@ -252,10 +264,10 @@ def test_learned_routers_train_on_validation_z_l_only(bench, first_passes, tmp_p
 
     monkeypatch.setattr(cls, "fit", spy)
     features = tmp_path / "z.npz"
-    location = ["--val-first-pass", first_passes["val"], "--layer", "2.mlp.in", "--blocks", 1, 4]
+    location = ["--val-first-pass", first_passes["val"], "--layer", "2.mlp.in", "--blocks", 1, 4, *LOCATION]
     run_cli(routing_features, [*common(bench, "poisoned"), "--merged", bench["root"] / "merged.safetensors",
-                               *location, "--out", features], monkeypatch)
-    args = [*common(bench, "poisoned"), "--router", router, "--components", *bench["components"], *location,
+                               *location, "--alpha", 1.0, "--out", features], monkeypatch)
+    args = [*common(bench, "poisoned"), *ROUTING, "--router", router, "--components", *bench["components"], *location,
             "--test-first-pass", first_passes["poisoned"], "--mlp-hidden", 16, "--mlp-epochs", 2,
             "--alpha", 1.0, "--out", tmp_path / "r.json"]
     with pytest.raises(SystemExit, match="--routing-features"):

@@ -27,11 +27,11 @@ from test_sources import gray, parquet_bytes, png, write_raw
 from mass.data import catalog
 from mass.data.prepare import prepare
 from mass.data.store import load_split
-from mass.download import LockFile
 from mass.encoder import create_clip
-from mass.fetch import fetch_finetuned
 from mass.heads import prompt
 from mass.io import load_tensors
+from mass.sources.download import LockFile
+from mass.sources.fetch import fetch_finetuned
 
 FIXTURES = Path(__file__).parent / "fixtures" / "sources"
 FIXTURE_NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))

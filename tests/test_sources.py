@@ -26,16 +26,23 @@ import torch
 from PIL import Image
 from test_download import COMMIT, HubServer, hub  # noqa: F401  (fixture)
 
-from mass.benchmark import load_benchmark_split
-from mass.build_heads import head_prompts
 from mass.data import catalog
+from mass.data.benchmark import load_benchmark_split
 from mass.data.prepare import carve, check_orientation, orient, prepare
-from mass.data.prepare import main as prepare_main
 from mass.data.store import carve_validation, load_info, load_split, make_loader, save_split
-from mass.download import LockFile
 from mass.encoder import create_clip
-from mass.fetch import fetch_dataset, fetch_finetuned, fetch_head, fetch_pretrained, safe_torch_load, state_dict_of
 from mass.io import ArtifactError, load_tensors, save_tensors
+from mass.sources.download import LockFile
+from mass.sources.fetch import (
+    fetch_dataset,
+    fetch_finetuned,
+    fetch_head,
+    fetch_pretrained,
+    safe_torch_load,
+    state_dict_of,
+)
+from mass.steps.build_head import head_prompts
+from mass.steps.prepare_dataset import main as prepare_main
 from mass.training import set_threads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -524,21 +531,24 @@ def test_rules_pass_config_pins_and_pick_the_shared_head(tmp_path):
     assert run.returncode == 0, run.stderr
     lines = [" ".join(line.removeprefix("Shell command:").split()) for line in run.stdout.splitlines()
              if line.startswith("Shell command: python -m mass.")]
-    commands = {line.split()[3]: line for line in lines if line.startswith("python -m mass.fetch")}
-    mnist = f"dataset --task MNIST --out resources/raw/MNIST --lock workflow/sources.lock.json --revision {'1' * 40}"
+    commands = {line.split()[2].removeprefix("mass.steps."): line for line in lines
+                if line.startswith(("python -m mass.steps.fetch_", "python -m mass.steps.check_head"))}
+    mnist = (f"download_dataset --task MNIST --out resources/raw/MNIST --lock workflow/sources.lock.json "
+             f"--revision {'1' * 40}")
     assert any(mnist in line for line in lines)
-    assert f"--revision {'2' * 40}" in commands["finetuned"] and f"--revision {'3' * 40}" in commands["pretrained"]
+    assert f"--revision {'2' * 40}" in commands["fetch_finetuned"]
+    assert f"--revision {'3' * 40}" in commands["fetch_pretrained"]
     # theta_pre: the zero-shot encoder of the fine-tuned checkpoints' repository, at the same revision
-    assert f"--zeroshot-repo nik-dim/tall_masks --zeroshot-revision {'2' * 40}" in commands["pretrained"]
-    assert "--report results/ViT-B-32/theta_pre.json" in commands["pretrained"]
+    assert f"--zeroshot-repo nik-dim/tall_masks --zeroshot-revision {'2' * 40}" in commands["fetch_pretrained"]
+    assert "--report results/ViT-B-32/theta_pre.json" in commands["fetch_pretrained"]
     # hub tasks use the published head; check_head compares it with the text-built one
-    assert "--compare-with resources/checkpoints/ViT-B-32/built_heads/" in commands["head"]
+    assert "--compare-with resources/checkpoints/ViT-B-32/built_heads/" in commands["check_head"]
     assert "rule use_published_head:" in run.stdout
-    built = {m for line in lines if line.startswith("python -m mass.build_heads")
+    built = {m for line in lines if line.startswith("python -m mass.steps.build_head ")
              for m in re.findall(r"--out resources/checkpoints/ViT-B-32/(\w+/\w+)\.safetensors", line)}
     assert "heads/CIFAR10_STL10" in built and "heads/EMNIST" in built and "heads/Cars" not in built
     assert any("--emnist-orientation mnist --source-orientation mnist" in line for line in lines)
-    tsvm = [line for line in lines if line.startswith("python -m mass.evaluate_tsvm")]
+    tsvm = [line for line in lines if line.startswith("python -m mass.steps.evaluate_tsvm")]
     heads = {line.count("/14/") > 0: re.findall(r"heads/(\w+)\.safetensors", line) for line in tsvm}
     assert heads[True][8] == "STL10" and len(heads[True]) == 14
     assert heads[False][8] == heads[False][14] == "CIFAR10_STL10" and len(heads[False]) == 20

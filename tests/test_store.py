@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mass.benchmark import load_benchmark_split
+from mass.data.benchmark import load_benchmark_split
 from mass.data.store import RowSubset, StackedSplits, make_loader, save_split
 
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mass import collect_results, make_plots, make_tables
+from mass.methods import TABLE2_ROWS, TABLE3_ROWS, TSVC_SETTINGS
+from mass.steps import collect_results, make_plots, make_tables
 
 METHODS = ["zeroshot", "finetuned", "weight_averaging", "task_arithmetic", "consensus", "tsvm", "iso_c", "iso_cts",
            "mass_proj", "mass_nn", "mass_mlp", "mass_proj_pre", "mass_batched", "tsvc", "tsvc_size"]
@@ -56,8 +57,8 @@ def assert_tables_summarise(per_task_csv: Path, tables: Path) -> None:
     for (backbone, bench, method), rows in per_task.groupby(["backbone", "benchmark", "method"]):
         acc, norm = 100 * rows.accuracy.mean(), 100 * rows.normalized.mean()
         column = (backbone, f"{bench} tasks")
-        if method in make_tables.METHOD_NAMES:
-            name = make_tables.METHOD_NAMES[method]
+        if method in TABLE2_ROWS:
+            name = TABLE2_ROWS[method]
             cell = table2.loc[name, column]
             shown_acc, shown_norm = re.fullmatch(r"(\S+) \((\S+)\)", cell).groups()
             assert rounds_from(shown_acc, acc) and rounds_from(shown_norm, norm), (backbone, bench, method, cell)
@@ -75,8 +76,8 @@ def assert_tables_summarise(per_task_csv: Path, tables: Path) -> None:
                 else:
                     assert pd.isna(row[f"paper {kind}"]) and pd.isna(row[f"difference {kind}"])
             checked += 1
-        if method in make_tables.ROUTER_NAMES:
-            name = make_tables.ROUTER_NAMES[method]
+        if method in TABLE3_ROWS:
+            name = TABLE3_ROWS[method]
             shown = table3.loc[name, column]
             assert rounds_from(shown, norm), (backbone, bench, method, shown)
             assert f"{shown:.1f}" in tex3
@@ -91,10 +92,10 @@ def assert_tsvc_table_summarises(per_task: pd.DataFrame, tables: Path) -> None:
     tsvc = pd.read_csv(tables / "tsvc.csv", dtype={"benchmark": str})
     tex = (tables / "tsvc.tex").read_text()
     table3 = pd.read_csv(tables / "table3.csv", header=[0, 1], index_col=0)
-    rows = per_task[per_task.method.isin(list(make_tables.TSVC_SETTINGS))]
+    rows = per_task[per_task.method.isin(list(TSVC_SETTINGS))]
     assert len(tsvc) == len(rows) + rows.groupby(["backbone", "benchmark", "method"]).ngroups
     for (backbone, bench, method), group in rows.groupby(["backbone", "benchmark", "method"]):
-        setting = make_tables.TSVC_SETTINGS[method]
+        setting = TSVC_SETTINGS[method]
         got = tsvc[(tsvc.backbone == backbone) & (tsvc.benchmark == bench) & (tsvc.setting == setting)]
         got = got.set_index("task")
         for _, r in group.iterrows():
@@ -105,7 +106,7 @@ def assert_tsvc_table_summarises(per_task: pd.DataFrame, tables: Path) -> None:
             assert got.loc["mean", column] == pytest.approx(100 * group[key].mean())
         assert f"{got.loc['mean', 'normalized']:.1f}" in tex
         if method == "tsvc":  # the oracle router of Table 3
-            shown = table3.loc[make_tables.ROUTER_NAMES["tsvc"], (backbone, f"{bench} tasks")]
+            shown = table3.loc[TABLE3_ROWS["tsvc"], (backbone, f"{bench} tasks")]
             assert rounds_from(shown, got.loc["mean", "normalized"])
 
 
@@ -117,7 +118,7 @@ def test_tables_equal_the_means_of_hand_written_per_task_results(tmp_path, monke
     # spot checks by hand: fine-tuned is (0.80 + 0.95) / 2, zero-shot of tiny/8 is (0.125 + 0.6) / 2 * 0.9
     assert table2.loc["Fine-tuned", ("ViT-B-32", "8 tasks")] == "87.5 (100.0)"
     assert table2.loc["Zero-shot", ("tiny", "8 tasks")].startswith("32.6 (")
-    assert list(table2.index) == list(make_tables.METHOD_NAMES.values())
+    assert list(table2.index) == list(TABLE2_ROWS.values())
     vs = pd.read_csv(tmp_path / "table2_vs_paper.csv", dtype={"benchmark": str})
     row = vs[(vs.method == "Fine-tuned") & (vs.backbone == "ViT-B-32") & (vs.benchmark == "8")].iloc[0]
     assert (row["paper abs"], row["reproduced abs"], row["difference abs"]) == (92.8, 87.5, -5.3)

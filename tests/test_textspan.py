@@ -11,11 +11,11 @@ import pytest
 import torch
 from test_tables import hand_written_per_task, run_cli
 
-from mass import make_plots
-from mass.demo_data import DISTRACTORS, FAMILIES, TASKS, description_pool
-from mass.download import ChecksumMismatch, LockFile
-from mass.fetch_descriptions import fetch_descriptions, lock_key, read_descriptions
+from mass.data.demo import DISTRACTORS, FAMILIES, TASKS, description_pool
 from mass.io import save_arrays
+from mass.sources.descriptions import fetch_descriptions, lock_key, read_descriptions
+from mass.sources.download import ChecksumMismatch, LockFile
+from mass.steps import make_plots
 from mass.svd import LowRank, TaskComponents
 from mass.task_vectors import LayerId
 from mass.textspan import joint_space_directions, singular_vectors, textspan

@@ -9,8 +9,9 @@ import torch
 from conftest import perturbed_encoders
 
 from mass.encoder import create_visual
+from mass.forward import encode
 from mass.heads import head_logits
-from mass.inference import MassModel, encode
+from mass.mass_model import MassModel
 from mass.routing import one_hot_selection
 from mass.svd import LowRank, TaskComponents
 from mass.task_vectors import TaskVector, is_matrix

@@ -7,16 +7,20 @@ The library behind the reproduction pipeline; usable on its own checkpoints:
 - :mod:`mass.tsv`: TSV-M and the epsilon filter
 - :mod:`mass.baselines`: weight averaging, Task Arithmetic, Consensus TA, Iso-C, Iso-CTS
 - :mod:`mass.routing`: projection, nearest-neighbour and MLP routers
-- :mod:`mass.inference`: first pass with routing residuals, grouped MASS second pass
+- :mod:`mass.forward`: the first pass (features and routing residuals) and its files
+- :mod:`mass.second_pass`, :mod:`mass.mass_model`: the second pass and the MASS model
+- :mod:`mass.methods`: the registry of baselines and routers
+- :mod:`mass.data`, :mod:`mass.sources`: datasets (catalog, preparation, demo tasks) and downloads
+- :mod:`mass.steps`: one entry point per pipeline rule (``python -m mass.steps.<rule>``)
 """
 
 from importlib import import_module
 
 # Names re-exported here, and the module that defines each. They are imported on first use
-# (PEP 562), so that ``python -m mass.<step>`` pays only for what that step needs: importing
+# (PEP 562), so that ``python -m mass.steps.<rule>`` pays only for what that step needs: importing
 # open_clip (for the encoders) costs ~4 s, which steps such as the routing sweep never use.
 _EXPORTS = {
-    "MassModel": "inference", "first_pass": "inference", "layer_bases": "inference",
+    "MassModel": "mass_model", "first_pass": "forward", "layer_bases": "forward", "Location": "task_vectors",
     "ProjectionRouter": "routing", "projection_residuals": "routing", "routing_weights": "routing",
     "select_tasks": "routing", "LowRank": "svd", "TaskComponents": "svd", "LayerId": "task_vectors",
     "TaskVector": "task_vectors", "visual_state_dict": "task_vectors", "apply_delta": "tsv",

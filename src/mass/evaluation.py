@@ -1,15 +1,17 @@
-"""Oracle-head evaluation shared by the baseline, endpoint and TSV-M steps."""
+"""Scoring shared by every evaluation: per-task accuracy (oracle heads, or given per-sample outcomes)
+and the choice of a hyperparameter from its grid on validation."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
-from mass.benchmark import SplitData
+from mass.data.benchmark import SplitData
+from mass.forward import encode
 from mass.heads import head_logits
-from mass.inference import encode
 
 
 def accuracy_with_oracle_heads(features: torch.Tensor, data: SplitData,
@@ -27,3 +29,16 @@ def evaluate_encoder(visual: nn.Module, data: SplitData, heads: Sequence[torch.T
                      batch_size: int, device: str, desc: str | None = None) -> dict[str, float]:
     features, _ = encode(visual, data.images, image_size, batch_size, device, desc=desc)
     return accuracy_with_oracle_heads(features, data, heads)
+
+
+def per_task_accuracy(correct: torch.Tensor, data: SplitData) -> dict[str, float]:
+    """Mean of a per-sample outcome (a correct prediction, a correct routing) over each task's samples."""
+    return {name: float(correct[data.indices_of(t)].float().mean()) for t, name in enumerate(data.task_names)}
+
+
+def pick_best(grid: Sequence[float], score: Callable[[float], float],
+              desc: str | None = None) -> tuple[float, dict[str, float]]:
+    """The grid value with the highest score, the first one on ties, and every value's score (keyed by str)."""
+    scores = {str(v): score(v) for v in tqdm(grid, desc=desc, disable=desc is None, leave=False)}
+    best = max(grid, key=lambda v: (scores[str(v)], -list(grid).index(v)))
+    return best, scores

@@ -9,11 +9,13 @@ tensor and is stored as safetensors: nothing is ever unpickled.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from mass.encoder import register_model_configs
+from mass.io import load_tensors
 
 
 def class_text(name: str | Sequence[str]) -> str:
@@ -51,3 +53,20 @@ def tokenizer_for(model_name: str):
     import open_clip
 
     return open_clip.get_tokenizer(model_name)
+
+
+def load_heads(paths: Sequence[str]) -> tuple[list[torch.Tensor], list[str]]:
+    """Head matrices and head names (tasks sharing a head, like STL10/CIFAR10, share the name)."""
+    heads, names = [], []
+    for path in paths:
+        heads.append(load_tensors(path)["weight"])
+        names.append(_head_name(path))
+    return heads, names
+
+
+def _head_name(path: str) -> str:
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as fh:
+        meta = fh.metadata() or {}
+    return meta.get("head") or meta.get("task") or Path(path).stem

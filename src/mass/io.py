@@ -294,13 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("paths", nargs="+", help="folders (searched recursively) or files")
     check.add_argument("--delete", action="store_true",
                        help="delete every file that fails, so that the next snakemake run remakes it")
-    copy = sub.add_parser("copy", help="copy a checked artifact, atomically and with its sha256")
-    copy.add_argument("source")
-    copy.add_argument("target")
     args = parser.parse_args(argv)
-    if args.command == "copy":
-        copy_artifact(args.source, args.target)
-        return 0
     checked, bad = verify_tree(args.paths, delete=args.delete)
     for path, why in bad:
         print(f"{'DELETED' if args.delete else 'BAD'} {path}: {why}")

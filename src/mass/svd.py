@@ -8,7 +8,7 @@ size), so the 8-, 14- and 20-task benchmarks all slice the same file instead of 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from mass.io import load_tensors, save_tensors
 from mass.task_vectors import StateDict, TaskVector, is_matrix
+from mass.training import default_device
 
 
 @dataclass
@@ -65,10 +66,6 @@ def polar_factor(x: torch.Tensor) -> torch.Tensor:
     """Closest matrix with orthonormal columns to ``x``: P Q^T from the thin SVD x = P S Q^T."""
     p, _, qh = torch.linalg.svd(x, full_matrices=False)
     return p @ qh
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class TaskComponents:
@@ -124,3 +121,8 @@ class TaskComponents:
     def num_parameters(self) -> int:
         low = sum(lr.U.numel() + lr.s.numel() + lr.V.numel() for lr in self.matrices.values())
         return low + sum(t.numel() for t in self.others.values())
+
+
+def load_components(paths: Sequence[str]) -> list[TaskComponents]:
+    """Every task's SVD cache, in the order given (benchmark order)."""
+    return [TaskComponents.load(p) for p in paths]

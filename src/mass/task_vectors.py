@@ -81,6 +81,25 @@ class LayerId:
         return f"{prefix}.attn.out_proj.weight" if self.module == "attn" else f"{prefix}.mlp.c_proj.weight"
 
 
+
+@dataclass(frozen=True)
+class Location:
+    """Where the first pass records a routing residual: a layer and the token read there ("cls" or
+    "mean"). ``str()`` is the key of first-pass files and results, ``"<block>.<module>.<io>.<token>"``."""
+
+    layer: LayerId
+    token: str = "cls"
+
+    def __str__(self) -> str:
+        return f"{self.layer}.{self.token}"
+
+    @classmethod
+    def parse(cls, text: str) -> Location:
+        layer, _, token = text.rpartition(".")
+        if token not in ("cls", "mean") or not layer:
+            raise ValueError(f"bad routing location {text!r}: expected '<block>.<attn|mlp>.<in|out>.<cls|mean>'")
+        return cls(LayerId.parse(layer), token)
+
 def block_of(name: str) -> tuple[int, str] | None:
     """(block index, "attn" | "mlp") for a residual-block tensor name, else None."""
     match = _BLOCK.search(name)
@@ -93,7 +112,8 @@ def num_blocks(state_dict: Mapping[str, torch.Tensor]) -> int:
 
 
 class TaskVector:
-    """``theta_ft - theta_pre`` over an image encoder, with the arithmetic merging needs."""
+    """``theta_ft - theta_pre`` over an image encoder (float tensors only); :func:`mass.tsv.apply_delta`
+    adds a merge of them back onto theta_pre."""
 
     def __init__(self, vector: StateDict):
         self.vector = vector
@@ -106,20 +126,3 @@ class TaskVector:
         if missing:
             raise ValueError(f"pretrained and fine-tuned encoders differ in keys, e.g. {missing[:3]}")
         return cls({k: (ft[k].float() - pre[k].float()) for k in pre if pre[k].is_floating_point()})
-
-    def __add__(self, other: TaskVector) -> TaskVector:
-        return TaskVector({k: v + other.vector[k] for k, v in self.vector.items()})
-
-    def __radd__(self, other: object) -> TaskVector:
-        return self if other == 0 else NotImplemented  # lets sum() work
-
-    def __mul__(self, scale: float) -> TaskVector:
-        return TaskVector({k: v * scale for k, v in self.vector.items()})
-
-    __rmul__ = __mul__
-
-    def apply_to(self, pretrained: Mapping[str, torch.Tensor], alpha: float = 1.0) -> StateDict:
-        """``theta_pre + alpha * tau``; tensors the vector lacks (integer buffers) are copied."""
-        pre = visual_state_dict(pretrained)
-        return {k: (v + alpha * self.vector[k].to(v.dtype)) if k in self.vector else v.clone()
-                for k, v in pre.items()}

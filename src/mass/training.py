@@ -34,3 +34,8 @@ def batches(n: int, batch_size: int, steps: int, seed: int) -> Iterator[np.ndarr
 def set_threads(threads: int) -> None:
     """Honour the rule's ``threads`` so parallel Snakemake jobs do not oversubscribe cores."""
     torch.set_num_threads(max(1, threads))
+
+
+def default_device() -> str:
+    """Where every step computes: the GPU when torch sees one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

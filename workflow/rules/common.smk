@@ -5,11 +5,16 @@ import json
 import os
 import shlex
 
+from mass.methods import ROUTERS as ROUTER_REGISTRY  # plain data: importing it does not load torch
+
 BACKBONES = [str(b) for b in config["run"]["backbones"]]
 BENCHMARKS = [str(b) for b in config["run"]["benchmarks"]]
 EPSILONS = [str(e) for e in config["merge"]["epsilon_grid"]]
 ROUTERS = list(config["routers"])
 BASELINES = list(config["baselines"]["methods"])
+# Which first pass each router reads ("selected" TSV-M merge or "pretrained"); learned ones also need z_l.
+ROUTER_FIRST_PASS = {r: ROUTER_REGISTRY[r].first_pass for r in ROUTERS}
+LEARNED_ROUTERS = [r for r in ROUTERS if ROUTER_REGISTRY[r].learned]
 
 
 wildcard_constraints:
@@ -227,25 +232,19 @@ def first_pass_model_args(w, input):
     return merged + (f" --selection {input.selection}" if "selection" in input.keys() else "")
 
 
-def baseline_grid(w):
-    b = config["baselines"]
-    grids = {
-        "weight_averaging": "",
-        "task_arithmetic": f"--alphas {quoted(b['task_arithmetic_alphas'])}",
-        "consensus": f"--alphas {quoted(b['consensus_alphas'])} --lambdas {quoted(b['consensus_lambdas'])} "
-        f"--min-agreement {b['consensus_min_agreement']}",
-        "iso_c": f"--alphas {quoted(b['iso_alphas'])}",
-        "iso_cts": f"--alphas {quoted(b['iso_alphas'])} --common-fraction {b['iso_cts_common_fraction']}",
-    }
-    return grids[w.method]
+def baseline_options(w):
+    """A baseline's config block as its step's options (every key of mass.methods.BASELINES' entry)."""
+    block = config["baselines"][w.method]
+    return " ".join(f"--{key.replace('_', '-')} {quoted(v) if isinstance(v, list) else shlex.quote(str(v))}"
+                    for key, v in block.items())
 
 
 def mass_first_passes(w):
     """First passes of the router's model; nn/mlp also get z_l, computed once for both."""
-    model = "pretrained" if w.router == "proj_pre" else "selected"
+    model = ROUTER_FIRST_PASS[w.router]
     base = f"results/{w.backbone}/{w.bench}/first_pass/{model}"
     files = {**bench_inputs(w), "val_first_pass": f"{base}_val.npz", "test_first_pass": f"{base}_test.npz"}
-    if w.router in ("nn", "mlp"):
+    if w.router in LEARNED_ROUTERS:
         files["routing_features"] = f"results/{w.backbone}/{w.bench}/routing_features/{model}.npz"
     return files
 

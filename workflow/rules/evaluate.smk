@@ -21,7 +21,7 @@ rule evaluate_tsvm:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.evaluate_tsvm --tasks {params.tasks} --heads {input.heads} --first-pass {input.first_pass} "
+        "python -m mass.steps.evaluate_tsvm --tasks {params.tasks} --heads {input.heads} --first-pass {input.first_pass} "
         "--alpha {params.alpha} --out {output} > {log} 2>&1"
 
 
@@ -47,7 +47,7 @@ rule evaluate_tsvc:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.evaluate_tsvc {params.common} --components {input.components} --alpha {params.alpha} "
+        "python -m mass.steps.evaluate_tsvc {params.common} --components {input.components} --alpha {params.alpha} "
         "--size-fraction {params.size_fraction} --threads {threads} --out {output.benchmark_k} "
         "--out-size {output.size} > {log} 2>&1"
 
@@ -60,7 +60,7 @@ rule evaluate_baseline:
         "results/{backbone}/{bench}/methods/{method}.json",
     params:
         common=bench_args,
-        grid=baseline_grid,
+        options=baseline_options,
     log:
         "results/logs/evaluate_baseline/{backbone}/{bench}/{method}.log",
     benchmark:
@@ -73,7 +73,7 @@ rule evaluate_baseline:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.evaluate_baseline {params.common} --method {wildcards.method} {params.grid} "
+        "python -m mass.steps.evaluate_baseline {params.common} --method {wildcards.method} {params.options} "
         "--finetuned {input.finetuned} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -108,7 +108,7 @@ rule evaluate_mass:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.evaluate_mass {params.common} --components {input.components} --router {wildcards.router} "
+        "python -m mass.steps.evaluate_mass {params.common} --components {input.components} --router {wildcards.router} "
         "--val-first-pass {input.val_first_pass} --test-first-pass {input.test_first_pass} {params.routing_features} "
         "{params.location} --temperature {params.temperature} {params.standardize} --top-k {params.top_k} "
         "--eta {params.eta} --eta-range {params.eta_range} --eta-trials {params.eta_trials} "
@@ -139,7 +139,7 @@ rule routing_features:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.routing_features {params.common} {params.model} --val-first-pass {input.val_first_pass} "
+        "python -m mass.steps.routing_features {params.common} {params.model} --val-first-pass {input.val_first_pass} "
         "{params.location} --alpha {params.alpha} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -166,6 +166,6 @@ rule evaluate_batched:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.evaluate_batched {params.common} --components {input.components} --test-first-pass {input.test_first_pass} "
+        "python -m mass.steps.evaluate_batched {params.common} --components {input.components} --test-first-pass {input.test_first_pass} "
         "--mass-result {input.mass_result} --route-batch-size {params.route_batch_size} "
         "--alpha {params.alpha} --threads {threads} --out {output} > {log} 2>&1"

@@ -20,7 +20,7 @@ rule merge:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.build_merge --tasks {params.tasks} --components {input.components} --epsilon {wildcards.eps} "
+        "python -m mass.steps.merge --tasks {params.tasks} --components {input.components} --epsilon {wildcards.eps} "
         "--out {output.merged} --accepted {output.accepted} --threads {threads} > {log} 2>&1"
 
 
@@ -47,7 +47,7 @@ rule first_pass:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.run_first_pass {params.common} --components {input.components} {params.model} --split {wildcards.split} "
+        "python -m mass.steps.first_pass {params.common} --components {input.components} {params.model} --split {wildcards.split} "
         "--ios {params.ios} --tokens {params.tokens} --alpha {params.alpha} --threads {threads} "
         "--out {output} > {log} 2>&1"
 
@@ -70,7 +70,7 @@ rule routing_sweep:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.routing_sweep --first-pass {input} --tasks {params.tasks} --out {output} > {log} 2>&1"
+        "python -m mass.steps.routing_sweep --first-pass {input} --tasks {params.tasks} --out {output} > {log} 2>&1"
 
 
 rule select_epsilon:
@@ -96,6 +96,6 @@ rule select_epsilon:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.select_epsilon --epsilons {params.epsilons} --sweeps {input.sweeps} --merges {input.merges} "
+        "python -m mass.steps.select_epsilon --epsilons {params.epsilons} --sweeps {input.sweeps} --merges {input.merges} "
         "--blocks {params.blocks} --modules {params.modules} --io {params.io} --token {params.token} "
         "--out {output} > {log} 2>&1"

@@ -39,7 +39,7 @@ rule build_head:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.build_heads --model {params.arch} --pretrained {input.clip} --data {params.root} "
+        "python -m mass.steps.build_head --model {params.arch} --pretrained {input.clip} --data {params.root} "
         "--task {wildcards.task} --out {output} --threads {threads} > {log} 2>&1"
 
 
@@ -69,7 +69,7 @@ rule use_published_head:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.io copy {input} {output} > {log} 2>&1"
+        "python -m mass.steps.use_published_head --published {input} --out {output} > {log} 2>&1"
 
 
 rule finetune:
@@ -100,7 +100,7 @@ rule finetune:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.finetune --model {params.arch} --pretrained {input.clip} --head {input.head} "
+        "python -m mass.steps.finetune --model {params.arch} --pretrained {input.clip} --head {input.head} "
         "--data {params.root} --task {wildcards.task} --out {output} --steps {params.steps} "
         "--batch-size {params.batch_size} --lr {params.lr} --warmup {params.warmup} "
         "--weight-decay {params.weight_decay} --seed {params.seed} --threads {threads} > {log} 2>&1"
@@ -130,7 +130,7 @@ rule evaluate_endpoints:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.evaluate_endpoints --model {params.arch} --task {wildcards.task} --data-dir {params.root} "
+        "python -m mass.steps.evaluate_endpoints --model {params.arch} --task {wildcards.task} --data-dir {params.root} "
         "--head {input.head} --pretrained {input.clip} --finetuned {input.finetuned} "
         "--batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"
 
@@ -154,5 +154,5 @@ rule svd_cache:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.build_svd_cache --pretrained {input.clip} --finetuned {input.finetuned} "
+        "python -m mass.steps.svd_cache --pretrained {input.clip} --finetuned {input.finetuned} "
         "--rank-fraction {params.rank_fraction} --out {output} --threads {threads} > {log} 2>&1"

@@ -25,7 +25,7 @@ rule collect_results:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.collect_results --results {params.results} --endpoints {params.endpoints} "
+        "python -m mass.steps.collect_results --results {params.results} --endpoints {params.endpoints} "
         "--epsilons {params.epsilons} --out {output.per_task} --hparams-out {output.hparams} > {log} 2>&1"
 
 
@@ -51,7 +51,7 @@ rule make_tables:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.make_tables --per-task {input} --out-dir results/tables > {log} 2>&1"
+        "python -m mass.steps.make_tables --per-task {input} --out-dir results/tables > {log} 2>&1"
 
 
 rule make_plots:
@@ -105,7 +105,7 @@ rule make_plots:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.make_plots --per-task {input.per_task} --hparams {input.hparams} --sweeps {params.sweeps} "
+        "python -m mass.steps.make_plots --per-task {input.per_task} --hparams {input.hparams} --sweeps {params.sweeps} "
         "--routing {params.routing} --textspan {params.textspan} --top-k {params.top_k} --io {params.io} --token {params.token} --out-dir figures "
         "--dpi {params.dpi} --style {params.style} "
         "> {log} 2>&1"

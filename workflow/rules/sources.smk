@@ -45,7 +45,7 @@ rule download_dataset:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.fetch dataset --task {wildcards.task} --out {params.out} --lock {params.lock} "
+        "python -m mass.steps.download_dataset --task {wildcards.task} --out {params.out} --lock {params.lock} "
         "{params.endpoint} {params.repo} {params.revision} > {log} 2>&1"
 
 
@@ -71,7 +71,7 @@ rule prepare_dataset:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.data.prepare {params.options} --splits val test --threads {threads} > {log} 2>&1"
+        "python -m mass.steps.prepare_dataset {params.options} --threads {threads} > {log} 2>&1"
 
 
 # Only tasks fine-tuned here read their train split (all 20 take ~160 GB at 224 px), so it is
@@ -97,7 +97,7 @@ rule prepare_train_split:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.data.prepare {params.options} --splits train --threads {threads} > {log} 2>&1"
+        "python -m mass.steps.prepare_train_split {params.options} --threads {threads} > {log} 2>&1"
 
 
 rule fetch_pretrained:
@@ -124,7 +124,7 @@ rule fetch_pretrained:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.fetch pretrained --model {wildcards.backbone} --out {output.clip} --lock {params.lock} "
+        "python -m mass.steps.fetch_pretrained --model {wildcards.backbone} --out {output.clip} --lock {params.lock} "
         "{params.endpoint} {params.from_file} {params.revision} {params.zeroshot} --report {output.report} "
         "> {log} 2>&1"
 
@@ -153,7 +153,7 @@ rule fetch_finetuned:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.fetch finetuned --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
+        "python -m mass.steps.fetch_finetuned --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
         "--out {output} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} > {log} 2>&1"
 
 
@@ -184,6 +184,6 @@ rule check_head:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.fetch head --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
+        "python -m mass.steps.check_head --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
         "--out {output.published} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} "
         "--compare-with {input.built} --report {output.report} > {log} 2>&1"

@@ -1,7 +1,7 @@
 """Turn a task's downloaded hub parquet files into the pipeline's stored train/val/test splits.
 
-``python -m mass.data.prepare --task MNIST --raw resources/raw/MNIST --out resources/data/hub
---image-size 224`` reads ``<raw>/manifest.json`` (written by ``python -m mass.fetch dataset``),
+:func:`prepare` (the ``prepare_dataset`` and ``prepare_train_split`` steps) reads
+``<raw>/manifest.json`` (written by :func:`mass.sources.fetch.fetch_dataset`),
 decodes every image and applies CLIP's evaluation preprocessing up to the pixel level (resize
 the shortest side to ``image-size`` with bicubic filtering, centre crop, RGB), exactly as
 open_clip's eval transform does it, so later rules only normalise. Images are stored once per
@@ -18,7 +18,6 @@ them onto their shared head where both are present (:func:`mass.data.catalog.ben
 
 from __future__ import annotations
 
-import argparse
 import errno
 import io
 import json
@@ -316,26 +315,3 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
     if "test" in splits:
         save_info(out, info)
     return info
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, choices=catalog.TASKS)
-    parser.add_argument("--raw", required=True, help="folder with manifest.json and the downloaded parquet files")
-    parser.add_argument("--out", required=True, help="data root; the task is written to <out>/<task>/")
-    parser.add_argument("--image-size", type=int, default=224)
-    parser.add_argument("--emnist-orientation", choices=catalog.EMNIST_ORIENTATIONS, default="torchvision",
-                        help="orientation the EMNIST checkpoint was fine-tuned on (ignored for other tasks)")
-    parser.add_argument("--source-orientation", choices=catalog.EMNIST_ORIENTATIONS, default=None,
-                        help="orientation of the source's EMNIST images (default: the catalog's)")
-    parser.add_argument("--threads", type=int, default=1, help="image decoding threads")
-    parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
-                        help="splits to store (info.json is written with test)")
-    args = parser.parse_args(argv)
-    prepare(args.task, args.raw, args.out, args.image_size, args.emnist_orientation, args.threads,
-            args.source_orientation, args.splits)
-    print(f"{args.task}: {' '.join(args.splits)} written to {Path(args.out) / args.task}")
-
-
-if __name__ == "__main__":
-    main()

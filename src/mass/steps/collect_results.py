@@ -1,0 +1,84 @@
+"""Step collect_results: gather every per-task number of every method into one long CSV.
+
+Columns: backbone, benchmark, method, task, accuracy (test), routing_accuracy (MASS only),
+size_fraction (TSV-C only: numbers stored over those of the dense task vector), finetuned (test),
+normalized. Tables and figures are drawn from this file only, so each printed number can be traced
+back. Every hyperparameter chosen on validation (epsilon, routing layer,
+eta, alphas, Consensus lambdas) goes to one JSON beside it.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from mass.io import atomic_path, read_json, write_json
+from mass.steps._cli import step_parser
+
+
+def read_endpoints(entries: list[str]) -> tuple[dict, dict]:
+    """Fine-tuned and zero-shot test accuracy per (backbone, task)."""
+    ft, zs = {}, {}
+    for entry in entries:
+        backbone, path = entry.split(":", 1)
+        data = read_json(path)
+        ft[backbone, data["task"]] = data["finetuned_test"]
+        zs[backbone, data["task"]] = data["zeroshot_test"]
+    return ft, zs
+
+
+def selected_epsilons(entries: list[str]) -> dict:
+    """The validation choice of epsilon per (backbone, benchmark), with the score of every candidate."""
+    out = {}
+    for entry in entries:
+        backbone, bench, path = entry.split(":", 2)
+        data = read_json(path)
+        out[backbone, bench] = {key: data[key] for key in ("epsilon", "selected_on", "scores")}
+    return out
+
+
+def main() -> None:
+    parser = step_parser(__doc__)
+    parser.add_argument("--results", nargs="+", required=True,
+                        help="BACKBONE:BENCHMARK:path/to/method.json entries")
+    parser.add_argument("--endpoints", nargs="+", required=True, help="BACKBONE:path/to/endpoints.json entries")
+    parser.add_argument("--epsilons", nargs="+", required=True,
+                        help="BACKBONE:BENCHMARK:path/to/selected_epsilon.json entries")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--hparams-out", required=True, help="JSON of every selected hyperparameter")
+    args = parser.parse_args()
+    ft, zs = read_endpoints(args.endpoints)
+    hparams: dict = {}
+    for (backbone, bench), chosen in selected_epsilons(args.epsilons).items():
+        hparams.setdefault(backbone, {}).setdefault(bench, {})["epsilon"] = chosen
+    rows = []
+    for entry in args.results:
+        backbone, bench, path = entry.split(":", 2)
+        data = read_json(path)
+        hparams.setdefault(backbone, {}).setdefault(bench, {})[data["method"]] = data.get("hyperparameters", {})
+        for task, acc in data["test"].items():
+            rows.append(dict(backbone=backbone, benchmark=bench, method=data["method"], task=task, accuracy=acc,
+                             routing_accuracy=data.get("routing_accuracy", {}).get(task),
+                             size_fraction=data.get("size_fraction", {}).get(task)))
+    benches: dict[tuple[str, str], list[str]] = {}
+    for r in rows:
+        tasks = benches.setdefault((r["backbone"], r["benchmark"]), [])
+        if r["task"] not in tasks:
+            tasks.append(r["task"])
+    for (backbone, bench), tasks in benches.items():
+        for task in tasks:
+            rows.append(dict(backbone=backbone, benchmark=bench, method="zeroshot", task=task,
+                             accuracy=zs[backbone, task], routing_accuracy=None,
+                             size_fraction=None))
+            rows.append(dict(backbone=backbone, benchmark=bench, method="finetuned", task=task,
+                             accuracy=ft[backbone, task], routing_accuracy=None,
+                             size_fraction=None))
+    table = pd.DataFrame(rows)
+    table["finetuned"] = [ft[b, t] for b, t in zip(table.backbone, table.task, strict=True)]
+    table["normalized"] = table.accuracy / table.finetuned
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, index=False)
+    write_json(args.hparams_out, hparams)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Step download_dataset: a task's hub parquet files and manifest.json (:func:`mass.sources.fetch.fetch_dataset`)."""
+
+from __future__ import annotations
+
+from mass.data import catalog
+from mass.sources.download import LockFile
+from mass.sources.fetch import fetch_dataset
+from mass.steps._cli import add_download_args, network, step_parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = step_parser(__doc__)
+    parser.add_argument("--task", required=True, choices=catalog.TASKS)
+    parser.add_argument("--repo", default=None, help="override the catalog's hub dataset repository")
+    add_download_args(parser)
+    args = parser.parse_args(argv)
+    fetch_dataset(args.task, args.out, LockFile(args.lock), args.repo, args.revision, args.endpoint, **network(args))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

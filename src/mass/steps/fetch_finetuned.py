@@ -1,0 +1,23 @@
+"""Step fetch_finetuned: a published fine-tuned image encoder as visual safetensors.
+
+Downloaded, checked and converted by :func:`mass.sources.fetch.fetch_finetuned`.
+"""
+
+from __future__ import annotations
+
+from mass.sources.download import LockFile
+from mass.sources.fetch import fetch_finetuned
+from mass.steps._cli import add_published_file_args, network, step_parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = step_parser(__doc__)
+    add_published_file_args(parser)
+    args = parser.parse_args(argv)
+    fetch_finetuned(args.model, args.task, args.repo, args.out, LockFile(args.lock), args.revision, args.endpoint,
+                    args.raw, args.keep_raw, args.hub_model_dir, **network(args))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Step svd_cache: per-task SVD cache (top components of every task matrix + non-matrix delta)."""
+
+from __future__ import annotations
+
+from mass.io import load_tensors
+from mass.steps._cli import step_parser
+from mass.svd import TaskComponents
+from mass.task_vectors import TaskVector
+from mass.training import default_device, set_threads
+
+
+def main() -> None:
+    parser = step_parser(__doc__)
+    parser.add_argument("--pretrained", required=True)
+    parser.add_argument("--finetuned", required=True)
+    parser.add_argument("--rank-fraction", type=float, required=True,
+                        help="components kept per matrix as a fraction of its rank (1 / smallest benchmark)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    args = parser.parse_args()
+    set_threads(args.threads)
+    tv = TaskVector.from_state_dicts(load_tensors(args.pretrained), load_tensors(args.finetuned))
+    comps = TaskComponents.from_task_vector(tv, args.rank_fraction, device=None, progress=True)
+    comps.save(args.out, {"rank_fraction": str(args.rank_fraction)})
+    print(f"device {default_device()}: {len(comps.matrices)} matrices, {comps.num_parameters():,} stored parameters")
+
+
+if __name__ == "__main__":
+    main()
