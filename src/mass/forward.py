@@ -10,6 +10,7 @@ writer beside its reader: :class:`FirstPassResult` (features + residuals per loc
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,20 @@ from mass.svd import TaskComponents, components_per_task
 from mass.task_vectors import LayerId, Location, StateDict
 from mass.tsv import apply_delta
 
+_forwarded = 0
+
+
+def count_forwarded(n: int) -> None:
+    """Record ``n`` images sent once through an image tower (a full or a stopped forward, a first
+    pass, a second pass through the image's own merge, or a training step)."""
+    global _forwarded
+    _forwarded += n
+
+
+def log_images_forwarded() -> None:
+    """A step's last log line: the images it forwarded (``workflow/scripts/plan.py`` predicts them)."""
+    print(f"images forwarded: {_forwarded}", file=sys.stderr, flush=True)
+
 
 @torch.no_grad()
 def encode(visual: nn.Module, images: np.ndarray, image_size: int, batch_size: int = 256,
@@ -38,6 +53,7 @@ def encode(visual: nn.Module, images: np.ndarray, image_size: int, batch_size: i
     feats, recorded = [], []
     loader = make_loader(images, batch_size=batch_size, workers=workers)
     for batch in tqdm(loader, desc=desc, disable=desc is None, leave=False):
+        count_forwarded(len(batch))
         try:
             feats.append(visual(to_model_input(batch, image_size, device)).float().cpu())
         except ProbesRecorded:

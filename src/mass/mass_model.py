@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from mass.data.store import RowSubset, make_loader, to_model_input
 from mass.encoder import create_visual, image_size
-from mass.forward import encode
+from mass.forward import count_forwarded, encode
 from mass.heads import head_logits, load_heads
 from mass.io import load_tensors
 from mass.second_pass import BatchPlan, MixedEncoder, SubsetFactors
@@ -140,6 +140,7 @@ class MassModel:
         for idx, batch in zip(rest.split(batch_size) if len(rest) else (),
                               tqdm(loader, desc=desc, disable=desc is None, leave=False), strict=True):
             plan = BatchPlan.build(selection[idx], self.encoder.factors)
+            count_forwarded(len(idx))
             parts.append((idx, self.encoder(to_model_input(batch, self.image_size, self.device), plan).float().cpu()))
         if not parts:
             return torch.empty(0)

@@ -14,6 +14,7 @@ from mass import baselines
 from mass.data.benchmark import SplitData, load_benchmark_split
 from mass.encoder import create_visual, image_size, load_visual
 from mass.evaluation import evaluate_encoder, pick_best
+from mass.forward import log_images_forwarded
 from mass.heads import load_heads
 from mass.io import load_tensors, write_json
 from mass.methods import BASELINES
@@ -84,6 +85,7 @@ def main() -> None:
     test = load_benchmark_split(args.data_dirs, args.tasks, "test")
     write_json(args.out, {"method": method.name, "test": evaluate(merged, test), "val": evaluate(merged, val),
                           "hyperparameters": hparams})
+    log_images_forwarded()
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import torch
 
 from mass.data.benchmark import load_benchmark_split
 from mass.evaluation import per_task_accuracy
-from mass.forward import FirstPassResult
+from mass.forward import FirstPassResult, log_images_forwarded
 from mass.io import read_json, write_json
 from mass.routing import batched_route, one_hot_selection, routing_accuracy_per_task
 from mass.steps._cli import add_mass_model_args, benchmark_parser, mass_model, setup
@@ -44,6 +44,7 @@ def main() -> None:
                           "routing_accuracy": routing_accuracy_per_task(routed, test.task, args.tasks),
                           "hyperparameters": {"layer": hp["layer"], "token": hp["token"], "alpha": args.alpha,
                                               "route_batch_size": args.route_batch_size}})
+    log_images_forwarded()
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 from mass.data.benchmark import load_benchmark_split
 from mass.encoder import create_visual, image_size
 from mass.evaluation import evaluate_encoder
+from mass.forward import log_images_forwarded
 from mass.heads import load_heads
 from mass.io import load_tensors, write_json
 from mass.steps._cli import step_parser
@@ -37,6 +38,7 @@ def main() -> None:
             acc = evaluate_encoder(visual, data, heads, image_size(args.model), args.batch_size, default_device())
             result[f"{name}_{split}"] = acc[args.task]
     write_json(args.out, result)
+    log_images_forwarded()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 
 from mass.data.benchmark import load_benchmark_split
 from mass.evaluation import per_task_accuracy
-from mass.forward import FirstPassResult, RoutingFeatures
+from mass.forward import FirstPassResult, RoutingFeatures, log_images_forwarded
 from mass.io import save_arrays, write_json
 from mass.methods import ROUTERS
 from mass.routing import (
@@ -114,6 +114,7 @@ def main() -> None:
         "mean_selected_tasks": float(selection.sum(-1).float().mean()),
         "distinct_task_subsets": int(torch.unique(selection, dim=0).shape[0]),
         "hyperparameters": hparams})
+    log_images_forwarded()
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import torch
 from mass.data.benchmark import load_benchmark_split
 from mass.data.store import RowSubset
 from mass.encoder import create_visual, image_size, load_visual
-from mass.forward import encode
+from mass.forward import encode, log_images_forwarded
 from mass.heads import head_logits, load_heads
 from mass.io import load_tensors, write_json
 from mass.steps._cli import add_mass_model_args, benchmark_parser, setup
@@ -59,6 +59,7 @@ def main() -> None:
                                "hyperparameters": {**hparams, "k": f"largest with k (m + n + 1) <= "
                                                                    f"{args.size_fraction} m n",
                                                    "size_fraction": args.size_fraction}})
+    log_images_forwarded()
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from mass.data.store import load_split, to_model_input
 from mass.encoder import create_visual, image_size
+from mass.forward import count_forwarded, log_images_forwarded
 from mass.heads import head_logits
 from mass.io import load_tensors, save_tensors
 from mass.steps._cli import step_parser
@@ -33,6 +34,7 @@ def finetune(model_name: str, pretrained: StateDict, head: torch.Tensor, images,
     bar = tqdm(batches(len(images), batch_size, steps, seed), total=steps, desc=desc, disable=desc is None)
     for idx in bar:
         x = to_model_input(torch.from_numpy(images[idx]), size, device)
+        count_forwarded(len(idx))
         loss = nn.functional.cross_entropy(head_logits(visual(x), head), labels_t[idx].to(device))
         optimizer.zero_grad()
         loss.backward()
@@ -66,6 +68,7 @@ def main() -> None:
                        args.steps, args.batch_size, args.lr, args.warmup, args.weight_decay, args.seed, device,
                        desc=f"finetune {args.task}")
     save_tensors(args.out, weights, {"model": args.model, "task": args.task, "source": "mass.finetune"})
+    log_images_forwarded()
 
 
 if __name__ == "__main__":

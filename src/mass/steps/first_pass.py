@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from mass.data.benchmark import load_benchmark_split
 from mass.encoder import all_layers, create_visual, image_size
-from mass.forward import FirstPassResult, first_pass, layer_bases
+from mass.forward import FirstPassResult, first_pass, layer_bases, log_images_forwarded
 from mass.io import load_tensors
 from mass.steps._cli import add_first_pass_model_args, benchmark_parser, first_pass_model, setup
 from mass.svd import load_components
@@ -37,6 +37,7 @@ def main() -> None:
     feats, residuals = first_pass(visual, data.images, image_size(args.model), bases, args.tokens,
                                   args.batch_size, default_device(), desc=f"first pass {args.split}")
     FirstPassResult(feats, residuals, data.task, data.labels).save(args.out)
+    log_images_forwarded()
 
 
 if __name__ == "__main__":

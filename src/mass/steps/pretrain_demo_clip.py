@@ -16,6 +16,7 @@ from tqdm import tqdm
 from mass.data.demo import FAMILIES, TASKS, TEMPLATES, class_phrases, generate
 from mass.data.store import to_model_input
 from mass.encoder import create_clip, image_size
+from mass.forward import count_forwarded, log_images_forwarded
 from mass.heads import tokenizer_for
 from mass.io import save_tensors
 from mass.steps._cli import step_parser
@@ -56,6 +57,7 @@ def pretrain(model_name: str, per_task: int, steps: int, batch_size: int, lr: fl
     model.train()
     bar = tqdm(batches(len(images), batch_size, steps, seed), total=steps, desc="pretrain", disable=not progress)
     for idx in bar:
+        count_forwarded(len(idx))
         img = nn.functional.normalize(model.encode_image(to_model_input(torch.from_numpy(images[idx]), size)), dim=-1)
         txt = nn.functional.normalize(model.encode_text(tokens[idx]), dim=-1)
         logits = model.logit_scale.exp() * img @ txt.T
@@ -89,6 +91,7 @@ def main() -> None:
     set_threads(args.threads)
     model = pretrain(args.model, args.per_task, args.steps, args.batch_size, args.lr, args.seed, args.domain_per_task)
     save_tensors(args.out, model.state_dict(), {"model": args.model, "source": "mass.pretrain"})
+    log_images_forwarded()
 
 
 if __name__ == "__main__":

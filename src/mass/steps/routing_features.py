@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from mass.data.benchmark import load_benchmark_split
 from mass.encoder import create_visual, image_size
-from mass.forward import FirstPassResult, RoutingFeatures, layer_features
+from mass.forward import FirstPassResult, RoutingFeatures, layer_features, log_images_forwarded
 from mass.io import load_tensors
 from mass.steps._cli import (
     add_first_pass_model_args,
@@ -44,6 +44,7 @@ def main() -> None:
                                   args.batch_size, default_device(), desc=f"z_l {split}")
         task[split] = data.task
     RoutingFeatures(location, z, task).save(args.out)
+    log_images_forwarded()
 
 
 if __name__ == "__main__":
