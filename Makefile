@@ -5,7 +5,7 @@ CORES ?= 2
 SHELL := /bin/bash
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test lint lock paper-dry-run clean-demo
+.PHONY: demo test lint lock paper-dry-run plan clean-demo
 
 # The exact versions come from the lock files (pipeline + dev tools); the project goes on top without
 # resolving anything, and pip check fails the install if the lock no longer satisfies pyproject.toml.
@@ -35,6 +35,12 @@ test: $(VENV)/.installed
 
 paper-dry-run: $(VENV)/.installed
 	snakemake -n --cores all
+
+# What the configured grid costs before running it: images per rule, GPU-hours, disk per folder, e.g.
+#   make plan ARGS="--images-per-second ViT-B-32=<img/s> ViT-B-16=<img/s> ViT-L-14=<img/s>"
+#   make plan ARGS="--configfile workflow/presets/demo.yaml"
+plan: $(VENV)/.installed
+	$(PY) workflow/scripts/plan.py $(ARGS)
 
 clean-demo:
 	rm -rf results/tiny resources/data/demo resources/descriptions/demo.txt resources/checkpoints/tiny results/tables figures/*.p* figures/*.csv results/benchmarks/*/tiny results/benchmarks/*/tiny.tsv results/benchmarks/generate_demo_task results/benchmarks/demo_descriptions
