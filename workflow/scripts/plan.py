@@ -360,6 +360,9 @@ def plan(configfiles: Sequence[str], rates: Mapping[str, float] | None = None) -
     all_tasks = list(dict.fromkeys(t for b in run["benchmarks"] for t in config["benchmarks"][str(b)]))
     sizes = {t: split_sizes(config, t) for t in all_tasks}
     jobs = plan_jobs(config, sizes)
+    unknown = sorted(set(rates or {}) - set(run["backbones"]))
+    if unknown:
+        raise SystemExit(f"--images-per-second names {unknown}, not among run.backbones {run['backbones']}")
     measured = measured_rates(config)
     per_second = {bb: (float(rates[bb]), "--images-per-second") if rates and bb in rates else measured.get(bb)
                   for bb in run["backbones"]}
