@@ -12,7 +12,7 @@ a tall matrix. A and the spectrum stay separate factors: their product grows lik
 1 / sigma_min(U_S) sigma_min(V_S) where tasks share directions (MNIST / EMNIST), and rounding
 it to float32 would cost that much accuracy; applied one after the other, every intermediate
 is bounded by 1 / sigma_min and the merge is as accurate as the plain algorithm (thin SVD of
-U_S, P Q^T) in float32 (tests/test_second_pass.py checks near-duplicate tasks and T k = r).
+U_S, P Q^T) in float32 (tests/unit/test_second_pass.py checks near-duplicate tasks and T k = r).
 
 A subset shared by many inputs gets dense weights theta_pre + polar(U_S) diag(s_S) polar(V_S)^T
 written into the encoder (:meth:`MixedEncoder.write_weights`). A batch mixing rare subsets is
@@ -22,7 +22,7 @@ then per subset group two small matmuls by A_V and A_U and one addmm per task in
 slice. Biases, LayerNorms and the class embedding are theta_pre + alpha * the mean of the
 selected tasks' deltas per sample; the patch conv and positional embedding are merged per
 group. The result equals theta_pre + alpha * TSV-M(selected tasks) evaluated with dense weights
-(see tests/test_second_pass.py).
+(see tests/unit/test_second_pass.py).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real one-node SLURM cluster on this machine, for the SLURM tests (tests/test_slurm.py).
+# A real one-node SLURM cluster on this machine, for the SLURM tests (tests/workflow/test_slurm.py).
 #
 #   bash tests/slurm/cluster.sh start    # install (Debian munge + slurm-wlm daemons) if missing, configure,
 #                                        # start, wait until the node is idle; idempotent

@@ -281,7 +281,7 @@ def render_docs(schema: Mapping) -> str:
         "",
         "<!-- Generated from workflow/schemas/config.schema.yaml by",
         "     python workflow/scripts/configcheck.py docs > docs/config.md",
-        "     Do not edit by hand: tests/test_config.py checks that this file is current. -->",
+        "     Do not edit by hand: tests/workflow/test_config.py checks that this file is current. -->",
         "",
         "`config.yaml` holds the paper's configuration; presets (`workflow/presets/demo.yaml`) and your own",
         "files are layered onto it, in order, with one flag:",

@@ -18,7 +18,7 @@ theta_pre plus per-sample low-rank updates, measured at ~1.0-1.5 plain forwards 
 training step's forward (fine-tuning; backward and optimizer step come on top). Choosing eta
 forwards nothing per trial: the validation second pass runs once per m = 1 .. min(top_k, T) and
 every trial is a table lookup (mass.steps.evaluate_mass). The steps log the same count as
-``images forwarded: N`` (the last line of their log); tests/test_plan.py compares the two on a
+``images forwarded: N`` (the last line of their log); tests/workflow/test_plan.py compares the two on a
 real demo run. Rules not listed forward no image (build_head, check_head and interpret_tsv encode
 text only; merges, SVD caches, sweeps and tables compute on weights or stored arrays).
 

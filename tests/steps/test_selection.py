@@ -33,7 +33,7 @@ from mass.svd import TaskComponents
 from mass.task_vectors import TaskVector
 from mass.tsv import apply_delta, tsv_merge
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TASKS = ["a", "b", "c"]
 CLASSES, PER_TASK = 4, 24
 

@@ -13,7 +13,7 @@ import time
 
 import pytest
 import yaml
-from workflow_run import AGGREGATES, SMALL, dry_run, env, snakemake
+from support.workflow import AGGREGATES, SMALL, dry_run, env, snakemake
 
 pytestmark = pytest.mark.slow
 

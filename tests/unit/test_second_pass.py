@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import perturbed_encoders, random_orthonormal
+from support.synthetic import perturbed_encoders, random_orthonormal
 
 from mass.encoder import create_visual
 from mass.forward import encode

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_orthonormal
+from support.synthetic import random_orthonormal
 
 from mass.svd import LowRank, TaskComponents, components_per_task, polar_factor, truncated_svd
 from mass.task_vectors import TaskVector, is_matrix, visual_state_dict

@@ -15,7 +15,7 @@ import time
 
 import pytest
 import yaml
-from workflow_run import ROOT, env, snakemake, workflow_copy
+from support.workflow import ROOT, env, snakemake, workflow_copy
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import yaml
 from mass import baselines
 from mass.methods import BASELINES, ROUTERS, TABLE2_ROWS, TABLE3_ROWS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["properties"]
 CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
 

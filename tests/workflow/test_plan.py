@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from workflow_run import SMALL, planned_jobs, snakemake, workflow_copy
+from support.workflow import SMALL, planned_jobs, snakemake, workflow_copy
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "workflow" / "scripts"))
 
 from plan import FORWARD_KIND, plan, render  # noqa: E402

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_routing_analysis import check_routing_figures
-from test_tables import assert_tables_summarise
-from workflow_run import ROOT, snakemake, workflow_copy
+from support.routing import check_routing_figures
+from support.tables import assert_tables_summarise
+from support.workflow import ROOT, snakemake, workflow_copy
 
 ALL_RULES = {
     "download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned", "build_head",

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 import yaml
-from workflow_run import ROOT, SMALL, snakemake, workflow_copy
+from support.workflow import ROOT, SMALL, snakemake, workflow_copy
 
 from mass.forward import FirstPassResult
 from mass.io import ArtifactError

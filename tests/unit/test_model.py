@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from conftest import perturbed_encoders
+from support.synthetic import perturbed_encoders
 
 from mass.encoder import FirstPassProbe, all_layers, create_visual
 from mass.forward import encode, first_pass, layer_bases

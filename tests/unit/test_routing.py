@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import random_orthonormal
+from support.synthetic import random_orthonormal
 
 from mass.routing import (
     MLPRouter,

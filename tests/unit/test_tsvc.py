@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import perturbed_encoders
+from support.synthetic import perturbed_encoders
 
 from mass.encoder import create_visual
 from mass.forward import encode

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_tables import hand_written_per_task, run_cli
+from support.tables import hand_written_per_task, run_cli
 
 from mass.data.demo import DISTRACTORS, FAMILIES, TASKS, description_pool
 from mass.io import save_arrays

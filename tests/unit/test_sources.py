@@ -45,7 +45,7 @@ from mass.steps.build_head import head_prompts
 from mass.steps.prepare_dataset import main as prepare_main
 from mass.training import set_threads
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DIGITS = [str(i) for i in range(10)]
 
 

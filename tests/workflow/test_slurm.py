@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from workflow_run import ROOT, SMALL, snakemake, workflow_copy
+from support.workflow import ROOT, SMALL, snakemake, workflow_copy
 
 from mass.io import load_arrays, load_tensors
 

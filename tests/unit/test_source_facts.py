@@ -33,7 +33,7 @@ from mass.io import load_tensors
 from mass.sources.download import LockFile
 from mass.sources.fetch import fetch_finetuned
 
-FIXTURES = Path(__file__).parent / "fixtures" / "sources"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sources"
 FIXTURE_NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))
 
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # The smallest demo: the demo preset plus tests/slurm_demo.yaml (copied next to the Snakefile).
 SMALL = ("--configfile", "workflow/presets/demo.yaml", "slurm_demo.yaml")
 # Rules that gather every backbone and benchmark: they rerun whenever anything upstream changes.

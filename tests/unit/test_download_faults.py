@@ -42,7 +42,7 @@ from mass.sources.download import (
 from mass.sources.download import main as download_main
 from mass.sources.fetch import fetch_dataset, fetch_finetuned, fetch_head, safe_torch_load
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TALL = "nik-dim/tall_masks"
 FT = "single_task/mass-tiny-vit/MNISTVal/nonlinear_finetuned.pt"
 
