@@ -1,5 +1,6 @@
 import pytest
 import torch
+from fakehub import hub  # noqa: F401  (the 127.0.0.1 hub fixture, shared by every test)
 
 from mass.encoder import create_clip
 from mass.task_vectors import TaskVector

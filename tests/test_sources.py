@@ -14,7 +14,6 @@ import re
 import shutil
 import subprocess
 import sys
-import types
 from collections import OrderedDict
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from fakehub import pickled_head  # noqa: F401  (re-exported to test_download_faults)
 from PIL import Image
 from test_download import COMMIT, HubServer, hub  # noqa: F401  (fixture)
 
@@ -367,27 +367,6 @@ def test_plain_state_dict_loads(tmp_path):
     torch.save(state, tmp_path / "sd.pt")
     loaded = state_dict_of(safe_torch_load(tmp_path / "sd.pt"), tmp_path / "sd.pt")
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
-
-
-def pickled_head(monkeypatch, path: Path, weight: torch.Tensor, module: str = "src.modeling",
-                 zip_layout: bool = True) -> None:
-    """Pickle a whole ``<module>.ClassificationHead`` (a Linear with ``normalize``, the weight and a zero
-    bias), as the task-vector code saved its heads; the class and its modules are gone at load time."""
-    with monkeypatch.context() as patch:
-        class ClassificationHead(torch.nn.Linear):
-            def __init__(self, weights: torch.Tensor):
-                super().__init__(weights.shape[1], weights.shape[0])
-                self.normalize = True
-                self.weight = torch.nn.Parameter(weights.clone())
-                self.bias = torch.nn.Parameter(torch.zeros_like(self.bias))
-
-        ClassificationHead.__module__ = module
-        ClassificationHead.__qualname__ = "ClassificationHead"
-        parts = module.split(".")
-        for i in range(1, len(parts) + 1):
-            patch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
-        sys.modules[module].ClassificationHead = ClassificationHead
-        torch.save(ClassificationHead(weight), path, _use_new_zipfile_serialization=zip_layout)
 
 
 def test_pickled_modules_are_read_without_their_code(tmp_path, monkeypatch):
