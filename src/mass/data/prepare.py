@@ -233,13 +233,15 @@ def check_label_names(task: str, classnames: Sequence, source_names: Sequence[st
 
 def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_size: int = 224,
             emnist_orientation: str = "torchvision", threads: int = 1,
-            source_orientation: str | None = None, splits: Sequence[str] = SPLITS) -> TaskInfo:
+            source_orientation: str | None = None, splits: Sequence[str] = SPLITS,
+            max_images: int | None = None) -> TaskInfo:
     """Prepare some of one task's train/val/test splits under ``out/<task>``, and info.json
     whenever ``test`` is among them.
 
     Only tasks fine-tuned here read ``train`` (at 224 px the 20 tasks' train splits take ~160 GB),
     so the pipeline prepares val and test for every task and train in a separate step for those
     alone. ``source_orientation`` overrides the catalog's orientation of the source's EMNIST images.
+    ``max_images`` keeps only the first that many images of each split (after the validation carve).
     """
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
@@ -276,9 +278,13 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
 
     folder = out / task
     train_idx, val_idx = carve(len(labels["train"]), src.val_size)
+    test_idx = np.arange(len(labels["test"]))
+    if max_images is not None:
+        train_idx, val_idx, test_idx = train_idx[:max_images], val_idx[:max_images], test_idx[:max_images]
+        notes.append(f"at most {max_images} images per split (sources.max_images): not the full dataset")
     # (source files, [(stored split, row indices)], labels): train and val come from one pass; the
     # EMNIST orientation is checked on the first split decoded, before anything is stored
-    plan = [(files["test"], [("test", np.arange(len(labels["test"])))], labels["test"]),
+    plan = [(files["test"], [("test", test_idx)], labels["test"]),
             (files["train"], [("train", train_idx), ("val", val_idx)], labels["train"])]
     plan = [(f, [(n, idx) for n, idx in parts if n in splits], y) for f, parts, y in plan]
     checked = src.orientation is None
@@ -304,7 +310,7 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
             for name in arrays:
                 (folder / f".{name}_images.scratch.npy").unlink(missing_ok=True)
 
-    sizes = {"val": len(val_idx), "test": len(labels["test"])}
+    sizes = {"val": len(val_idx), "test": len(test_idx)}
     if src.hub_rows is not None and (len(labels["train"]), len(labels["test"])) != src.hub_rows:
         notes.append(f"the source has train {len(labels['train'])} / test {len(labels['test'])} rows; the catalog "
                      f"recorded {src.hub_rows[0]} / {src.hub_rows[1]} for {src.repo} (expected val {src.expected_val})")
@@ -331,9 +337,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="image decoding threads")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
                         help="splits to store (info.json is written with test)")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="keep only the first that many images of each split (a smoke run, not the paper)")
     args = parser.parse_args(argv)
     prepare(args.task, args.raw, args.out, args.image_size, args.emnist_orientation, args.threads,
-            args.source_orientation, args.splits)
+            args.source_orientation, args.splits, args.max_images)
     print(f"{args.task}: {' '.join(args.splits)} written to {Path(args.out) / args.task}")
 
 
