@@ -241,7 +241,8 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
     Only tasks fine-tuned here read ``train`` (at 224 px the 20 tasks' train splits take ~160 GB),
     so the pipeline prepares val and test for every task and train in a separate step for those
     alone. ``source_orientation`` overrides the catalog's orientation of the source's EMNIST images.
-    ``max_images`` keeps only the first that many images of each split (after the validation carve).
+    ``max_images`` keeps only the first that many images of val and test (after the validation carve);
+    train stays whole, so EMNIST's orientation check, run on the first split stored, sees its digit-1s.
     """
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
@@ -280,8 +281,8 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
     train_idx, val_idx = carve(len(labels["train"]), src.val_size)
     test_idx = np.arange(len(labels["test"]))
     if max_images is not None:
-        train_idx, val_idx, test_idx = train_idx[:max_images], val_idx[:max_images], test_idx[:max_images]
-        notes.append(f"at most {max_images} images per split (sources.max_images): not the full dataset")
+        val_idx, test_idx = val_idx[:max_images], test_idx[:max_images]
+        notes.append(f"at most {max_images} images of val and test (sources.max_images): not the full dataset")
     # (source files, [(stored split, row indices)], labels): train and val come from one pass; the
     # EMNIST orientation is checked on the first split decoded, before anything is stored
     plan = [(files["test"], [("test", test_idx)], labels["test"]),
@@ -338,7 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
                         help="splits to store (info.json is written with test)")
     parser.add_argument("--max-images", type=int, default=None,
-                        help="keep only the first that many images of each split (a smoke run, not the paper)")
+                        help="keep only the first that many images of val and test (a smoke run, not the paper)")
     args = parser.parse_args(argv)
     prepare(args.task, args.raw, args.out, args.image_size, args.emnist_orientation, args.threads,
             args.source_orientation, args.splits, args.max_images)
