@@ -113,7 +113,8 @@ def draw(variant: dict, label: int, row: int, transpose: bool, seed: int) -> byt
     rng = np.random.default_rng([seed, row % 8, label])
     pixels = (rng.random((height, width)) * 60).astype(np.uint8)
     if label == 1:  # upright stroke (MNIST orientation): what EMNIST's orientation check looks at
-        pixels[height // 6: height - height // 6, width // 2 - max(width // 14, 1): width // 2 + max(width // 14, 1)] = 255
+        half = max(width // 14, 1)
+        pixels[height // 6: height - height // 6, width // 2 - half: width // 2 + half] = 255
     else:
         pixels[height // 3: 2 * height // 3, width // 4: 3 * width // 4] = 40 + 20 * (label % 10)
     if transpose:
