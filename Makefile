@@ -5,7 +5,7 @@ CORES ?= 2
 SHELL := /bin/bash
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: demo test lint lock paper-dry-run plan clean-demo
+.PHONY: demo test rehearsal lint lock paper-dry-run plan clean-demo
 
 # The exact versions come from the lock files (pipeline + dev tools); the project goes on top without
 # resolving anything, and pip check fails the install if the lock no longer satisfies pyproject.toml.
@@ -32,6 +32,11 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks examples
 	$(VENV)/bin/pytest -q
+
+# The dress rehearsal (opt-in: not yet part of `make test`): the paper configuration end to end against a
+# hub on 127.0.0.1 serving every source in its real layout and format (README, "Before you spend GPU hours").
+rehearsal: $(VENV)/.installed
+	$(VENV)/bin/pytest -q -s -m rehearsal tests/workflow/rehearsal
 
 paper-dry-run: $(VENV)/.installed
 	snakemake -n --cores all

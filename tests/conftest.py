@@ -1,5 +1,6 @@
 import pytest
 import torch
+from support.hub import hub  # noqa: F401  (the 127.0.0.1 hub fixture, shared by every test)
 from support.synthetic import perturbed_encoders
 
 from mass.encoder import create_clip

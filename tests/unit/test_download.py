@@ -1,21 +1,17 @@
 """Resumable, verified downloads against a real HTTP server on 127.0.0.1.
 
-``HubServer`` imitates the parts of the Hugging Face hub the pipeline uses: ``/resolve/`` file
-URLs with Range support and the ``/api/.../revision/...`` endpoint; it can drop a connection
-part-way or serve wrong bytes, and records every request so tests can see what was asked for.
+The server is ``support.hub.HubServer`` (the ``hub`` fixture): the parts of the Hugging Face hub the
+pipeline uses, with faults on demand, recording every request so tests can see what was asked for.
 """
 
 from __future__ import annotations
 
-import hashlib
-import http.server
 import json
 import socket
 import threading
-from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 import pytest
+from support.hub import COMMIT, FAST, fetch, payload, sha
 
 from mass.io import ArtifactError
 from mass.sources.download import (
@@ -30,152 +26,6 @@ from mass.sources.download import (
     resolve_revision,
 )
 from mass.sources.download import main as download_main
-
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
-
-
-class HubServer:
-    """A tiny threaded hub: ``add`` files to ``repo_path`` (``datasets/<id>`` for datasets) at a commit."""
-
-    def __init__(self) -> None:
-        self.files: dict[tuple[str, str], dict[str, bytes]] = {}
-        self.branches: dict[tuple[str, str], str] = {}
-        self.lfs_override: dict[str, str] = {}  # filename -> sha256 the API reports instead of the real one
-        self.drop_after: dict[str, int] = {}  # filename -> bytes sent before the connection drops (once)
-        self.no_lfs: set[str] = set()  # filenames the API lists without size or LFS sha256 (as an old lock)
-        self.html: dict[str, str] = {}  # filename -> Content-Type of an HTML error page served with status 200
-        self.cut_without_length: dict[str, int] = {}  # filename -> bytes sent, no Content-Length, then closed
-        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                path = urlsplit(self.path).path
-                with server.lock:
-                    server.requests.append((path, self.headers.get("Range")))
-                if path.startswith("/api/"):
-                    self._api(path)
-                elif "/resolve/" in path:
-                    self._resolve(path)
-                else:
-                    self._send(404, b"not found")
-
-            def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-                self.send_response(status)
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _api(self, path: str) -> None:
-                kind, rest = path[len("/api/"):].split("/", 1)
-                repo_id, revision = rest.split("/revision/", 1)
-                repo_path = f"datasets/{repo_id}" if kind == "datasets" else repo_id
-                commit = server.commit_of(repo_path, unquote(revision))
-                if commit is None:
-                    return self._send(404, b'{"error": "Repository not found"}')
-                siblings = [{"rfilename": name} if name in server.no_lfs else
-                            {"rfilename": name, "size": len(data),
-                             "lfs": {"sha256": server.lfs_override.get(name, hashlib.sha256(data).hexdigest()),
-                                     "size": len(data), "pointerSize": 134}}
-                            for name, data in server.files[(repo_path, commit)].items()]
-                self._send(200, json.dumps({"id": repo_id, "sha": commit, "siblings": siblings}).encode(),
-                           {"Content-Type": "application/json"})
-
-            def _resolve(self, path: str) -> None:
-                repo_path, rest = path.lstrip("/").split("/resolve/", 1)
-                revision, filename = rest.split("/", 1)
-                commit = server.commit_of(repo_path, unquote(revision))
-                data = server.files.get((repo_path, commit), {}).get(unquote(filename)) if commit else None
-                if data is None:
-                    return self._send(404, b"Entry not found")
-                name = unquote(filename)
-                if name in server.html:
-                    page = b"<!DOCTYPE html>\n<html><body><h1>Service unavailable</h1></body></html>\n"
-                    return self._send(200, page, {"Content-Type": server.html[name]})
-                if name in server.cut_without_length:  # a body cut short that the client cannot tell
-                    self.send_response(200)
-                    self.send_header("Connection", "close")
-                    self.end_headers()
-                    self.wfile.write(data[:server.cut_without_length[name]])
-                    self.close_connection = True
-                    return
-                start = 0
-                range_header = self.headers.get("Range")
-                if range_header:
-                    start = int(range_header.split("=")[1].split("-")[0])
-                    if start >= len(data):
-                        return self._send(416, b"", {"Content-Range": f"bytes */{len(data)}"})
-                body = data[start:]
-                self.send_response(206 if range_header else 200)
-                if range_header:
-                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                with server.lock:
-                    cut = server.drop_after.pop(unquote(filename), None)
-                if cut is not None:
-                    self.wfile.write(body[:cut])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return
-                self.wfile.write(body)
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-
-    def add(self, repo_path: str, filename: str, data: bytes, commit: str = COMMIT, branch: str = "main") -> None:
-        self.files.setdefault((repo_path, commit), {})[filename] = data
-        self.branches[(repo_path, branch)] = commit
-
-    def commit_of(self, repo_path: str, revision: str) -> str | None:
-        if (repo_path, revision) in self.files:
-            return revision
-        return self.branches.get((repo_path, revision))
-
-    def ranges(self, filename: str) -> list[str | None]:
-        return [r for p, r in self.requests if "/resolve/" in p and p.endswith(filename)]
-
-    def api_calls(self) -> int:
-        return sum(p.startswith("/api/") for p, _ in self.requests)
-
-
-@pytest.fixture
-def hub():
-    server = HubServer()
-    server.thread.start()
-    yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
-
-
-def payload(n: int = 200_000, seed: int = 1) -> bytes:
-    return bytes((i * 7 + seed) % 251 for i in range(n))
-
-
-def sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-FAST = {"retries": 0, "backoff": 0.0, "timeout": 5.0, "chunk_size": 4096}
-
-
-def fetch(hub: HubServer, tmp_path: Path, name: str = "weights.bin", **kwargs):
-    lock = LockFile(tmp_path / "sources.lock.json")
-    snapshot = resolve_revision(HubRepo("org/model"), None, lock, endpoint=hub.url)
-    target = tmp_path / "out" / name
-    return lock, target, lambda: download_hub_file(snapshot, name, target, lock, endpoint=hub.url,
-                                                   **{**FAST, **kwargs})
 
 
 def test_complete_download_is_verified_and_recorded(hub, tmp_path):

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_download import COMMIT, FAST, HubServer, fetch, hub, payload, sha  # noqa: F401  (fixture)
-from test_sources import DIGITS, gray, mnist_on_hub, parquet_bytes, pickled_head, write_raw
+from support.hub import COMMIT, FAST, fetch, payload, pickled_head, sha
+from support.parquet import DIGITS, gray, mnist_on_hub, parquet_bytes, write_raw
 
 from mass.data.prepare import prepare
 from mass.encoder import create_clip

@@ -7,7 +7,7 @@ from support.synthetic import perturbed_encoders
 
 from mass.encoder import FirstPassProbe, all_layers, create_visual
 from mass.forward import encode, first_pass, layer_bases
-from mass.heads import build_zero_shot_head, head_logits, tokenizer_for
+from mass.heads import build_zero_shot_head, encode_text, head_logits, tokenizer_for
 from mass.mass_model import MassModel, predict_over_heads
 from mass.routing import projection_residuals
 from mass.svd import TaskComponents
@@ -111,3 +111,9 @@ def test_zero_shot_head_is_normalised_and_scaled(tiny_clip):
                                 ["a photo of a {c}.", "a {c}."])
     scale = float(tiny_clip.logit_scale.exp())
     torch.testing.assert_close(head.norm(dim=-1), torch.full((2,), scale))
+
+
+def test_text_cut_at_the_end_of_text_encodes_as_the_full_context(tiny_clip):
+    tokens = tokenizer_for("mass-tiny-vit")(["a photo of a cat.", "a rendering of a large red fire truck."])
+    with torch.no_grad():
+        torch.testing.assert_close(encode_text(tiny_clip, tokens), tiny_clip.encode_text(tokens), rtol=1e-5, atol=1e-5)

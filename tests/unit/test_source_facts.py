@@ -21,8 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from test_download import HubServer, hub  # noqa: F401  (fixture)
-from test_sources import gray, parquet_bytes, png, write_raw
+from support.parquet import gray, parquet_bytes, png, write_raw
 
 from mass.data import catalog
 from mass.data.prepare import prepare

@@ -14,17 +14,15 @@ import re
 import shutil
 import subprocess
 import sys
-import types
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
-from test_download import COMMIT, HubServer, hub  # noqa: F401  (fixture)
+from support.hub import COMMIT, pickled_head
+from support.parquet import DIGITS, gray, mnist_on_hub, parquet_bytes, write_raw
 
 from mass.data import catalog
 from mass.data.benchmark import load_benchmark_split
@@ -46,43 +44,6 @@ from mass.steps.prepare_dataset import main as prepare_main
 from mass.training import set_threads
 
 REPO = Path(__file__).resolve().parents[2]
-DIGITS = [str(i) for i in range(10)]
-
-
-def png(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def parquet_bytes(images: np.ndarray, labels: np.ndarray, names: list[str] | None = None, image_col: str = "image",
-                  label_col: str = "label", struct: bool = True) -> bytes:
-    """A parquet file laid out like the hub's: image struct (or raw bytes) column + int label column."""
-    cells = [png(img) for img in images]
-    column = (pa.array([{"bytes": c, "path": f"{i}.png"} for i, c in enumerate(cells)],
-                       type=pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
-              if struct else pa.array(cells, type=pa.binary()))
-    table = pa.table({image_col: column, label_col: pa.array(labels, type=pa.int64())})
-    if names is not None:
-        features = {image_col: {"_type": "Image"}, label_col: {"names": names, "_type": "ClassLabel"}}
-        table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
-    buf = io.BytesIO()
-    pq.write_table(table, buf)
-    return buf.getvalue()
-
-
-def write_raw(raw: Path, task: str, train: bytes, test: bytes) -> None:
-    """What ``fetch dataset`` leaves behind: parquet files plus manifest.json."""
-    raw.mkdir(parents=True, exist_ok=True)
-    (raw / "train-00000-of-00001.parquet").write_bytes(train)
-    (raw / "test-00000-of-00001.parquet").write_bytes(test)
-    manifest = {"task": task, "repo": catalog.SOURCES[task].repo, "revision": "main", "commit": "c" * 40,
-                "splits": {"train": ["train-00000-of-00001.parquet"], "test": ["test-00000-of-00001.parquet"]}}
-    (raw / "manifest.json").write_text(json.dumps(manifest))
-
-
-def gray(n: int, seed: int, size: int = 28) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (n, size, size), dtype=np.uint8)
 
 
 # --------------------------------------------------------------------------- catalog
@@ -182,15 +143,6 @@ def test_mnist_download_and_prepare_end_to_end(hub, tmp_path):  # noqa: F811
     assert any("published checkpoints used 5000" in n for n in info.notes)
     leftovers = [p for p in (tmp_path / "data" / "MNIST").glob(".*") if not p.name.endswith(".sha256")]
     assert not leftovers  # scratch files are gone (the .sha256 files are the artifacts' checksums)
-
-
-def mnist_on_hub(hub: HubServer, seed: int, commit: str = COMMIT) -> tuple[bytes, bytes]:  # noqa: F811
-    """Tiny MNIST train/test parquet files on the test hub at ``commit`` (which main then points to)."""
-    files = (parquet_bytes(gray(20, seed), np.arange(20) % 10, DIGITS),
-             parquet_bytes(gray(10, seed + 1), np.arange(10)))
-    for split, data in zip(("train", "test"), files, strict=True):
-        hub.add("datasets/ylecun/mnist", f"mnist/{split}-00000-of-00001.parquet", data, commit=commit)
-    return files
 
 
 def test_second_dataset_fetch_uses_the_locked_commit(hub, tmp_path):  # noqa: F811
@@ -374,27 +326,6 @@ def test_plain_state_dict_loads(tmp_path):
     torch.save(state, tmp_path / "sd.pt")
     loaded = state_dict_of(safe_torch_load(tmp_path / "sd.pt"), tmp_path / "sd.pt")
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], state[k]) for k in state)
-
-
-def pickled_head(monkeypatch, path: Path, weight: torch.Tensor, module: str = "src.modeling",
-                 zip_layout: bool = True) -> None:
-    """Pickle a whole ``<module>.ClassificationHead`` (a Linear with ``normalize``, the weight and a zero
-    bias), as the task-vector code saved its heads; the class and its modules are gone at load time."""
-    with monkeypatch.context() as patch:
-        class ClassificationHead(torch.nn.Linear):
-            def __init__(self, weights: torch.Tensor):
-                super().__init__(weights.shape[1], weights.shape[0])
-                self.normalize = True
-                self.weight = torch.nn.Parameter(weights.clone())
-                self.bias = torch.nn.Parameter(torch.zeros_like(self.bias))
-
-        ClassificationHead.__module__ = module
-        ClassificationHead.__qualname__ = "ClassificationHead"
-        parts = module.split(".")
-        for i in range(1, len(parts) + 1):
-            patch.setitem(sys.modules, ".".join(parts[:i]), types.ModuleType(".".join(parts[:i])))
-        sys.modules[module].ClassificationHead = ClassificationHead
-        torch.save(ClassificationHead(weight), path, _use_new_zipfile_serialization=zip_layout)
 
 
 def test_pickled_modules_are_read_without_their_code(tmp_path, monkeypatch):

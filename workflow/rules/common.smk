@@ -200,7 +200,8 @@ def prepare_options(w, input):
     orientation = _SOURCES["emnist_orientation"]
     return (f"--task {w.task} --raw {os.path.dirname(input.manifest)} --out resources/data/hub "
             f"--image-size {_SOURCES.get('image_size', 224)} --emnist-orientation {orientation} "
-            + _opt("--source-orientation", _dataset_cfg(w.task).get("source_orientation")))
+            + _opt("--source-orientation", _dataset_cfg(w.task).get("source_orientation"))
+            + (f" --max-images {_SOURCES['max_images']}" if _SOURCES.get("max_images") else ""))
 
 
 _SOURCES = config["sources"]

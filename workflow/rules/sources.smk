@@ -14,6 +14,7 @@
 #     finetuned_revision: null                 # commit sha; null: default branch, resolved once and pinned
 #     emnist_orientation: torchvision          # orientation the EMNIST checkpoint expects: torchvision | mnist
 #     image_size: 224                          # optional (default 224): stored resolution of prepared images
+#     max_images: null                         # optional: first N val and test images per task (smoke runs)
 #     finetuned_model_dirs: {}                 # optional: backbone -> folder name in finetuned_repo
 #     pretrained_files: {}                     # optional: backbone -> CLIP checkpoint on disk (no download)
 #     pretrained_revisions: {}                 # optional: backbone -> commit of open_clip's hub copy of OpenAI CLIP

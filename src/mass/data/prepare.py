@@ -232,13 +232,16 @@ def check_label_names(task: str, classnames: Sequence, source_names: Sequence[st
 
 def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_size: int = 224,
             emnist_orientation: str = "torchvision", threads: int = 1,
-            source_orientation: str | None = None, splits: Sequence[str] = SPLITS) -> TaskInfo:
+            source_orientation: str | None = None, splits: Sequence[str] = SPLITS,
+            max_images: int | None = None) -> TaskInfo:
     """Prepare some of one task's train/val/test splits under ``out/<task>``, and info.json
     whenever ``test`` is among them.
 
     Only tasks fine-tuned here read ``train`` (at 224 px the 20 tasks' train splits take ~160 GB),
     so the pipeline prepares val and test for every task and train in a separate step for those
     alone. ``source_orientation`` overrides the catalog's orientation of the source's EMNIST images.
+    ``max_images`` keeps only the first that many images of val and test (after the validation carve);
+    train stays whole, so EMNIST's orientation check, run on the first split stored, sees its digit-1s.
     """
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
@@ -275,9 +278,13 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
 
     folder = out / task
     train_idx, val_idx = carve(len(labels["train"]), src.val_size)
+    test_idx = np.arange(len(labels["test"]))
+    if max_images is not None:
+        val_idx, test_idx = val_idx[:max_images], test_idx[:max_images]
+        notes.append(f"at most {max_images} images of val and test (sources.max_images): not the full dataset")
     # (source files, [(stored split, row indices)], labels): train and val come from one pass; the
     # EMNIST orientation is checked on the first split decoded, before anything is stored
-    plan = [(files["test"], [("test", np.arange(len(labels["test"])))], labels["test"]),
+    plan = [(files["test"], [("test", test_idx)], labels["test"]),
             (files["train"], [("train", train_idx), ("val", val_idx)], labels["train"])]
     plan = [(f, [(n, idx) for n, idx in parts if n in splits], y) for f, parts, y in plan]
     checked = src.orientation is None
@@ -303,7 +310,7 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
             for name in arrays:
                 (folder / f".{name}_images.scratch.npy").unlink(missing_ok=True)
 
-    sizes = {"val": len(val_idx), "test": len(labels["test"])}
+    sizes = {"val": len(val_idx), "test": len(test_idx)}
     if src.hub_rows is not None and (len(labels["train"]), len(labels["test"])) != src.hub_rows:
         notes.append(f"the source has train {len(labels['train'])} / test {len(labels['test'])} rows; the catalog "
                      f"recorded {src.hub_rows[0]} / {src.hub_rows[1]} for {src.repo} (expected val {src.expected_val})")

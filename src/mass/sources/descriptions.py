@@ -5,10 +5,13 @@ The file is fetched from ``raw.githubusercontent.com/<repo>/<commit>/<path>`` wi
 ``github://<repo>@<commit>/<path>`` with its size and sha256 on the first download, and checked
 against that record (and against ``--sha256``/``--size`` when the config gives them) ever after.
 A file already at ``--out`` is verified instead of downloaded: that is how to run without network.
+``MASS_GITHUB_RAW`` replaces ``https://raw.githubusercontent.com`` (a mirror, or a test server, as
+``HF_ENDPOINT`` does for the hub); the lock key does not change with it.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -19,7 +22,8 @@ _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 def description_url(repo: str, commit: str, path: str) -> str:
     """Raw-file URL of ``path`` in GitHub repository ``repo`` at ``commit``."""
-    return f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
+    base = os.environ.get("MASS_GITHUB_RAW") or "https://raw.githubusercontent.com"
+    return f"{base.rstrip('/')}/{repo}/{commit}/{path}"
 
 
 def lock_key(repo: str, commit: str, path: str) -> str:

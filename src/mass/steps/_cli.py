@@ -127,6 +127,8 @@ def prepare_parser(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--source-orientation", choices=catalog.EMNIST_ORIENTATIONS, default=None,
                         help="orientation of the source's EMNIST images (default: the catalog's)")
     parser.add_argument("--threads", type=int, required=True, help="image decoding threads")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="keep only the first that many images of val and test (a smoke run, not the paper)")
     return parser
 
 

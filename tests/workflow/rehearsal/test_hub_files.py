@@ -1,0 +1,39 @@
+"""The rehearsal's hub generator on its own (seconds): every catalog task's repository comes from its
+fixture, and the files go through the pipeline's fetch and prepare as the real ones would."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from hub_files import FIXTURES, commit_of, dataset_repo
+from mass.download import LockFile
+from mass.fetch import fetch_dataset
+
+from mass.data import catalog
+from mass.data.prepare import prepare
+from mass.data.store import load_split
+
+
+def test_every_catalog_task_has_the_facts_the_generator_needs():
+    for task in catalog.TASKS:
+        assert "images" in json.loads((FIXTURES / f"{task}.json").read_text()), task
+
+
+@pytest.mark.parametrize("task", ["PCAM", "FER2013", "Food101", "EMNIST", "OxfordIIITPet", "EuroSAT"])
+def test_generated_source_goes_through_fetch_and_prepare(hub, tmp_path, task):
+    repo, ref, files, _ = dataset_repo(task, n_train=20, n_test=3)
+    for name, data in files.items():
+        hub.add(repo, name, data, commit=commit_of(repo, ref), branch=ref)
+    manifest = fetch_dataset(task, tmp_path / "raw", LockFile(tmp_path / "lock.json"), endpoint=hub.url, retries=0)
+    src = catalog.source(task)
+    label = pq.read_schema(tmp_path / "raw" / manifest["splits"]["test"][0]).field(src.label_column)
+    assert str(label.type) == {"PCAM": "bool"}.get(task, "int64")
+    info = prepare(task, tmp_path / "raw", tmp_path / "data", image_size=32, emnist_orientation="mnist",
+                   max_images=3)
+    images, labels = load_split(tmp_path / "data", task, "test")
+    assert images.shape == (3, 32, 32, 3) and len(labels) == 3
+    assert load_split(tmp_path / "data", task, "val")[0].shape[0] == (3 if src.val_size else 2)
+    assert any("sources.max_images" in note for note in info.notes)
+    assert hub.misses() == []
