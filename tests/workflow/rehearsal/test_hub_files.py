@@ -7,13 +7,13 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from hub_files import FIXTURES, commit_of, dataset_repo
-from mass.download import LockFile
-from mass.fetch import fetch_dataset
+from support.hub_files import FIXTURES, commit_of, dataset_repo
 
 from mass.data import catalog
 from mass.data.prepare import prepare
 from mass.data.store import load_split
+from mass.sources.download import LockFile
+from mass.sources.fetch import fetch_dataset
 
 
 def test_every_catalog_task_has_the_facts_the_generator_needs():

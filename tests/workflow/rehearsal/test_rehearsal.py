@@ -3,7 +3,7 @@
 ``snakemake`` runs config.yaml (with tests/workflow/rehearsal/rehearsal.yaml: sizes, grids and threads
 only) for the real ViT-B-32 at 224 px on the 8- and 20-task benchmarks, every rule of the paper's
 DAG, with ``HF_ENDPOINT`` (and ``MASS_GITHUB_RAW``) pointing at a ``support.hub.HubServer`` filled by
-``hub_files.fill_hub`` from the per-source fixtures: every dataset repository in its real layout and
+``support.hub_files.fill_hub`` from the per-source fixtures: every dataset repository in its real layout and
 schema, nik-dim/tall_masks' checkpoints and pickled heads, open_clip's OpenAI weights. Then the
 fetch rules of ViT-B-16 and ViT-L-14 (for MNIST), the lock file's pins, the tables, and a second
 run that plans nothing. The server must never have answered an error.
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hub_files import fill_hub
 from support.hub import HubServer
-from workflow_run import ROOT, planned_jobs, snakemake, workflow_copy
+from support.hub_files import fill_hub
+from support.workflow import ROOT, planned_jobs, snakemake, workflow_copy
 
 from mass.data import catalog
 
