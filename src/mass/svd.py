@@ -3,6 +3,10 @@
 TSV-M keeps k = floor(r / T) components per task and matrix. The cache stores
 ``k_max = floor(r * rank_fraction)`` components once (rank_fraction = 1 / smallest benchmark
 size), so the 8-, 14- and 20-task benchmarks all slice the same file instead of recomputing.
+
+The cache may be stored in half precision (``svd.storage_dtype``: the singular vectors and the
+dense deltas of the other tensors in float16 or bfloat16, the singular values in float32); every
+reader gets float32 tensors (:meth:`TaskComponents.load` upcasts), so all compute stays float32.
 """
 
 from __future__ import annotations
@@ -14,9 +18,19 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from mass.io import load_tensors, save_tensors
+from mass.io import load_tensors, save_tensors, verify
 from mass.task_vectors import StateDict, TaskVector, is_matrix
 from mass.training import default_device
+
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def storage_dtype_of(name: str) -> torch.dtype:
+    """The torch dtype of a ``svd.storage_dtype`` value, or ValueError naming the allowed ones."""
+    try:
+        return STORAGE_DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown storage dtype {name!r}; one of {sorted(STORAGE_DTYPES)}") from None
 
 
 @dataclass
@@ -98,29 +112,57 @@ class TaskComponents:
                 matrices[name] = LowRank(u[i].cpu(), s[i].cpu(), v[i].cpu())
         return cls(matrices, others)
 
-    def save(self, path, metadata: Mapping[str, str] | None = None) -> None:
+    def tensors(self, storage_dtype: str = "float32") -> dict[str, torch.Tensor]:
+        """The flat dict written to the cache file: U and V and the other tensors' deltas in
+        ``storage_dtype``; the singular values stay float32 (k numbers per matrix, never rounded)."""
+        dtype = storage_dtype_of(storage_dtype)
         tensors = {}
         for name, lr in self.matrices.items():
-            tensors[f"{name}::U"], tensors[f"{name}::s"], tensors[f"{name}::V"] = lr.U, lr.s, lr.V
-        tensors.update({f"{name}::delta": t for name, t in self.others.items()})
-        save_tensors(path, tensors, metadata)
+            tensors[f"{name}::U"], tensors[f"{name}::V"] = lr.U.to(dtype), lr.V.to(dtype)
+            tensors[f"{name}::s"] = lr.s.float()
+        tensors.update({f"{name}::delta": t.to(dtype) for name, t in self.others.items()})
+        return tensors
 
     @classmethod
-    def load(cls, path, device: str | torch.device = "cpu") -> TaskComponents:
-        raw = load_tensors(path, device)
+    def from_tensors(cls, raw: Mapping[str, torch.Tensor]) -> TaskComponents:
+        """The inverse of :meth:`tensors`, every tensor upcast to float32 (compute is float32)."""
         matrices: dict[str, dict[str, torch.Tensor]] = {}
         others: StateDict = {}
         for key, tensor in raw.items():
             name, part = key.rsplit("::", 1)
+            tensor = tensor.float()
             if part == "delta":
                 others[name] = tensor
             else:
                 matrices.setdefault(name, {})[part] = tensor
         return cls({n: LowRank(p["U"], p["s"], p["V"]) for n, p in matrices.items()}, others)
 
+    def rounded(self, storage_dtype: str) -> TaskComponents:
+        """These components as a cache file in ``storage_dtype`` gives them back (without the file)."""
+        return TaskComponents.from_tensors(self.tensors(storage_dtype))
+
+    def save(self, path, metadata: Mapping[str, str] | None = None, storage_dtype: str = "float32") -> None:
+        """Write the cache file; its metadata records ``storage_dtype`` (read by :func:`stored_dtype`)."""
+        save_tensors(path, self.tensors(storage_dtype), {**(metadata or {}), "storage_dtype": storage_dtype})
+
+    @classmethod
+    def load(cls, path, device: str | torch.device = "cpu") -> TaskComponents:
+        """A cache file, upcast to float32 whatever dtype it was stored in."""
+        return cls.from_tensors(load_tensors(path, device))
+
     def num_parameters(self) -> int:
         low = sum(lr.U.numel() + lr.s.numel() + lr.V.numel() for lr in self.matrices.values())
         return low + sum(t.numel() for t in self.others.values())
+
+
+def stored_dtype(path) -> str:
+    """The ``storage_dtype`` recorded in a cache file's metadata ("float32" for files written before
+    it was recorded, which were all float32)."""
+    from safetensors import safe_open
+
+    verify(path)
+    with safe_open(str(path), framework="pt") as fh:
+        return (fh.metadata() or {}).get("storage_dtype", "float32")
 
 
 def load_components(paths: Sequence[str]) -> list[TaskComponents]:

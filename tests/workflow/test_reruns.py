@@ -54,6 +54,12 @@ def test_epsilon_change_reruns_the_merge_and_downstream_only(small_demo, tmp_pat
                                                                             "selected_test")}
 
 
+def test_storage_dtype_change_reruns_the_svd_cache_not_the_checkpoints(small_demo, tmp_path):
+    found = rules(plan(small_demo, tmp_path, {"svd": {"storage_dtype": "bfloat16"}}))
+    assert {"svd_cache", "merge", "evaluate_mass"} <= found
+    assert not found & {"pretrain_demo_clip", "generate_demo_task", "finetune", "build_head", "evaluate_endpoints"}
+
+
 @pytest.mark.parametrize("overrides", [{"plots": {"dpi": 72}}, {"plots": {"style": "ticks"}}], ids=["dpi", "style"])
 def test_plot_option_reruns_only_plots(small_demo, tmp_path, overrides):
     assert rules(plan(small_demo, tmp_path, overrides)) == {"make_plots", "all"}

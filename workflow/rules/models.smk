@@ -143,6 +143,7 @@ rule svd_cache:
         "results/{backbone}/svd/{task}.safetensors",
     params:
         rank_fraction=config["svd"]["rank_fraction"],
+        storage_dtype=config["svd"]["storage_dtype"],
     log:
         "results/logs/svd_cache/{backbone}/{task}.log",
     benchmark:
@@ -155,4 +156,4 @@ rule svd_cache:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.steps.svd_cache --pretrained {input.clip} --finetuned {input.finetuned} "
-        "--rank-fraction {params.rank_fraction} --out {output} --threads {threads} > {log} 2>&1"
+        "--rank-fraction {params.rank_fraction} --storage-dtype {params.storage_dtype} --out {output} --threads {threads} > {log} 2>&1"
