@@ -586,6 +586,21 @@ def download_hub_file(snapshot: Snapshot, filename: str, target: str | os.PathLi
                     key=snapshot.repo.file_key(snapshot.commit, name), expected=snapshot.files.get(name), **kwargs)
 
 
+def add_network_args(parser: argparse.ArgumentParser) -> None:
+    """Options of a download's patience with the network (this tool's and the download steps')."""
+    parser.add_argument("--retries", type=int, default=5)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--min-rate", type=float, default=4096.0,
+                        help="give an attempt up when slower than this many bytes/s over --rate-window seconds")
+    parser.add_argument("--rate-window", type=float, default=60.0)
+
+
+def network_options(args: argparse.Namespace) -> dict[str, float]:
+    """The keyword arguments of :func:`download` that :func:`add_network_args`'s options set."""
+    return {"retries": args.retries, "timeout": args.timeout, "min_rate": args.min_rate,
+            "rate_window": args.rate_window}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Download one file (a URL or a hub file) resumably and verified.")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -599,14 +614,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, help="expected size of a --url download, with --sha256")
     parser.add_argument("--out", required=True, help="where the file goes")
     parser.add_argument("--lock", required=True, help="lock file (JSON) pinning revisions and checksums")
-    parser.add_argument("--retries", type=int, default=5)
-    parser.add_argument("--timeout", type=float, default=60.0)
-    parser.add_argument("--min-rate", type=float, default=4096.0,
-                        help="give an attempt up when slower than this many bytes/s over --rate-window seconds")
-    parser.add_argument("--rate-window", type=float, default=60.0)
+    add_network_args(parser)
     args = parser.parse_args(argv)
-    net = {"retries": args.retries, "timeout": args.timeout, "min_rate": args.min_rate,
-           "rate_window": args.rate_window}
+    net = network_options(args)
     lock = LockFile(args.lock)
     if args.url:
         expected = None

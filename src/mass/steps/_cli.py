@@ -13,6 +13,7 @@ import torch
 from mass.forward import FirstPassResult, first_pass_weights
 from mass.layer_search import Candidates, best_location, sweep
 from mass.mass_model import MassModel
+from mass.sources.download import add_network_args
 from mass.task_vectors import Location, StateDict
 from mass.training import set_threads
 
@@ -100,17 +101,7 @@ def add_download_args(parser: argparse.ArgumentParser, lock_required: bool = Tru
     parser.add_argument("--lock", required=lock_required, help="lock file pinning revisions and checksums")
     parser.add_argument("--revision", default=None, help="branch, tag or commit (default: pinned default branch)")
     parser.add_argument("--endpoint", default=None, help="hub endpoint (default: $HF_ENDPOINT or huggingface.co)")
-    parser.add_argument("--retries", type=int, default=5)
-    parser.add_argument("--timeout", type=float, default=60.0)
-    parser.add_argument("--min-rate", type=float, default=4096.0,
-                        help="give a download attempt up when slower than this many bytes/s over --rate-window s")
-    parser.add_argument("--rate-window", type=float, default=60.0)
-
-
-def network(args: argparse.Namespace) -> dict[str, float]:
-    """The keyword arguments of :func:`mass.sources.download.download` that the download options set."""
-    return {"retries": args.retries, "timeout": args.timeout, "min_rate": args.min_rate,
-            "rate_window": args.rate_window}
+    add_network_args(parser)
 
 
 def prepare_parser(doc: str | None) -> argparse.ArgumentParser:

@@ -6,9 +6,9 @@
 
 from __future__ import annotations
 
-from mass.sources.download import LockFile
+from mass.sources.download import LockFile, network_options
 from mass.sources.fetch import fetch_head
-from mass.steps._cli import add_published_file_args, network, step_parser
+from mass.steps._cli import add_published_file_args, step_parser
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     if (args.compare_with is None) != (args.report is None):
         parser.error("--compare-with and --report go together")
     fetch_head(args.model, args.task, args.repo, args.out, LockFile(args.lock), args.revision, args.endpoint,
-               args.raw, args.keep_raw, args.hub_model_dir, args.compare_with, args.report, **network(args))
+               args.raw, args.keep_raw, args.hub_model_dir, args.compare_with, args.report, **network_options(args))
     print(f"wrote {args.out}")
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from mass.data import catalog
-from mass.sources.download import LockFile
+from mass.sources.download import LockFile, network_options
 from mass.sources.fetch import fetch_dataset
-from mass.steps._cli import add_download_args, network, step_parser
+from mass.steps._cli import add_download_args, step_parser
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -14,7 +14,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repo", default=None, help="override the catalog's hub dataset repository")
     add_download_args(parser)
     args = parser.parse_args(argv)
-    fetch_dataset(args.task, args.out, LockFile(args.lock), args.repo, args.revision, args.endpoint, **network(args))
+    fetch_dataset(args.task, args.out, LockFile(args.lock), args.repo, args.revision, args.endpoint,
+                  **network_options(args))
     print(f"wrote {args.out}")
 
 

@@ -5,9 +5,9 @@ Downloaded, checked and converted by :func:`mass.sources.fetch.fetch_finetuned`.
 
 from __future__ import annotations
 
-from mass.sources.download import LockFile
+from mass.sources.download import LockFile, network_options
 from mass.sources.fetch import fetch_finetuned
-from mass.steps._cli import add_published_file_args, network, step_parser
+from mass.steps._cli import add_published_file_args, step_parser
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> None:
     add_published_file_args(parser)
     args = parser.parse_args(argv)
     fetch_finetuned(args.model, args.task, args.repo, args.out, LockFile(args.lock), args.revision, args.endpoint,
-                    args.raw, args.keep_raw, args.hub_model_dir, **network(args))
+                    args.raw, args.keep_raw, args.hub_model_dir, **network_options(args))
     print(f"wrote {args.out}")
 
 

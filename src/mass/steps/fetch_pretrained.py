@@ -7,9 +7,9 @@ from open_clip's copy of the OpenAI weights.
 
 from __future__ import annotations
 
-from mass.sources.download import LockFile
+from mass.sources.download import LockFile, network_options
 from mass.sources.fetch import fetch_pretrained
-from mass.steps._cli import add_download_args, network, step_parser
+from mass.steps._cli import add_download_args, step_parser
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     fetch_pretrained(args.model, args.out, LockFile(args.lock) if args.lock else None, args.from_file, args.repo,
                      args.filename, args.revision, args.endpoint, args.cache_dir, args.raw, args.keep_raw,
-                     args.zeroshot_repo, args.zeroshot_revision, args.hub_model_dir, args.report, **network(args))
+                     args.zeroshot_repo, args.zeroshot_revision, args.hub_model_dir, args.report,
+                     **network_options(args))
     print(f"wrote {args.out}")
 
 
