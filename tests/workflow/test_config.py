@@ -39,6 +39,22 @@ def test_shipped_configs_pass(config):
     configcheck.check_config(copy.deepcopy(config))
 
 
+OVERLAYS = {  # every --configfile stack the project runs: a stale key in an overlay fails here, not mid-run
+    "ci_demo": ["workflow/presets/demo.yaml", "tests/ci_demo.yaml"],
+    "slurm_demo": ["workflow/presets/demo.yaml", "tests/slurm_demo.yaml"],
+    "rehearsal": ["tests/workflow/rehearsal/rehearsal.yaml"],
+    "rehearsal_backbones": ["tests/workflow/rehearsal/rehearsal.yaml", "tests/workflow/rehearsal/other_backbones.yaml"],
+}
+
+
+@pytest.mark.parametrize("stack", OVERLAYS.values(), ids=OVERLAYS)
+def test_overlays_the_project_runs_pass(stack):
+    config = copy.deepcopy(PAPER)
+    for path in stack:
+        config = configcheck.merge(config, yaml.safe_load((ROOT / path).read_text()))
+    configcheck.check_config(config)
+
+
 # --- item 3: unknown keys --------------------------------------------------------------------
 
 def test_misspelled_nested_key_names_it_and_the_allowed_ones():
