@@ -10,6 +10,7 @@ The library behind the reproduction pipeline; usable on its own checkpoints:
 - :mod:`mass.forward`: the first pass (features and routing residuals) and its files
 - :mod:`mass.second_pass`, :mod:`mass.mass_model`: the second pass and the MASS model
 - :mod:`mass.methods`: the registry of baselines and routers
+- :mod:`mass.results`: the evaluation steps' result files (:class:`MethodResult`, endpoints, epsilon choice)
 - :mod:`mass.data`, :mod:`mass.sources`: datasets (catalog, preparation, demo tasks) and downloads
 - :mod:`mass.steps`: one entry point per pipeline rule (``python -m mass.steps.<rule>``)
 """

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from mass.data.store import make_loader, to_model_input
 from mass.encoder import FeatureProbe, FirstPassProbe, ProbesRecorded
-from mass.io import ArtifactError, load_arrays, load_tensors, read_json, save_arrays
+from mass.io import ArtifactError, load_arrays, load_tensors, save_arrays
+from mass.results import EpsilonChoice
 from mass.svd import TaskComponents, components_per_task
 from mass.task_vectors import LayerId, Location, StateDict
 from mass.tsv import apply_delta
@@ -186,7 +187,7 @@ def first_pass_weights(pre: StateDict, merged: Sequence[str], selection: str | N
     """theta_pre + alpha * a merge: the one ``selection`` (a JSON naming the epsilon chosen on
     validation) picks among ``merged``, or the only one given; theta_pre when none is given."""
     if selection:
-        chosen = read_json(selection)["merge_file"]
+        chosen = EpsilonChoice.load(selection).merge_file
         if chosen not in merged:
             raise ArtifactError(f"{selection} names {chosen}, which is not among the merges given")
         merged = [chosen]

@@ -26,6 +26,7 @@ from mass.encoder import create_clip, create_visual
 from mass.forward import encode
 from mass.io import ArtifactError, load_arrays, load_tensors, read_json, save_arrays, save_tensors
 from mass.mass_model import MassModel
+from mass.results import MethodResult
 from mass.routing import MLPRouter, NearestNeighbourRouter
 from mass.steps import evaluate_baseline, evaluate_batched, evaluate_mass, evaluate_tsvm, routing_features
 from mass.steps import first_pass as run_first_pass
@@ -303,7 +304,8 @@ def test_batched_mass_and_tsvm_use_and_record_the_configured_alpha(bench, first_
         built.append(self.alpha)
 
     monkeypatch.setattr(MassModel, "__init__", spy)
-    (tmp_path / "mass.json").write_text('{"hyperparameters": {"layer": "2.mlp.in", "token": "cls"}}')
+    MethodResult(method="mass_proj", test={}, hyperparameters={"layer": "2.mlp.in", "token": "cls"}).save(
+        tmp_path / "mass.json")
     run_cli(evaluate_batched, [*common(bench, "clean"), "--components", *bench["components"], "--alpha", 0.5,
                                "--test-first-pass", first_passes["test"], "--mass-result", tmp_path / "mass.json",
                                "--route-batch-size", 8, "--out", tmp_path / "batched.json"], monkeypatch)

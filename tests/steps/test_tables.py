@@ -10,6 +10,7 @@ import pytest
 from support.tables import FINETUNED, assert_tables_summarise, hand_written_per_task, run_cli
 
 from mass.methods import TABLE2_ROWS
+from mass.results import Endpoints, EpsilonChoice, MethodResult
 from mass.steps import collect_results, make_plots, make_tables
 
 
@@ -31,21 +32,19 @@ def test_tables_equal_the_means_of_hand_written_per_task_results(tmp_path, monke
 
 
 def test_collect_results_records_every_number_and_every_choice(tmp_path, monkeypatch):
-    def dump(name: str, data: dict) -> Path:
-        (tmp_path / name).write_text(json.dumps(data))
+    def dump(name: str, record) -> Path:
+        record.save(tmp_path / name)
         return tmp_path / name
 
-    endpoints = [f"tiny:{dump(f'ep_{t}.json', {'task': t, 'finetuned_test': ft, 'zeroshot_test': ft / 2})}"
-                 for t, ft in FINETUNED.items()]
-    mass = dump("mass.json", {"method": "mass_proj", "test": {"t1": 0.7, "t2": 0.9},
-                              "routing_accuracy": {"t1": 1.0, "t2": 0.5},
-                              "hyperparameters": {"layer": "3.mlp.in", "eta": 0.21, "eta_selected_on": "val"}})
-    ta = dump("ta.json", {"method": "task_arithmetic", "test": {"t1": 0.4, "t2": 0.6},
-                          "hyperparameters": {"alpha": 0.3, "selected_on": "val"}})
-    cons = dump("cons.json", {"method": "consensus", "test": {"t1": 0.5, "t2": 0.6},
-                              "hyperparameters": {"alpha": 0.5, "lambdas": {"t1": 0.2, "t2": 0.4}}})
-    eps = dump("eps.json", {"epsilon": "0.3", "merge_file": "m.safetensors", "selected_on": "val",
-                            "scores": {"0.3": {"layer": "3.mlp.in", "val_routing_accuracy": 0.9}}})
+    endpoints = [f"tiny:{dump(f'ep_{t}.json', Endpoints(t, ft / 2, ft / 2, ft, ft))}" for t, ft in FINETUNED.items()]
+    mass = dump("mass.json", MethodResult("mass_proj", {"t1": 0.7, "t2": 0.9},
+                                          {"layer": "3.mlp.in", "eta": 0.21, "eta_selected_on": "val"},
+                                          routing_accuracy={"t1": 1.0, "t2": 0.5}))
+    ta = dump("ta.json", MethodResult("task_arithmetic", {"t1": 0.4, "t2": 0.6}, {"alpha": 0.3, "selected_on": "val"}))
+    cons = dump("cons.json", MethodResult("consensus", {"t1": 0.5, "t2": 0.6},
+                                          {"alpha": 0.5, "lambdas": {"t1": 0.2, "t2": 0.4}}))
+    eps = dump("eps.json", EpsilonChoice("0.3", "m.safetensors", "val",
+                                         {"0.3": {"layer": "3.mlp.in", "val_routing_accuracy": 0.9}}))
     run_cli(collect_results, ["--results", f"tiny:2:{mass}", f"tiny:2:{ta}", f"tiny:2:{cons}",
                               "--endpoints", *endpoints, "--epsilons", f"tiny:2:{eps}",
                               "--out", tmp_path / "per_task.csv", "--hparams-out", tmp_path / "hp.json"], monkeypatch)

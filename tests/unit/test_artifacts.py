@@ -28,6 +28,7 @@ from mass.io import (
     save_tensors,
     write_json,
 )
+from mass.results import MethodResult
 from mass.steps.use_published_head import main as use_published_head
 from mass.svd import LowRank, TaskComponents
 
@@ -77,8 +78,8 @@ def _z_l(path):
 
 
 def _method_result(path):
-    write_json(path, {"method": "mass_proj", "test": {"Cars": 0.5, "DTD": 0.25}, "val": {"Cars": 0.5}})
-    return read_json
+    MethodResult(method="mass_proj", test={"Cars": 0.5, "DTD": 0.25}, val={"Cars": 0.5}).save(path)
+    return MethodResult.load
 
 
 def _merge(path):

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from mass.io import atomic_path, read_json, write_json
+from mass.io import atomic_path, write_json
+from mass.results import Endpoints, EpsilonChoice, MethodResult
 from mass.steps._cli import step_parser
 
 
@@ -20,9 +21,9 @@ def read_endpoints(entries: list[str]) -> tuple[dict, dict]:
     ft, zs = {}, {}
     for entry in entries:
         backbone, path = entry.split(":", 1)
-        data = read_json(path)
-        ft[backbone, data["task"]] = data["finetuned_test"]
-        zs[backbone, data["task"]] = data["zeroshot_test"]
+        data = Endpoints.load(path)
+        ft[backbone, data.task] = data.finetuned_test
+        zs[backbone, data.task] = data.zeroshot_test
     return ft, zs
 
 
@@ -31,8 +32,8 @@ def selected_epsilons(entries: list[str]) -> dict:
     out = {}
     for entry in entries:
         backbone, bench, path = entry.split(":", 2)
-        data = read_json(path)
-        out[backbone, bench] = {key: data[key] for key in ("epsilon", "selected_on", "scores")}
+        data = EpsilonChoice.load(path)
+        out[backbone, bench] = {"epsilon": data.epsilon, "selected_on": data.selected_on, "scores": data.scores}
     return out
 
 
@@ -53,12 +54,9 @@ def main() -> None:
     rows = []
     for entry in args.results:
         backbone, bench, path = entry.split(":", 2)
-        data = read_json(path)
-        hparams.setdefault(backbone, {}).setdefault(bench, {})[data["method"]] = data.get("hyperparameters", {})
-        for task, acc in data["test"].items():
-            rows.append(dict(backbone=backbone, benchmark=bench, method=data["method"], task=task, accuracy=acc,
-                             routing_accuracy=data.get("routing_accuracy", {}).get(task),
-                             size_fraction=data.get("size_fraction", {}).get(task)))
+        result = MethodResult.load(path)
+        hparams.setdefault(backbone, {}).setdefault(bench, {})[result.method] = result.hyperparameters
+        rows += [dict(backbone=backbone, benchmark=bench, **row) for row in result.rows()]
     benches: dict[tuple[str, str], list[str]] = {}
     for r in rows:
         tasks = benches.setdefault((r["backbone"], r["benchmark"]), [])

@@ -16,8 +16,9 @@ from mass.encoder import create_visual, image_size, load_visual
 from mass.evaluation import evaluate_encoder, pick_best
 from mass.forward import log_images_forwarded
 from mass.heads import load_heads
-from mass.io import load_tensors, write_json
+from mass.io import load_tensors
 from mass.methods import BASELINES
+from mass.results import MethodResult
 from mass.steps._cli import benchmark_parser, setup
 from mass.task_vectors import StateDict, TaskVector, visual_state_dict
 from mass.training import default_device
@@ -83,8 +84,8 @@ def main() -> None:
     hparams.update({"alpha": alpha, "val_mean_accuracy_by_alpha": scores, "selected_on": "val"})
     merged = build(alpha)
     test = load_benchmark_split(args.data_dirs, args.tasks, "test")
-    write_json(args.out, {"method": method.name, "test": evaluate(merged, test), "val": evaluate(merged, val),
-                          "hyperparameters": hparams})
+    MethodResult(method=method.name, test=evaluate(merged, test), val=evaluate(merged, val),
+                 hyperparameters=hparams).save(args.out)
     log_images_forwarded()
 
 

@@ -12,7 +12,7 @@ import torch
 from mass.data.benchmark import load_benchmark_split
 from mass.evaluation import per_task_accuracy
 from mass.forward import FirstPassResult, log_images_forwarded
-from mass.io import read_json, write_json
+from mass.results import MethodResult
 from mass.routing import batched_route, one_hot_selection, routing_accuracy_per_task
 from mass.steps._cli import add_mass_model_args, benchmark_parser, mass_model, setup
 from mass.task_vectors import LayerId, Location
@@ -27,7 +27,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     setup(args)
-    hp = read_json(args.mass_result)["hyperparameters"]
+    hp = MethodResult.load(args.mass_result).hyperparameters
     location = Location(LayerId.parse(hp["layer"]), hp["token"])
     fp = FirstPassResult.load(args.test_first_pass)
     residuals, T = fp.residuals_at(location), len(args.tasks)
@@ -40,10 +40,10 @@ def main() -> None:
     test = load_benchmark_split(args.data_dirs, args.tasks, "test")
     pred = model.predict(test.images, one_hot_selection(routed, T), args.batch_size, desc="batched second pass")
     correct = model.is_correct(pred, test.task, test.labels)
-    write_json(args.out, {"method": "mass_batched", "test": per_task_accuracy(correct, test),
-                          "routing_accuracy": routing_accuracy_per_task(routed, test.task, args.tasks),
-                          "hyperparameters": {"layer": hp["layer"], "token": hp["token"], "alpha": args.alpha,
-                                              "route_batch_size": args.route_batch_size}})
+    MethodResult(method="mass_batched", test=per_task_accuracy(correct, test),
+                 routing_accuracy=routing_accuracy_per_task(routed, test.task, args.tasks),
+                 hyperparameters={"layer": hp["layer"], "token": hp["token"], "alpha": args.alpha,
+                                  "route_batch_size": args.route_batch_size}).save(args.out)
     log_images_forwarded()
 
 

@@ -10,7 +10,8 @@ from mass.encoder import create_visual, image_size
 from mass.evaluation import evaluate_encoder
 from mass.forward import log_images_forwarded
 from mass.heads import load_heads
-from mass.io import load_tensors, write_json
+from mass.io import load_tensors
+from mass.results import Endpoints
 from mass.steps._cli import step_parser
 from mass.task_vectors import visual_state_dict
 from mass.training import default_device, set_threads
@@ -37,7 +38,7 @@ def main() -> None:
             data = load_benchmark_split([args.data_dir], [args.task], split)
             acc = evaluate_encoder(visual, data, heads, image_size(args.model), args.batch_size, default_device())
             result[f"{name}_{split}"] = acc[args.task]
-    write_json(args.out, result)
+    Endpoints(**result).save(args.out)
     log_images_forwarded()
 
 

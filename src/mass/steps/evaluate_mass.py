@@ -17,8 +17,9 @@ import torch
 from mass.data.benchmark import load_benchmark_split
 from mass.evaluation import per_task_accuracy
 from mass.forward import FirstPassResult, RoutingFeatures, log_images_forwarded
-from mass.io import save_arrays, write_json
+from mass.io import save_arrays
 from mass.methods import ROUTERS
+from mass.results import MethodResult
 from mass.routing import (
     MLPRouter,
     NearestNeighbourRouter,
@@ -108,12 +109,10 @@ def main() -> None:
     if args.routing_out:
         save_arrays(args.routing_out, selection=selection.bool().numpy(), routed=routed.numpy(), task=test.task.numpy(),
                     tasks=np.array(tasks))
-    write_json(args.out, {
-        "method": f"mass_{args.router}", "test": per_task_accuracy(correct, test),
-        "routing_accuracy": routing_accuracy_per_task(routed, test.task, tasks),
-        "mean_selected_tasks": float(selection.sum(-1).float().mean()),
-        "distinct_task_subsets": int(torch.unique(selection, dim=0).shape[0]),
-        "hyperparameters": hparams})
+    MethodResult(method=f"mass_{args.router}", test=per_task_accuracy(correct, test), hyperparameters=hparams,
+                 routing_accuracy=routing_accuracy_per_task(routed, test.task, tasks),
+                 mean_selected_tasks=float(selection.sum(-1).float().mean()),
+                 distinct_task_subsets=int(torch.unique(selection, dim=0).shape[0])).save(args.out)
     log_images_forwarded()
 
 

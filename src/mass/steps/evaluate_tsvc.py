@@ -15,7 +15,8 @@ from mass.data.store import RowSubset
 from mass.encoder import create_visual, image_size, load_visual
 from mass.forward import encode, log_images_forwarded
 from mass.heads import head_logits, load_heads
-from mass.io import load_tensors, write_json
+from mass.io import load_tensors
+from mass.results import MethodResult
 from mass.steps._cli import add_mass_model_args, benchmark_parser, setup
 from mass.svd import load_components
 from mass.task_vectors import visual_state_dict
@@ -53,12 +54,11 @@ def main() -> None:
             print(f"{name} {setting}: accuracy {result['test'][name]:.4f}, "
                   f"stored {result['size_fraction'][name]:.4f} of the task vector", flush=True)
     hparams = {"alpha": args.alpha, "num_tasks": T}
-    write_json(args.out, {"method": "tsvc", **results["benchmark"],
-                          "hyperparameters": {**hparams, "k": "floor(r / T)"}})
-    write_json(args.out_size, {"method": "tsvc_size", **results["size"],
-                               "hyperparameters": {**hparams, "k": f"largest with k (m + n + 1) <= "
-                                                                   f"{args.size_fraction} m n",
-                                                   "size_fraction": args.size_fraction}})
+    MethodResult(method="tsvc", **results["benchmark"],
+                 hyperparameters={**hparams, "k": "floor(r / T)"}).save(args.out)
+    MethodResult(method="tsvc_size", **results["size"],
+                 hyperparameters={**hparams, "k": f"largest with k (m + n + 1) <= {args.size_fraction} m n",
+                                  "size_fraction": args.size_fraction}).save(args.out_size)
     log_images_forwarded()
 
 

@@ -6,7 +6,7 @@ from mass.data.benchmark import SplitData
 from mass.evaluation import accuracy_with_oracle_heads
 from mass.forward import FirstPassResult
 from mass.heads import load_heads
-from mass.io import write_json
+from mass.results import MethodResult
 from mass.steps._cli import step_parser
 
 
@@ -21,8 +21,8 @@ def main() -> None:
     fp = FirstPassResult.load(args.first_pass)
     data = SplitData(None, fp.labels, fp.task, args.tasks)
     heads, _ = load_heads(args.heads)
-    write_json(args.out, {"method": "tsvm", "test": accuracy_with_oracle_heads(fp.features, data, heads),
-                          "hyperparameters": {"alpha": args.alpha, "epsilon": None}})
+    MethodResult(method="tsvm", test=accuracy_with_oracle_heads(fp.features, data, heads),
+                 hyperparameters={"alpha": args.alpha, "epsilon": None}).save(args.out)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import torch
 from mass.data.store import load_split
 from mass.encoder import create_clip
 from mass.heads import tokenizer_for
-from mass.io import atomic_path, load_tensors, read_json, save_arrays, verify
+from mass.io import atomic_path, load_tensors, save_arrays, verify
+from mass.results import MethodResult
 from mass.sources.descriptions import read_descriptions
 from mass.steps._cli import step_parser
 from mass.svd import TaskComponents
@@ -55,7 +56,7 @@ def main() -> None:
     set_threads(args.threads)
     tasks, T = args.tasks, len(args.tasks)
     data_dirs = args.data_dirs * T if len(args.data_dirs) == 1 else args.data_dirs
-    chosen = LayerId.parse(read_json(args.mass_result)["hyperparameters"]["layer"])
+    chosen = LayerId.parse(MethodResult.load(args.mass_result).hyperparameters["layer"])
     layers = {"routing": chosen, "early": replace(chosen, block=args.early_block)}
     clip = create_clip(args.model)
     clip.load_state_dict(load_tensors(args.pretrained))

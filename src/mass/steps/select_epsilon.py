@@ -8,8 +8,9 @@ The highest score wins; ties go to the earlier grid value.
 from __future__ import annotations
 
 from mass.evaluation import pick_best
-from mass.io import read_csv, write_json
+from mass.io import read_csv
 from mass.layer_search import best_location
+from mass.results import EpsilonChoice
 from mass.steps._cli import add_candidate_location_args, candidates, step_parser
 
 
@@ -26,8 +27,8 @@ def main() -> None:
         location, acc = best_location(read_csv(path), candidates(args))
         scores[eps] = {"layer": str(location.layer), "val_routing_accuracy": acc}
     best, _ = pick_best(args.epsilons, lambda e: scores[e]["val_routing_accuracy"])
-    write_json(args.out, {"epsilon": best, "merge_file": args.merges[args.epsilons.index(best)],
-                          "selected_on": "val", "scores": scores})
+    EpsilonChoice(epsilon=best, merge_file=args.merges[args.epsilons.index(best)], selected_on="val",
+                  scores=scores).save(args.out)
 
 
 if __name__ == "__main__":
