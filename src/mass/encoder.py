@@ -8,6 +8,7 @@ baseline, the per-layer routing sweep and any later choice of layer, eta and top
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
@@ -31,23 +32,37 @@ def register_model_configs() -> None:
 
 
 def create_clip(model_name: str, pretrained: str | None = None, device: str | torch.device = "cpu"):
-    """An open_clip CLIP model (``pretrained`` is an open_clip tag such as "openai", or None)."""
+    """An open_clip CLIP model (``pretrained`` is an open_clip tag such as "openai", or None).
+
+    ``device="meta"`` builds the shapes only, without drawing the random initial weights (which takes
+    seconds on a CPU for ViT-B/L).
+    """
     register_model_configs()
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # "no pretrained weights" is expected here
     try:
-        return open_clip.create_model(model_name, pretrained=pretrained, device=device)
+        with torch.device("meta") if str(device) == "meta" else contextlib.nullcontext():
+            return open_clip.create_model(model_name, pretrained=pretrained, device=device)
     finally:
         logging.getLogger().setLevel(quiet)
 
 
 def create_visual(model_name: str, state_dict: Mapping[str, torch.Tensor] | None = None,
                   device: str | torch.device = "cpu") -> nn.Module:
-    """The image tower alone, optionally loaded with a (visual-relative) state dict."""
-    visual = create_clip(model_name).visual
-    if state_dict is not None:
-        load_visual(visual, state_dict)
-    return visual.to(device).eval()
+    """The image tower alone: randomly initialised, or loaded with a (visual-relative) state dict.
+
+    With a state dict the tower is built on the meta device and given uninitialised memory before
+    the weights are copied in, so no random initialisation is paid for (2 s of every job's start-up
+    for ViT-B-32 on a CPU, 4 s for ViT-L-14). The copy leaves ``state_dict`` untouched and unshared.
+    """
+    if state_dict is None:
+        return create_clip(model_name).visual.to(device).eval()
+    visual = create_clip(model_name, device="meta").visual
+    if set(dict(visual.named_buffers())) - set(visual.state_dict()):  # a buffer no state dict carries
+        visual = create_clip(model_name).visual
+    visual = visual.to_empty(device=device)
+    load_visual(visual, state_dict)
+    return visual.eval()
 
 
 def load_visual(visual: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> None:

@@ -117,3 +117,20 @@ def test_text_cut_at_the_end_of_text_encodes_as_the_full_context(tiny_clip):
     tokens = tokenizer_for("mass-tiny-vit")(["a photo of a cat.", "a rendering of a large red fire truck."])
     with torch.no_grad():
         torch.testing.assert_close(encode_text(tiny_clip, tokens), tiny_clip.encode_text(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_encoder_loaded_from_a_state_dict_has_exactly_its_weights_and_shares_none():
+    """create_visual skips the random initialisation when weights are given (meta build, then a copy):
+    every tensor must come from the state dict, and changing the tower must not change the dict."""
+    torch.manual_seed(1)
+    weights = {k: torch.randn_like(v) for k, v in create_visual("mass-tiny-vit").state_dict().items()}
+    kept = {k: v.clone() for k, v in weights.items()}
+    visual = create_visual("mass-tiny-vit", weights)
+    assert not visual.training
+    assert all(torch.equal(visual.state_dict()[k], v) for k, v in weights.items())
+    with torch.no_grad():
+        for p in visual.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(weights[k], v) for k, v in kept.items())
+    with pytest.raises(ValueError, match="do not fit the architecture"):
+        create_visual("mass-tiny-vit", {k: v for k, v in weights.items() if k != "proj"})
