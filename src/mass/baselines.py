@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mass.svd import polar_factor, truncated_svd
+from mass.svd import polar_factor, thin_svd, truncated_svd
 from mass.task_vectors import StateDict, TaskVector, is_matrix
 
 
@@ -85,7 +85,7 @@ def _mean_or_matrix(task_vectors: Sequence[TaskVector], per_matrix, alpha: float
 def iso_c(task_vectors: Sequence[TaskVector], alpha: float) -> StateDict:
     """Iso-C (Marczak et al., 2025): per matrix, flatten the spectrum of sum_t Delta_t to its mean."""
     def flatten(stack: torch.Tensor) -> torch.Tensor:
-        u, s, vh = torch.linalg.svd(stack.sum(0), full_matrices=False)
+        u, s, vh = thin_svd(stack.sum(0))
         return s.mean() * (u @ vh)
     return _mean_or_matrix(task_vectors, flatten, alpha)
 

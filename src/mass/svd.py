@@ -62,6 +62,22 @@ def components_per_task(full_rank: int, num_tasks: int) -> int:
     return full_rank // num_tasks
 
 
+def thin_svd(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``torch.linalg.svd(x, full_matrices=False)``, recomputed in float64 where it fails to converge.
+
+    On CPU torch calls MKL's divide-and-conquer SVD, whose float32 version can fail on a matrix that
+    is not hard at all: the dress rehearsal met a 768 x 768 Iso-CTS basis of condition number 2.3e3
+    that MKL's float64, OpenBLAS (numpy) and scipy's gesdd and gesvd all decompose. The published
+    code ran on GPUs (cuSOLVER) and never saw this. Where float32 converges the result is unchanged;
+    where it does not, the float64 factors are rounded back to the input's dtype.
+    """
+    try:
+        return torch.linalg.svd(x, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        u, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
+        return u.to(x.dtype), s.to(x.dtype), vh.to(x.dtype)
+
+
 def truncated_svd(matrices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-k SVD of one (m x n) or a batch (B x m x n) of matrices, as (U, s, V).
 
@@ -70,15 +86,14 @@ def truncated_svd(matrices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     """
     wide = matrices.shape[-2] < matrices.shape[-1]
     work = matrices.mT if wide else matrices
-    u, s, vh = torch.linalg.svd(work.to(torch.promote_types(work.dtype, torch.float32)),
-                               full_matrices=False)
+    u, s, vh = thin_svd(work.to(torch.promote_types(work.dtype, torch.float32)))
     u, s, v = u[..., :k], s[..., :k], vh.mT[..., :k]
     return (v, s, u) if wide else (u, s, v)
 
 
 def polar_factor(x: torch.Tensor) -> torch.Tensor:
     """Closest matrix with orthonormal columns to ``x``: P Q^T from the thin SVD x = P S Q^T."""
-    p, _, qh = torch.linalg.svd(x, full_matrices=False)
+    p, _, qh = thin_svd(x)
     return p @ qh
 
 

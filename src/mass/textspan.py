@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mass.svd import TaskComponents, components_per_task
+from mass.svd import TaskComponents, components_per_task, thin_svd
 from mass.task_vectors import LayerId
 
 
@@ -73,7 +73,7 @@ def textspan(directions: torch.Tensor, text_features: torch.Tensor, texts: Seque
     x = directions.double()
     t = text_features.double()
     # orthonormal basis of the span of the rows of X, then the texts restricted to it
-    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    _, s, vh = thin_svd(x)
     basis = vh[s > s.max() * 1e-10] if s.numel() and s.max() > 0 else vh[:0]
     t = (t @ basis.T) @ basis
     x = x - x.mean(0, keepdim=True)

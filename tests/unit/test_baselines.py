@@ -82,3 +82,26 @@ ISO_CTS_SIZES = {  # (r, T): (common, per task)
 @pytest.mark.parametrize("rank,num_tasks", list(ISO_CTS_SIZES))
 def test_iso_cts_subspace_sizes_follow_the_published_rounding(rank, num_tasks):
     assert iso_cts_dimensions(rank, num_tasks, 0.8) == ISO_CTS_SIZES[rank, num_tasks]
+
+
+@pytest.mark.parametrize("method", [iso_c, iso_cts])
+def test_merge_survives_a_float32_svd_that_does_not_converge(task_vectors, monkeypatch, method):
+    """MKL's float32 SVD (torch's CPU SVD) failed to converge on a well-conditioned 768 x 768 Iso-CTS
+    basis in the dress rehearsal (condition number 2.3e3; float64, OpenBLAS and scipy decompose it).
+    That matrix exists only at ViT-B size, so the failure is replayed here: torch's float32 SVD raises
+    LinAlgError as MKL did, and the merge must come out as with a converging SVD, from float64."""
+    _, tvs = task_vectors
+    expected = method(tvs, alpha=1.0)[NAME]
+    real_svd = torch.linalg.svd
+    refused = []
+
+    def svd_failing_in_float32(x, *args, **kwargs):
+        if x.dtype == torch.float32:
+            refused.append(tuple(x.shape))
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge (error code: 1).")
+        return real_svd(x, *args, **kwargs)
+
+    monkeypatch.setattr(torch.linalg, "svd", svd_failing_in_float32)
+    merged = method(tvs, alpha=1.0)[NAME]
+    assert refused and merged.dtype == torch.float32
+    torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-5)
