@@ -13,7 +13,6 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from importlib import resources
 
-import open_clip
 import torch
 from torch import nn
 
@@ -23,10 +22,19 @@ from mass.task_vectors import LayerId
 _REGISTERED = False
 
 
+def _open_clip():
+    """open_clip, imported on first use: it costs ~1.5 s, which steps that only read first-pass
+    files (the probes below need torch alone) would pay at every start."""
+    import open_clip
+
+    return open_clip
+
+
 def register_model_configs() -> None:
     """Make the model configs shipped in ``mass/model_configs`` known to open_clip."""
     global _REGISTERED
     if not _REGISTERED:
+        open_clip = _open_clip()
         open_clip.add_model_config(str(resources.files("mass") / "model_configs"))
         _REGISTERED = True
 
@@ -42,7 +50,7 @@ def create_clip(model_name: str, pretrained: str | None = None, device: str | to
     logging.getLogger().setLevel(logging.ERROR)  # "no pretrained weights" is expected here
     try:
         with torch.device("meta") if str(device) == "meta" else contextlib.nullcontext():
-            return open_clip.create_model(model_name, pretrained=pretrained, device=device)
+            return _open_clip().create_model(model_name, pretrained=pretrained, device=device)
     finally:
         logging.getLogger().setLevel(quiet)
 
@@ -75,7 +83,7 @@ def load_visual(visual: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> No
 
 def image_size(model_name: str) -> int:
     register_model_configs()
-    size = open_clip.get_model_config(model_name)["vision_cfg"]["image_size"]
+    size = _open_clip().get_model_config(model_name)["vision_cfg"]["image_size"]
     return size if isinstance(size, int) else size[0]
 
 

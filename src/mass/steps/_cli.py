@@ -7,15 +7,18 @@ only hide a rule that forgot it. Nothing here reads the config; the rules pass v
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 import torch
 
-from mass.forward import FirstPassResult, first_pass_weights
-from mass.layer_search import Candidates, best_location, sweep
-from mass.mass_model import MassModel
 from mass.sources.download import add_network_args
-from mass.task_vectors import Location, StateDict
 from mass.training import set_threads
+
+if TYPE_CHECKING:  # imported where used: a step that builds no encoder never pays for open_clip (~1.5 s)
+    from mass.forward import FirstPassResult
+    from mass.layer_search import Candidates
+    from mass.mass_model import MassModel
+    from mass.task_vectors import Location, StateDict
 
 
 def step_parser(doc: str | None) -> argparse.ArgumentParser:
@@ -54,6 +57,8 @@ def add_first_pass_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def first_pass_model(pre: StateDict, args: argparse.Namespace) -> StateDict:
+    from mass.forward import first_pass_weights
+
     return first_pass_weights(pre, args.merged, args.selection, args.alpha)
 
 
@@ -66,6 +71,8 @@ def add_mass_model_args(parser: argparse.ArgumentParser) -> None:
 
 def mass_model(args: argparse.Namespace) -> MassModel:
     """The MASS model every step evaluates (per-sample and batched routing alike)."""
+    from mass.mass_model import MassModel
+
     return MassModel.from_files(args.model, args.pretrained, args.components, args.heads, args.alpha)
 
 
@@ -78,6 +85,8 @@ def add_candidate_location_args(parser: argparse.ArgumentParser) -> None:
 
 
 def candidates(args: argparse.Namespace) -> Candidates:
+    from mass.layer_search import Candidates
+
     return Candidates(tuple(args.blocks), tuple(args.modules), args.io, args.token)
 
 
@@ -90,6 +99,9 @@ def add_routing_location_args(parser: argparse.ArgumentParser) -> None:
 def routing_location(args: argparse.Namespace, val_first_pass: FirstPassResult,
                      tasks: list[str]) -> tuple[Location, float | None]:
     """The configured location, or for 'auto' the validation sweep's best candidate and its mean accuracy."""
+    from mass.layer_search import best_location, sweep
+    from mass.task_vectors import Location
+
     if args.layer != "auto":
         return Location.parse(f"{args.layer}.{args.token}"), None
     return best_location(sweep(val_first_pass, tasks), candidates(args))
