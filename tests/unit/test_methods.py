@@ -4,6 +4,7 @@ steps and the tables follow: a method added or renamed in one place and not anot
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from mass import baselines
@@ -46,3 +47,18 @@ def test_every_baseline_builds_and_has_a_table2_row(name, task_vectors):
         delta = build(tvs, **kwargs)
     assert set(delta) <= set(tvs[0].vector) and delta
     assert TABLE2_ROWS[name] == method.label
+
+
+@pytest.mark.parametrize("name", [n for n, m in BASELINES.items() if m.alpha_grid])
+def test_every_alpha_is_a_scaling_of_one_update_bit_for_bit(name, task_vectors):
+    """evaluate_baseline computes each baseline's update once (alpha = 1) and scales it per grid value:
+    that is the published computation only if alpha multiplies the finished update, bit for bit."""
+    _, tvs = task_vectors
+    method = BASELINES[name]
+    build = method.builder()
+    kwargs = {o: {"min_agreement": 2, "common_fraction": 0.8}[o] for o in method.options}
+    lambdas = [[0.4] * len(tvs)] if method.per_task_lambdas else []
+    unit = build(tvs, *lambdas, 1.0, **kwargs)
+    for alpha in (0.3, 1.7):
+        direct = build(tvs, *lambdas, alpha, **kwargs)
+        assert all(torch.equal(direct[k], alpha * unit[k]) for k in unit), (name, alpha)
