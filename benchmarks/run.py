@@ -501,14 +501,17 @@ def markdown(result: dict) -> str:
                   f"{s['plain_svd_s_per_task']:.1f} s/task (plain SVD per matrix); 20 tasks est. "
                   f"{s['cache_s_20_tasks_est']:.0f} s vs {s['plain_svd_s_20_tasks_est']:.0f} s "
                   f"({s['tasks_timed']} task(s) timed)"]
-    for m in result["merge"]:
+    for m in result.get("merge", []):
         lines.append(f"Merge of tasks {m['subset']} (T={m['tasks']}): dense weights {m['dense_weights_s']:.2f} s "
                      f"factored core {m['factored_core_s']:.2f} s")
-    st = result["storage"]
-    lines.append("Storage (pretrained + components) / pretrained: " + ", ".join(
-        f"T={T}: {st[f'T{T}_mass_over_pretrained']:.2f}x (matrix triplets "
-        f"{st[f'T{T}_triplets_over_pretrained']:.2f}x, other tensors' dense deltas "
-        f"{st[f'T{T}_dense_deltas_over_pretrained']:.2f}x)" for T in result["args"]["tasks"]))
+    if "storage" in result:
+        st = result["storage"]
+        lines.append("Storage (pretrained + components) / pretrained: " + ", ".join(
+            f"T={T}: {st[f'T{T}_mass_over_pretrained']:.2f}x (matrix triplets "
+            f"{st[f'T{T}_triplets_over_pretrained']:.2f}x, other tensors' dense deltas "
+            f"{st[f'T{T}_dense_deltas_over_pretrained']:.2f}x)" for T in result["args"]["tasks"]))
+    if "memory" not in result:
+        return "\n".join(lines) + "\n"
     lines += ["", f"Peak {result['memory_kind']} in MiB while a step runs ({result['args']['images']} images where "
               "images are used), each in a fresh process with its inputs built (+ the rise above them: what the "
               "step itself needs)", "",
@@ -546,6 +549,9 @@ def main() -> None:
     parser.add_argument("--svd-tasks", type=int, default=1, help="tasks whose SVD cache build is timed (0: skip)")
     parser.add_argument("--synthetic-rank", type=int, default=64)
     parser.add_argument("--no-dry-run", action="store_true", help="skip the snakemake -n timing")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="time the passes only (no merge, storage, SVD, memory or dry-run sections): "
+                             "for repeated runs whose median decides the MASS / forward ratio")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, few images and tasks")
     parser.add_argument("--repeats", type=int, default=3, help="throughput timings: best of this many runs")
     parser.add_argument("--official-repeats", type=int, default=1,
@@ -572,12 +578,14 @@ def main() -> None:
     result["throughput"] = [row for T in args.tasks
                             for row in bench_throughput(args, device, pretrained, comps_by_t[T], images,
                                                         cases_by_t[T])]
-    result["merge"] = [bench_merge(device, pretrained, comps_by_t[T]) for T in args.tasks]
-    result["storage"] = bench_storage(pretrained, comps_by_t, args.rank_fraction)
-    if args.svd_tasks:
+    if not args.throughput_only:
+        result["merge"] = [bench_merge(device, pretrained, comps_by_t[T]) for T in args.tasks]
+        result["storage"] = bench_storage(pretrained, comps_by_t, args.rank_fraction)
+    if args.svd_tasks and not args.throughput_only:
         result["svd"] = bench_svd(args, device, pretrained, g)
-    result["memory"] = bench_memory(args, cases_by_t)
-    if not args.no_dry_run:
+    if not args.throughput_only:
+        result["memory"] = bench_memory(args, cases_by_t)
+    if not args.no_dry_run and not args.throughput_only:
         result["snakemake_dry_run"] = bench_dry_run()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,3 +44,15 @@ def test_quick_benchmark_writes_every_item(tmp_path):
     assert "| 4 | random |" in table
     assert "official / this project" in table
     assert "| MASS, random mix (setup included) |" in table
+
+
+def test_throughput_only_times_the_passes_and_nothing_else(tmp_path):
+    out = tmp_path / "quick.json"
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--throughput-only",
+                          "--repeats", "1", "--official-repeats", "0", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    assert [r["case"] for r in result["throughput"]] == ["random", "realistic"]
+    assert not {"merge", "storage", "svd", "memory", "snakemake_dry_run"} & set(result)
+    assert "| 4 | random |" in out.with_suffix(".md").read_text()
