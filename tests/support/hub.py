@@ -38,7 +38,45 @@ def _size(data: bytes | Path) -> int:
     return data.stat().st_size if isinstance(data, Path) else len(data)
 
 
-class HubServer:
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """What every test server's handler shares: HTTP/1.1 keep-alive (as the hub) and no request log."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def send(handler: http.server.BaseHTTPRequestHandler, status: int, body: bytes,
+         headers: dict[str, str] | None = None) -> None:
+    """Answer with ``status``, ``headers`` and the whole ``body`` (its length announced)."""
+    handler.send_response(status)
+    for key, value in (headers or {}).items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port, daemon threads) answering with ``handler``."""
+
+    def __init__(self, handler: type[http.server.BaseHTTPRequestHandler]) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class HubServer(LocalServer):
     """A tiny threaded hub: ``add`` files to ``repo_path`` (``datasets/<id>`` for datasets) at a commit."""
 
     def __init__(self) -> None:
@@ -56,12 +94,7 @@ class HubServer:
         self._sha: dict[tuple[str, str, str], str] = {}
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 path = urlsplit(self.path).path
                 with server.lock:
@@ -78,12 +111,7 @@ class HubServer:
             def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
                 with server.lock:
                     server.statuses.append((urlsplit(self.path).path, status))
-                self.send_response(status)
-                for key, value in (headers or {}).items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                send(self, status, body, headers)
 
             def _api(self, path: str) -> None:
                 try:
@@ -157,10 +185,7 @@ class HubServer:
                     for block in iter(lambda: fh.read(_CHUNK), b""):
                         self.wfile.write(block)
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        super().__init__(Handler)
 
     def add(self, repo_path: str, filename: str, data: bytes | Path, commit: str = COMMIT,
             branch: str | None = "main") -> None:
@@ -199,14 +224,6 @@ class HubServer:
     def misses(self) -> list[tuple[str, int]]:
         """Requests answered with an error status (what the pipeline asked for that the hub lacks)."""
         return [(p, s) for p, s in self.statuses if s >= 400 and s != 416]
-
-    def start(self) -> HubServer:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def _read(data: bytes | Path, start: int, count: int) -> bytes:

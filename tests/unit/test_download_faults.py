@@ -1,6 +1,6 @@
 """Faults of the download / fetch / prepare code (issue 20 items 2, 5, 6, 12), against real servers.
 
-Hub-like faults use ``HubServer`` of ``test_download`` (HTML served with status 200, a body cut
+Hub-like faults use ``support.hub.HubServer`` (HTML served with status 200, a body cut
 short without Content-Length, a listing without checksums, a dropped connection); the others use
 small hostile ``http.server`` handlers started here on 127.0.0.1 (a trickle, a redirect loop, a
 hub API answering HTML). A full disk is a 1 MiB tmpfs when this process may mount one (root),
@@ -10,7 +10,6 @@ write path, which must end in one message naming the file and the fix.
 
 from __future__ import annotations
 
-import http.server
 import io
 import json
 import subprocess
@@ -23,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support.hub import COMMIT, FAST, fetch, payload, pickled_head, sha
+from support.hub import COMMIT, FAST, LocalServer, QuietHandler, fetch, payload, pickled_head, send, sha
 from support.parquet import DIGITS, gray, mnist_on_hub, parquet_bytes, write_raw
 
 from mass.data.prepare import prepare
@@ -47,7 +46,7 @@ TALL = "nik-dim/tall_masks"
 FT = "single_task/mass-tiny-vit/MNISTVal/nonlinear_finetuned.pt"
 
 
-class Hostile:
+class Hostile(LocalServer):
     """A threaded server on 127.0.0.1 whose GET answers are ``routes[path](handler)``."""
 
     def __init__(self) -> None:
@@ -55,12 +54,7 @@ class Hostile:
         self.requests: list[tuple[str, str | None]] = []
         server = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args) -> None:
-                pass
-
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?")[0]
                 server.requests.append((path, self.headers.get("Range")))
@@ -75,27 +69,14 @@ class Hostile:
                 except (BrokenPipeError, ConnectionResetError):
                     pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+        super().__init__(Handler)
 
 
 @pytest.fixture
 def hostile():
-    server = Hostile()
+    server = Hostile().start()
     yield server
-    server.httpd.shutdown()
-    server.httpd.server_close()
-
-
-def send(handler, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
-    handler.send_response(status)
-    for key, value in (headers or {}).items():
-        handler.send_header(key, value)
-    handler.send_header("Content-Length", str(len(body)))
-    handler.end_headers()
-    handler.wfile.write(body)
+    server.stop()
 
 
 def encoder_bytes(shift: float = 1.0, model: str = "mass-tiny-vit") -> bytes:
