@@ -66,9 +66,11 @@ def create_visual(model_name: str, state_dict: Mapping[str, torch.Tensor] | None
     if state_dict is None:
         return create_clip(model_name).visual.to(device).eval()
     visual = create_clip(model_name, device="meta").visual
-    if set(dict(visual.named_buffers())) - set(visual.state_dict()):  # a buffer no state dict carries
-        visual = create_clip(model_name).visual
-    visual = visual.to_empty(device=device)
+    if set(dict(visual.named_buffers())) - set(visual.state_dict()):
+        # a buffer no state dict carries must keep the value its constructor computed
+        visual = create_clip(model_name).visual.to(device)
+    else:
+        visual = visual.to_empty(device=device)
     load_visual(visual, state_dict)
     return visual.eval()
 
