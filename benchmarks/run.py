@@ -510,16 +510,15 @@ def markdown(result: dict) -> str:
             f"T={T}: {st[f'T{T}_mass_over_pretrained']:.2f}x (matrix triplets "
             f"{st[f'T{T}_triplets_over_pretrained']:.2f}x, other tensors' dense deltas "
             f"{st[f'T{T}_dense_deltas_over_pretrained']:.2f}x)" for T in result["args"]["tasks"]))
-    if "memory" not in result:
-        return "\n".join(lines) + "\n"
-    lines += ["", f"Peak {result['memory_kind']} in MiB while a step runs ({result['args']['images']} images where "
-              "images are used), each in a fresh process with its inputs built (+ the rise above them: what the "
-              "step itself needs)", "",
-              "| step | " + " | ".join(f"T={T}" for T in result["args"]["tasks"]) + " |",
-              "|---|" + "---|" * len(result["args"]["tasks"])]
-    for step, by_t in result["memory"].items():
-        cells = [_memory(by_t[f"T{T}"]) if f"T{T}" in by_t else "" for T in result["args"]["tasks"]]
-        lines.append(f"| {MEMORY_LABELS[step]} | " + " | ".join(cells) + " |")
+    if "memory" in result:
+        lines += ["", f"Peak {result['memory_kind']} in MiB while a step runs ({result['args']['images']} images "
+                  "where images are used), each in a fresh process with its inputs built (+ the rise above them: "
+                  "what the step itself needs)", "",
+                  "| step | " + " | ".join(f"T={T}" for T in result["args"]["tasks"]) + " |",
+                  "|---|" + "---|" * len(result["args"]["tasks"])]
+        for step, by_t in result["memory"].items():
+            cells = [_memory(by_t[f"T{T}"]) if f"T{T}" in by_t else "" for T in result["args"]["tasks"]]
+            lines.append(f"| {MEMORY_LABELS[step]} | " + " | ".join(cells) + " |")
     if "snakemake_dry_run" in result:
         d = result["snakemake_dry_run"]
         slurm = ("" if d["scontrol_s"] is None
@@ -581,12 +580,11 @@ def main() -> None:
     if not args.throughput_only:
         result["merge"] = [bench_merge(device, pretrained, comps_by_t[T]) for T in args.tasks]
         result["storage"] = bench_storage(pretrained, comps_by_t, args.rank_fraction)
-    if args.svd_tasks and not args.throughput_only:
-        result["svd"] = bench_svd(args, device, pretrained, g)
-    if not args.throughput_only:
+        if args.svd_tasks:
+            result["svd"] = bench_svd(args, device, pretrained, g)
         result["memory"] = bench_memory(args, cases_by_t)
-    if not args.no_dry_run and not args.throughput_only:
-        result["snakemake_dry_run"] = bench_dry_run()
+        if not args.no_dry_run:
+            result["snakemake_dry_run"] = bench_dry_run()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
