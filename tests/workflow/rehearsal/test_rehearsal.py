@@ -73,14 +73,13 @@ def log_tail(cwd: Path, limit: int = 6000) -> str:
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rehearsal")
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    arch = {name: b["arch"] for name, b in config["backbones"].items()}
+    arch = {name: b["arch"] for name, b in PAPER_CONFIG["backbones"].items()}
     started = time.monotonic()
     server = HubServer().start()
     summary = fill_hub(server, tmp / "hub", tasks=list(catalog.TASKS),
                        backbones={"ViT-B-32": (arch["ViT-B-32"], list(catalog.TASKS)),
                                   **{b: (arch[b], [task]) for b, task in OTHERS.items()}},
-                       descriptions_at=config["textspan"]["descriptions"])
+                       descriptions_at=PAPER_CONFIG["textspan"]["descriptions"])
     generated = time.monotonic() - started
     cwd = workflow_copy(tmp / "workflow")
     for name in ("rehearsal.yaml", "eight_tasks.yaml", "other_backbones.yaml"):
