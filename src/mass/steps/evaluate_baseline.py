@@ -59,13 +59,13 @@ def main() -> None:
 
     hparams: dict = {}
     if method.per_task_lambdas:
-        lambdas, lambda_scores = [], {}
+        lambdas, lambda_scores, total = [], {}, baselines.task_sum(tvs)
         for t, task in enumerate(args.tasks):
             own = load_benchmark_split([args.data_dirs[t]], [task], "val")
 
             def tall_score(lam: float, t: int = t, own: SplitData = own) -> float:
-                mask = baselines.tall_mask(tvs, t, lam)
-                return evaluate(baselines.tall_mask_model(tvs, mask), own, [heads[t]])[args.tasks[t]]
+                mask = baselines.tall_mask(tvs, t, lam, total)
+                return evaluate(baselines.tall_mask_model(tvs, mask, total), own, [heads[t]])[args.tasks[t]]
             lam, lambda_scores[task] = pick_best(args.lambdas, tall_score, f"lambda {task}")
             lambdas.append(lam)
         hparams.update(lambdas=dict(zip(args.tasks, lambdas, strict=True)), val_accuracy_by_lambda=lambda_scores)
