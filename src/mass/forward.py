@@ -52,7 +52,7 @@ def encode(visual: nn.Module, images: np.ndarray, image_size: int, batch_size: i
     """
     visual.eval()
     feats, recorded = [], []
-    loader = make_loader(images, batch_size=batch_size, workers=workers)
+    loader = make_loader(images, batch_size=batch_size, workers=workers, device=device)
     for batch in tqdm(loader, desc=desc, disable=desc is None, leave=False):
         count_forwarded(len(batch))
         try:

@@ -136,7 +136,8 @@ class MassModel:
             self.encoder.write_weights(None)
         rest = torch.nonzero(~dense[subset_of]).flatten()
         rest = rest[torch.argsort(subset_of[rest], stable=True)]  # batches with fewer, larger groups
-        loader = make_loader(RowSubset(images, rest.numpy()), batch_size=batch_size, workers=workers)
+        loader = make_loader(RowSubset(images, rest.numpy()), batch_size=batch_size, workers=workers,
+                             device=self.device)
         for idx, batch in zip(rest.split(batch_size) if len(rest) else (),
                               tqdm(loader, desc=desc, disable=desc is None, leave=False), strict=True):
             plan = BatchPlan.build(selection[idx], self.encoder.factors)

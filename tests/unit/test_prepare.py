@@ -173,19 +173,21 @@ def test_source_label_order_is_checked(tmp_path):
 
 
 def test_loader_reads_a_stored_split_in_order_with_the_rules_threads(tmp_path):
+    """Readers ahead of a GPU, from the rule's threads; none where the CPU computes on all of them."""
     images = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
     save_split(tmp_path, "T", "test", images, np.arange(10))
     stored, _ = load_split(tmp_path, "T", "test")  # memory-mapped
     previous = torch.get_num_threads()
     try:
         set_threads(3)  # what a rule with threads: 3 does first
-        loader = make_loader(stored, batch_size=4)
+        loader = make_loader(stored, batch_size=4, device="cuda")
         assert loader.num_workers == 2
-        assert make_loader(stored, batch_size=8).num_workers == 1  # one batch left to read ahead
-        assert list(make_loader(stored[:0])) == []  # nothing to read: no reader
+        assert make_loader(stored, batch_size=8, device="cuda").num_workers == 1  # one batch left to read ahead
+        assert list(make_loader(stored[:0], device="cuda")) == []  # nothing to read: no reader
+        assert make_loader(stored, batch_size=4).num_workers == 0  # CPU: torch computes on the 3 threads
         batches = list(loader)
         set_threads(1)
-        assert make_loader(stored).num_workers == 0
+        assert make_loader(stored, device="cuda").num_workers == 0
     finally:
         torch.set_num_threads(previous)
     assert [len(b) for b in batches] == [4, 4, 2] and batches[0].dtype == torch.uint8
