@@ -43,7 +43,7 @@ OVERLAYS = {  # every --configfile stack the project runs: a stale key in an ove
     "ci_demo": ["workflow/presets/demo.yaml", "tests/ci_demo.yaml"],
     "slurm_demo": ["workflow/presets/demo.yaml", "tests/slurm_demo.yaml"],
     "rehearsal": ["tests/workflow/rehearsal/rehearsal.yaml"],
-    "rehearsal_eight": ["tests/workflow/rehearsal/rehearsal.yaml", "tests/workflow/rehearsal/eight_tasks.yaml"],
+    "rehearsal_twenty": ["tests/workflow/rehearsal/rehearsal.yaml", "tests/workflow/rehearsal/twenty_tasks.yaml"],
     "rehearsal_backbones": ["tests/workflow/rehearsal/rehearsal.yaml", "tests/workflow/rehearsal/other_backbones.yaml"],
 }
 

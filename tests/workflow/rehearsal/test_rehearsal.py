@@ -9,12 +9,11 @@ file's pins, the tables, and a second run that plans nothing. The server must ne
 an error.
 
 Two sizes:
-* in ``make test``: every rule of the paper DAG on the 8-task benchmark, and for the 20-task benchmark
-  every per-task rule of its 12 other tasks (download, prepare with EMNIST's orientation check,
-  fetch or EMNIST's re-fine-tuning, published and text-built heads and their check, the shared
-  CIFAR10/STL10 head, zero-shot and fine-tuned accuracy) plus a plan of its whole DAG. What it leaves
-  out of the 20-task run, the SVD caches of those 12 tasks and the benchmark-level rules, is the code
-  the 8-task run exercises, on 20 instead of 8 inputs.
+* in ``make test``: every rule of the paper DAG on the 20-task benchmark (twenty_tasks.yaml). Its tasks
+  hold the 8-task benchmark's, so every per-task job of both runs, and it brings what 8 tasks do not:
+  EMNIST's re-fine-tuning and orientation check, STL10 / CIFAR10 sharing a head, the MNIST / EMNIST
+  overlap in routing and the second pass, the baselines at T = 20. The 8-task benchmark is then
+  planned whole; its benchmark-level jobs are the same rules on 8 of these inputs.
 * ``make rehearsal`` (``MASS_REHEARSAL=full``): every rule on both benchmarks (218 jobs).
 
 What it cannot show: the real network (speed, outages, moved files), the real data volumes (a few
@@ -39,23 +38,19 @@ from support.hub_files import fill_hub
 from support.workflow import ROOT, planned_jobs, snakemake, workflow_copy
 
 from mass.data import catalog
+from mass.results import MethodResult
 
 HERE = Path(__file__).resolve().parent
 
 FULL = os.environ.get("MASS_REHEARSAL") == "full"
 pytestmark = [pytest.mark.slow]
-# make test: the paper DAG on 8 tasks (eight_tasks.yaml), then the 20-task benchmark's other tasks
-OVERLAY = ("--configfile", "rehearsal.yaml") if FULL else ("--configfile", "rehearsal.yaml", "eight_tasks.yaml")
+# make test: the paper DAG on the 20-task benchmark (twenty_tasks.yaml); make rehearsal: both benchmarks
 BOTH = ("--configfile", "rehearsal.yaml")
+OVERLAY = BOTH if FULL else ("--configfile", "rehearsal.yaml", "twenty_tasks.yaml")
 OTHERS = {"ViT-B-16": "MNIST", "ViT-L-14": "MNIST"}
 PAPER_CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
-EXTRA_TASKS = [t for t in PAPER_CONFIG["benchmarks"]["20"] if t not in PAPER_CONFIG["benchmarks"]["8"]]
-
-
-def extra_task_targets(backbone: str = "ViT-B-32") -> list[str]:
-    """Every per-task output of the 20-task benchmark's tasks that the 8-task run does not make."""
-    return [*(f"results/{backbone}/tasks/{t}/{name}.json" for t in EXTRA_TASKS for name in ("head_check", "endpoints")),
-            f"resources/checkpoints/{backbone}/heads/CIFAR10_STL10.safetensors"]
+BENCHMARK_RULES = {"svd_cache", "merge", "first_pass", "routing_sweep", "evaluate_mass", "evaluate_baseline",
+                   "make_tables"}
 
 
 def job_counts(result) -> dict[str, int]:
@@ -82,7 +77,7 @@ def rehearsal(tmp_path_factory):
                        descriptions_at=PAPER_CONFIG["textspan"]["descriptions"])
     generated = time.monotonic() - started
     cwd = workflow_copy(tmp / "workflow")
-    for name in ("rehearsal.yaml", "eight_tasks.yaml", "other_backbones.yaml"):
+    for name in ("rehearsal.yaml", "twenty_tasks.yaml", "other_backbones.yaml"):
         shutil.copy(HERE / name, cwd / name)
     env = {"HF_ENDPOINT": server.url, "MASS_GITHUB_RAW": server.url, "HF_HOME": str(tmp / "hf_home"),
            "HF_HUB_OFFLINE": "0", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
@@ -108,50 +103,51 @@ def run(state: dict, *args: str, name: str, timeout: int = 1500):
 
 @pytest.fixture(scope="module")
 def paper_run(rehearsal):
-    name = "paper DAG, ViT-B-32, " + ("8 + 20" if FULL else "8") + " tasks"
-    runs = [run(rehearsal, "--cores", "2", *OVERLAY, name=name)]
-    if not FULL and runs[0].returncode == 0:
-        runs.append(run(rehearsal, *extra_task_targets(), "--cores", "2", *BOTH,
-                        name=f"20-task benchmark: per-task rules of its {len(EXTRA_TASKS)} other tasks"))
-    return rehearsal, runs
+    name = "paper DAG, ViT-B-32, " + ("8 + 20" if FULL else "20") + " tasks"
+    return rehearsal, run(rehearsal, "--cores", "2", *OVERLAY, name=name)
 
 
 def test_paper_dag_runs_on_the_real_layouts(paper_run):
-    state, runs = paper_run
+    state, result = paper_run
     cwd = state["cwd"]
-    for result in runs:
-        assert result.returncode == 0, result.stderr[-5000:] + log_tail(cwd)
+    assert result.returncode == 0, result.stderr[-5000:] + log_tail(cwd)
     assert state["server"].misses() == [], "the pipeline asked the hub for what it does not have"
     for table in ("table2.tex", "table2_vs_paper.tex", "table3.tex"):
         assert (cwd / "results" / "tables" / table).stat().st_size > 0
-    jobs = set().union(*(job_counts(r) for r in runs))
     rules = {"download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned",
              "check_head", "download_descriptions", "build_head", "build_head_for_check", "use_published_head",
-             "finetune", "evaluate_endpoints", "svd_cache", "merge", "select_epsilon", "first_pass",
-             "routing_sweep", "routing_features", "evaluate_mass", "evaluate_tsvm", "evaluate_tsvc",
-             "evaluate_batched", "evaluate_baseline", "interpret_tsv", "collect_results", "make_tables",
-             "make_plots", "all"}
-    assert rules <= jobs, f"rules of the paper DAG that did not run: {sorted(rules - jobs)}"
-    for task in EXTRA_TASKS:
+             "finetune", "evaluate_endpoints", "select_epsilon", "routing_features", "evaluate_tsvm",
+             "evaluate_tsvc", "evaluate_batched", "interpret_tsv", "collect_results", "make_plots", "all",
+             *BENCHMARK_RULES}
+    jobs = job_counts(result)
+    assert rules <= set(jobs), f"rules of the paper DAG that did not run: {sorted(rules - set(jobs))}"
+    assert jobs["evaluate_endpoints"] == len(PAPER_CONFIG["benchmarks"]["20"])
+    for task in PAPER_CONFIG["benchmarks"]["20"]:
         check = json.loads((cwd / "results" / "ViT-B-32" / "tasks" / task / "head_check.json").read_text())
         assert check["task"] == task
+    for benchmark in ("8", "20") if FULL else ("20",):
+        mass = MethodResult.load(cwd / "results" / "ViT-B-32" / benchmark / "methods" / "mass_proj.json")
+        assert list(mass.test) == PAPER_CONFIG["benchmarks"][benchmark]
 
 
-def test_twenty_task_dag_is_planned_whole(paper_run):
-    """The 20-task benchmark's benchmark-level rules, on what is now on disk: planned, and every
-    benchmark rule among them (make test runs them on 8 tasks only)."""
-    state, runs = paper_run
-    assert all(r.returncode == 0 for r in runs)
+def test_both_benchmarks_are_planned_whole(paper_run):
+    """What is on disk now plans the other benchmark's benchmark-level jobs (make test runs the 20-task
+    benchmark only), and nothing of the one that ran."""
+    state, result = paper_run
+    assert result.returncode == 0
     plan = run(state, "-n", "--cores", "2", *BOTH, name="plan of the paper DAG, 8 + 20 tasks", timeout=300)
     assert plan.returncode == 0, plan.stderr[-3000:]
-    planned = {job["rule"] for job in planned_jobs(plan.stdout + plan.stderr)}
-    if not FULL:
-        assert {"svd_cache", "merge", "first_pass", "evaluate_mass", "evaluate_baseline", "make_tables"} <= planned
+    planned = planned_jobs(plan.stdout + plan.stderr)
+    if FULL:
+        assert planned == []
+    else:
+        assert BENCHMARK_RULES - {"svd_cache"} <= {job["rule"] for job in planned}
+        assert not any("bench=20" in job.get("wildcards", "") for job in planned), planned
 
 
 def test_lock_file_pins_every_source(paper_run):
-    state, runs = paper_run
-    assert all(r.returncode == 0 for r in runs)
+    state, result = paper_run
+    assert result.returncode == 0
     lock = json.loads((state["cwd"] / "workflow" / "sources.lock.json").read_text())
     pinned = set(lock["revisions"])
     for info in state["summary"]["datasets"].values():
@@ -167,8 +163,8 @@ def test_lock_file_pins_every_source(paper_run):
 
 
 def test_other_backbones_fetch_paths(paper_run):
-    state, runs = paper_run
-    assert all(r.returncode == 0 for r in runs)
+    state, result = paper_run
+    assert result.returncode == 0
     targets = [f for b, task in OTHERS.items() for f in (f"resources/checkpoints/{b}/hub/{task}.safetensors",
                                                         f"results/{b}/tasks/{task}/head_check.json")]
     result = run(state, *targets, "--cores", "2", "--configfile", "rehearsal.yaml", "other_backbones.yaml",
@@ -181,12 +177,8 @@ def test_other_backbones_fetch_paths(paper_run):
 
 
 def test_second_run_plans_nothing(paper_run):
-    state, runs = paper_run
-    assert all(r.returncode == 0 for r in runs)
-    again = [run(state, "-n", "--cores", "2", *OVERLAY, name="second run (dry)", timeout=300)]
-    if not FULL:
-        again.append(run(state, *extra_task_targets(), "-n", "--cores", "2", *BOTH, name="second run of the 20-task "
-                         "targets (dry)", timeout=300))
-    for result in again:
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert planned_jobs(result.stdout + result.stderr) == [], (result.stdout + result.stderr)[-3000:]
+    state, result = paper_run
+    assert result.returncode == 0
+    again = run(state, "-n", "--cores", "2", *OVERLAY, name="second run (dry)", timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert planned_jobs(again.stdout + again.stderr) == [], (again.stdout + again.stderr)[-3000:]
