@@ -7,7 +7,9 @@ URL-quoted). A file is bytes in memory or a file on disk (checkpoints of hundred
 ``raw`` file is served at a plain path (the GitHub raw file of the TEXTSPAN pool). Faults on
 demand: a dropped connection part-way, wrong LFS hashes, a listing without hashes, an HTML page
 served with 200, a body cut short without a length. Every request is recorded with its status,
-so a test can list what the server did not have (:meth:`HubServer.misses`).
+so a test can list what the server did not have (:meth:`HubServer.misses`). A file added with
+``once=True`` is deleted from disk after its first whole download (and answered 410 after that):
+the rehearsal's checkpoints then take disk twice (hub and pipeline) only while in flight.
 
 Used by the unit tests (the ``hub`` fixture, also in ``conftest.py``) and by the dress rehearsal
 (``tests/workflow/rehearsal``), which fills it with every source the paper configuration downloads.
@@ -32,10 +34,6 @@ from mass.sources.download import HubRepo, LockFile, download_hub_file, resolve_
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 _CHUNK = 1 << 20
-
-
-def _size(data: bytes | Path) -> int:
-    return data.stat().st_size if isinstance(data, Path) else len(data)
 
 
 class QuietHandler(http.server.BaseHTTPRequestHandler):
@@ -90,8 +88,11 @@ class HubServer(LocalServer):
         self.cut_without_length: dict[str, int] = {}  # filename -> bytes sent, no Content-Length, then closed
         self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
         self.statuses: list[tuple[str, int]] = []  # (path, status answered)
+        self.once: set[tuple[str, str, str]] = set()  # (repo, commit, name) deleted after one whole download
+        self.gone: set[tuple[str, str, str]] = set()  # what ``once`` has deleted
         self.lock = threading.Lock()
         self._sha: dict[tuple[str, str, str], str] = {}
+        self._size: dict[tuple[str, str, str], int] = {}
         server = self
 
         class Handler(QuietHandler):
@@ -124,13 +125,14 @@ class HubServer(LocalServer):
                 if commit is None:
                     return self._send(404, b'{"error": "Repository not found"}')
                 siblings = []
-                for name, data in server.files[(repo_path, commit)].items():
+                for name in server.files[(repo_path, commit)]:
                     if name in server.no_lfs:
                         siblings.append({"rfilename": name})
                         continue
                     digest = server.lfs_override.get(name) or server.sha256(repo_path, commit, name)
-                    siblings.append({"rfilename": name, "size": _size(data),
-                                     "lfs": {"sha256": digest, "size": _size(data), "pointerSize": 134}})
+                    size = server.size(repo_path, commit, name)
+                    siblings.append({"rfilename": name, "size": size,
+                                     "lfs": {"sha256": digest, "size": size, "pointerSize": 134}})
                 self._send(200, json.dumps({"id": repo_id, "sha": commit, "siblings": siblings}).encode(),
                            {"Content-Type": "application/json"})
 
@@ -142,6 +144,8 @@ class HubServer(LocalServer):
                 if data is None:
                     return self._send(404, b"Entry not found")
                 name = unquote(filename)
+                if (repo_path, commit, name) in server.gone:
+                    return self._send(410, b"Gone: served once already")
                 if name in server.html:
                     page = b"<!DOCTYPE html>\n<html><body><h1>Service unavailable</h1></body></html>\n"
                     return self._send(200, page, {"Content-Type": server.html[name]})
@@ -152,16 +156,24 @@ class HubServer(LocalServer):
                     self.wfile.write(_read(data, 0, server.cut_without_length[name]))
                     self.close_connection = True
                     return
-                self._body(data, name)
+                key = (repo_path, commit, name)
+                if self._body(data, name) and key in server.once:
+                    server.sha256(*key)  # the listing still reports it
+                    with server.lock:
+                        server.once.discard(key)
+                        server.gone.add(key)
+                    data.unlink()
 
-            def _body(self, data: bytes | Path, name: str) -> None:
-                size = _size(data)
+            def _body(self, data: bytes | Path, name: str) -> bool:
+                """Send ``data`` (from a Range start); True when it went out to its end."""
+                size = len(data) if isinstance(data, bytes) else data.stat().st_size
                 start = 0
                 range_header = self.headers.get("Range")
                 if range_header:
                     start = int(range_header.split("=")[1].split("-")[0])
                     if start >= size:
-                        return self._send(416, b"", {"Content-Range": f"bytes */{size}"})
+                        self._send(416, b"", {"Content-Range": f"bytes */{size}"})
+                        return False
                 with server.lock:
                     server.statuses.append((urlsplit(self.path).path, 206 if range_header else 200))
                 self.send_response(206 if range_header else 200)
@@ -176,22 +188,28 @@ class HubServer(LocalServer):
                     self.wfile.flush()
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
-                    return
+                    return False
                 if isinstance(data, bytes):
                     self.wfile.write(data[start:])
-                    return
+                    return True
                 with open(data, "rb") as fh:
                     fh.seek(start)
                     for block in iter(lambda: fh.read(_CHUNK), b""):
                         self.wfile.write(block)
+                return True
 
         super().__init__(Handler)
 
     def add(self, repo_path: str, filename: str, data: bytes | Path, commit: str = COMMIT,
-            branch: str | None = "main") -> None:
+            branch: str | None = "main", once: bool = False) -> None:
         """Put ``data`` (bytes, or a file on disk served from there) at ``filename`` of ``commit``,
-        which ``branch`` (None: no branch) then points to."""
+        which ``branch`` (None: no branch) then points to; ``once``: delete the file on disk after its
+        first whole download."""
         self.files.setdefault((repo_path, commit), {})[filename] = data
+        self._size[(repo_path, commit, filename)] = len(data) if isinstance(data, bytes) else data.stat().st_size
+        if once:
+            assert isinstance(data, Path), "only a file on disk can be served once"
+            self.once.add((repo_path, commit, filename))
         if branch is not None:
             self.branches[(repo_path, branch)] = commit
 
@@ -199,6 +217,9 @@ class HubServer(LocalServer):
         if (repo_path, revision) in self.files:
             return revision
         return self.branches.get((repo_path, revision))
+
+    def size(self, repo_path: str, commit: str, name: str) -> int:
+        return self._size[(repo_path, commit, name)]
 
     def sha256(self, repo_path: str, commit: str, name: str) -> str:
         """The file's sha256 (the hub's LFS oid), computed once."""

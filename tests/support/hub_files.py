@@ -288,9 +288,12 @@ def descriptions() -> bytes:
 
 
 def fill_hub(server: HubServer, folder: Path, *, tasks: list[str], backbones: dict[str, tuple[str, list[str]]],
-             n_train: int = 20, n_test: int = 3, descriptions_at: dict | None = None) -> dict:
+             n_train: int = 20, n_test: int = 3, descriptions_at: dict | None = None,
+             serve_once: bool = False) -> dict:
     """Generate every file into ``folder`` / memory and add it to ``server``; return a summary with
-    the facts taken from the catalog or a convention (``assumed``, per task)."""
+    the facts taken from the catalog or a convention (``assumed``, per task). ``serve_once``: the
+    encoder checkpoints are deleted after their first download (a second one is a miss), which
+    keeps the rehearsal's disk peak near one copy of them."""
     summary: dict = {"datasets": {}, "assumed": {}, "models": {}}
     for task in tasks:
         repo_path, ref, files, assumed = dataset_repo(task, n_train, n_test)
@@ -307,10 +310,11 @@ def fill_hub(server: HubServer, folder: Path, *, tasks: list[str], backbones: di
     server.add(repo, "README.md", b"# tall_masks (dress-rehearsal stand-in)\n", commit=commit_of(repo))
     server.add(repo, "tall_masks/ViT-L-14/TALL_mask_8task.npy", b"\x93NUMPY stand-in", commit=commit_of(repo))
     for name, path in tall.items():
-        server.add(repo, name, path, commit=commit_of(repo))
+        server.add(repo, name, path, commit=commit_of(repo), once=serve_once and name.endswith(".pt")
+                   and "/head_" not in name)
     for hub, files in openai.items():
         for name, path in files.items():
-            server.add(hub, name, path, commit=commit_of(hub))
+            server.add(hub, name, path, commit=commit_of(hub), once=serve_once and name.endswith(".safetensors"))
     summary["models"] = {repo: sorted(tall), **{hub: sorted(files) for hub, files in openai.items()}}
     if descriptions_at:
         pool = descriptions_at

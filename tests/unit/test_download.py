@@ -56,6 +56,22 @@ def test_interrupted_download_resumes_with_range_request(hub, tmp_path):
     assert record.sha256 == sha(data) and sha(target.read_bytes()) == sha(data) and not part.exists()
 
 
+def test_a_file_served_once_is_deleted_after_its_download_and_a_second_one_is_a_miss(hub, tmp_path):
+    """The dress rehearsal's disk saver: the listing still reports the file, a second download fails."""
+    data = payload()
+    source = tmp_path / "hub" / "weights.bin"
+    source.parent.mkdir()
+    source.write_bytes(data)
+    hub.add("org/model", "weights.bin", source, once=True)
+    _, target, run = fetch(hub, tmp_path)
+    assert run() == FileRecord(len(data), sha(data)) and not source.exists()
+    assert hub.misses() == []
+    _, again, run_again = fetch(hub, tmp_path / "second")
+    with pytest.raises(DownloadError, match="410"):
+        run_again()
+    assert not again.exists() and [status for _, status in hub.misses()] == [410]
+
+
 def test_dropped_connection_is_resumed_within_one_call(hub, tmp_path):
     data = payload()
     hub.add("org/model", "weights.bin", data)

@@ -5,6 +5,7 @@ job killed mid-write leaves nothing that passes for its output."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import time
 
 import pytest
 import yaml
-from support.workflow import AGGREGATES, SMALL, dry_run, env, snakemake
+from support.workflow import AGGREGATES, SMALL, dry_run, env, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +81,28 @@ def test_new_benchmark_runs_only_its_jobs(small_demo, tmp_path):
     assert {"generate_demo_task", "svd_cache", "merge", "evaluate_mass"} <= rules(new)
     # per-task jobs only for the new task, benchmark jobs only for the new benchmark
     assert all("task=counting" in job["wildcards"] or "bench=3" in job["wildcards"] for job in new), new
+
+
+def test_memory_requests_follow_what_the_job_holds(small_demo):
+    """Benchmark-level jobs hold their encoders, SVD components and first passes: their mem_mb is 3 GB
+    plus twice those inputs (common.smk), so a local --resources mem_mb limit keeps apart jobs that do
+    not fit together; evaluate_baseline, which holds every fine-tuned encoder, asks for the most."""
+    run = snakemake("-n", "--cores", "2", "--forcerun", "evaluate_baseline", "evaluate_mass", *SMALL,
+                    cwd=small_demo, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    jobs = [j for j in planned_jobs(run.stdout + run.stderr) if j["rule"] in ("evaluate_baseline", "evaluate_mass")]
+    assert {j["rule"] for j in jobs} == {"evaluate_baseline", "evaluate_mass"}
+    asked = {}
+    for job in jobs:
+        held = [f for f in job["input"].split(", ") if f.endswith((".safetensors", ".npz"))]
+        expected = int(3000 + 2 * sum(os.path.getsize(small_demo / f) for f in held) / 2**20)
+        asked[job["rule"], job["wildcards"]] = int(re.search(r"\bmem_mb=(\d+)", job["resources"]).group(1))
+        assert asked[job["rule"], job["wildcards"]] == expected, job["resources"]
+        if job["rule"] == "evaluate_baseline":
+            bench = int(job["wildcards"].split("bench=")[1].split(",")[0])
+            assert sum("/trained/" in f for f in held) == bench  # every fine-tuned encoder is counted
+    largest = max(asked, key=asked.get)
+    assert largest[0] == "evaluate_baseline", asked
 
 
 HANG_BEFORE_RENAME = """\

@@ -34,7 +34,9 @@ def test_slurm_profile_sizes_every_rule():
     local = {rule for rule, block in blocks.items() if "localrule: True" in block}
     assert LOCAL_RULES <= local, "downloads run on the login node"
     assert set(blocks) - local == set(resources), "every cluster rule has its resources in the profile"
-    assert all("runtime" in r and "mem_mb" in r for r in resources.values())
+    assert all("runtime" in r for r in resources.values())
+    # evaluate_baseline's memory grows with the encoders it holds: the rule computes it (common.smk)
+    assert {rule for rule, r in resources.items() if "mem_mb" not in r} == {"evaluate_baseline"}
     assert {rule for rule, r in resources.items() if r.get("gpu") == 1} == GPU_RULES
     assert threads["svd_cache"] >= 4 and resources["svd_cache"]["mem_mb"] >= 16000
     assert all(resources[r]["mem_mb"] <= 4000 and resources[r]["runtime"] <= 15 for r in SMALL_JOBS)

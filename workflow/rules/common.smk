@@ -35,6 +35,18 @@ def tasks(w):
     return list(config["benchmarks"][w.bench])
 
 
+def holds_its_inputs_mb(wildcards, input):
+    """mem_mb of a job that holds the encoders, SVD components and first passes it reads (.safetensors,
+    .npz) in memory: 3 GB plus twice their size; data files are memory-mapped and not counted. Peaks
+    measured on the dress rehearsal (ViT-B-32, 20 tasks; results/benchmarks/): evaluate_baseline, which
+    holds all T task vectors, 16.9 GB (it is given ~19 GB); evaluate_mass 4.3 GB (~5.6 GB); the other
+    steps sized here 1.5-4.2 GB. Files not there yet count 0 (Snakemake evaluates resources again
+    before it starts a job, when its inputs exist). On SLURM the profile's fixed sizes apply instead,
+    evaluate_baseline's excepted."""
+    held = [f for f in input if f.endswith((".safetensors", ".npz")) and os.path.exists(f)]
+    return int(3000 + 2 * sum(os.path.getsize(f) for f in held) / 2**20)
+
+
 def check_selection():
     """Every selected backbone and benchmark must be defined: fail early, naming the key."""
     for name, table in (("backbones", BACKBONES), ("benchmarks", BENCHMARKS)):

@@ -41,7 +41,7 @@ rule evaluate_tsvc:
         "results/benchmarks/evaluate_tsvc/{backbone}/{bench}.tsv"
     threads: config["compute_threads"]
     resources:
-        mem_mb=16000,
+        mem_mb=holds_its_inputs_mb,
         runtime=120,
         gpu=1,
     conda:
@@ -67,7 +67,7 @@ rule evaluate_baseline:
         "results/benchmarks/evaluate_baseline/{backbone}/{bench}/{method}.tsv"
     threads: config["compute_threads"]
     resources:
-        mem_mb=32000,
+        mem_mb=holds_its_inputs_mb,
         runtime=240,
         gpu=1,
     conda:
@@ -102,7 +102,7 @@ rule evaluate_mass:
         "results/benchmarks/evaluate_mass/{backbone}/{bench}/{router}.tsv"
     threads: config["compute_threads"]
     resources:
-        mem_mb=16000,
+        mem_mb=holds_its_inputs_mb,
         runtime=240,
         gpu=1,
     conda:
@@ -133,7 +133,7 @@ rule routing_features:
         "results/benchmarks/routing_features/{backbone}/{bench}/{fpmodel}.tsv"
     threads: config["compute_threads"]
     resources:
-        mem_mb=16000,
+        mem_mb=holds_its_inputs_mb,
         runtime=120,
         gpu=1,
     conda:
@@ -160,7 +160,7 @@ rule evaluate_batched:
         "results/benchmarks/evaluate_batched/{backbone}/{bench}.tsv"
     threads: config["compute_threads"]
     resources:
-        mem_mb=16000,
+        mem_mb=holds_its_inputs_mb,
         runtime=120,
         gpu=1,
     conda:

@@ -67,7 +67,7 @@ rule interpret_tsv:
         "results/benchmarks/interpret_tsv/{backbone}/{bench}.tsv"
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=holds_its_inputs_mb,
         runtime=30,
     conda:
         "../../envs/mass.yaml"

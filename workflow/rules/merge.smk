@@ -15,7 +15,7 @@ rule merge:
         "results/benchmarks/merge/{backbone}/{bench}/eps{eps}.tsv"
     threads: config["compute_threads"]
     resources:
-        mem_mb=8000,
+        mem_mb=holds_its_inputs_mb,
         runtime=30,
     conda:
         "../../envs/mass.yaml"
@@ -41,7 +41,7 @@ rule first_pass:
         "results/benchmarks/first_pass/{backbone}/{bench}/{fpmodel}_{split}.tsv"
     threads: config["compute_threads"]
     resources:
-        mem_mb=16000,
+        mem_mb=holds_its_inputs_mb,
         runtime=120,
         gpu=1,
     conda:

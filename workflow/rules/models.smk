@@ -124,7 +124,7 @@ rule evaluate_endpoints:
         "results/benchmarks/evaluate_endpoints/{backbone}/{task}.tsv"
     threads: 1
     resources:
-        mem_mb=8000,
+        mem_mb=holds_its_inputs_mb,
         runtime=30,
         gpu=1,
     conda:
@@ -150,7 +150,7 @@ rule svd_cache:
         "results/benchmarks/svd_cache/{backbone}/{task}.tsv"
     threads: config["compute_threads"]
     resources:
-        mem_mb=8000,
+        mem_mb=holds_its_inputs_mb,
         runtime=30,
     conda:
         "../../envs/mass.yaml"

@@ -18,8 +18,10 @@ Two sizes:
 
 What it cannot show: the real network (speed, outages, moved files), the real data volumes (a few
 images per split), GPU behaviour and the numbers of the paper (random weights). Cost on the 2-core
-machine: see docs/running.md ("Before you spend GPU hours"). ``MASS_REHEARSAL_KEEP=1`` keeps the
-~20 GB of files it writes (default: deleted, the logs kept).
+machine: see docs/running.md ("Before you spend GPU hours"). Disk: 16.8 GB at the peak, since the hub
+deletes each encoder checkpoint after its download (``serve_once``). ``MASS_REHEARSAL_KEEP=1`` keeps
+the files it writes (default: deleted, the logs kept). Snakemake gets the machine's memory as its
+``mem_mb`` limit, as docs/running.md tells users to do on one machine.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ pytestmark = [pytest.mark.slow]
 BOTH = ("--configfile", "rehearsal.yaml")
 OVERLAY = BOTH if FULL else ("--configfile", "rehearsal.yaml", "twenty_tasks.yaml")
 OTHERS = {"ViT-B-16": "MNIST", "ViT-L-14": "MNIST"}
+DISK_GB = 20  # measured peak of make test's rehearsal (docs/running.md), with a margin
+# Snakemake limits memory only when told (docs/running.md): two 20-task baselines at once were OOM-killed
+MACHINE_MB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
 PAPER_CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
 BENCHMARK_RULES = {"svd_cache", "merge", "first_pass", "routing_sweep", "evaluate_mass", "evaluate_baseline",
                    "make_tables"}
@@ -68,13 +73,17 @@ def log_tail(cwd: Path, limit: int = 6000) -> str:
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("rehearsal")
+    free = shutil.disk_usage(tmp).free
+    if free < DISK_GB * 1e9:
+        pytest.fail(f"the dress rehearsal writes up to ~{DISK_GB} GB under {tmp} and only {free / 1e9:.0f} GB are free "
+                    "there: free space on that disk, or give pytest a bigger one with --basetemp DIR")
     arch = {name: b["arch"] for name, b in PAPER_CONFIG["backbones"].items()}
     started = time.monotonic()
     server = HubServer().start()
     summary = fill_hub(server, tmp / "hub", tasks=list(catalog.TASKS),
                        backbones={"ViT-B-32": (arch["ViT-B-32"], list(catalog.TASKS)),
                                   **{b: (arch[b], [task]) for b, task in OTHERS.items()}},
-                       descriptions_at=PAPER_CONFIG["textspan"]["descriptions"])
+                       descriptions_at=PAPER_CONFIG["textspan"]["descriptions"], serve_once=True)
     generated = time.monotonic() - started
     cwd = workflow_copy(tmp / "workflow")
     for name in ("rehearsal.yaml", "twenty_tasks.yaml", "other_backbones.yaml"):
@@ -87,7 +96,7 @@ def rehearsal(tmp_path_factory):
     server.stop()
     print("\nrehearsal times (s):", json.dumps({k: round(v) for k, v in state["times"].items()}))
     print("facts not from a fixture (catalog or convention):", json.dumps(summary["assumed"], indent=1))
-    if not os.environ.get("MASS_REHEARSAL_KEEP"):  # ~20 GB of checkpoints; the logs stay for a look
+    if not os.environ.get("MASS_REHEARSAL_KEEP"):  # the checkpoints; the logs stay for a look
         shutil.rmtree(tmp / "hub", ignore_errors=True)
         shutil.rmtree(cwd / "resources", ignore_errors=True)
         for path in (cwd / "results").rglob("*.safetensors"):
@@ -104,7 +113,7 @@ def run(state: dict, *args: str, name: str, timeout: int = 1500):
 @pytest.fixture(scope="module")
 def paper_run(rehearsal):
     name = "paper DAG, ViT-B-32, " + ("8 + 20" if FULL else "20") + " tasks"
-    return rehearsal, run(rehearsal, "--cores", "2", *OVERLAY, name=name)
+    return rehearsal, run(rehearsal, "--cores", "2", "--resources", f"mem_mb={MACHINE_MB}", *OVERLAY, name=name)
 
 
 def test_paper_dag_runs_on_the_real_layouts(paper_run):
