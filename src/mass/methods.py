@@ -23,7 +23,11 @@ class Baseline:
     ``build`` is ``"<module>:<function>"``, called as ``function(task_vectors, alpha, **options)``
     (weight averaging takes no alpha). ``options`` are the config keys besides ``alphas`` passed to
     it, each with its type; ``per_task_lambdas`` marks Consensus TA, whose TALL-mask lambda is
-    chosen per task on that task's validation split before alpha is.
+    chosen per task on that task's validation split before alpha is. ``memory_copies``: the job's
+    peak memory in multiples of the encoders it reads (all T task vectors are held at once), for its
+    Snakemake ``mem_mb`` (workflow/rules/common.smk). Measured on the dress rehearsal (ViT-B-32, 20
+    tasks, 8.0 GiB of encoders and components): 8.6-9.1 GB for one copy, 16.9 GB for Consensus TA,
+    which also holds its TALL masks and each task's localised model.
     """
 
     name: str
@@ -32,6 +36,7 @@ class Baseline:
     alpha_grid: bool = True
     options: dict[str, type] = field(default_factory=dict)
     per_task_lambdas: bool = False
+    memory_copies: int = 1
 
     def builder(self) -> Callable[..., Any]:
         module, function = self.build.split(":")
@@ -54,7 +59,7 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in (
     Baseline("weight_averaging", "Weight averaging", "mass.baselines:weight_average", alpha_grid=False),
     Baseline("task_arithmetic", "Task Arithmetic", "mass.baselines:task_arithmetic"),
     Baseline("consensus", "Consensus TA", "mass.baselines:consensus", options={"min_agreement": int},
-             per_task_lambdas=True),
+             per_task_lambdas=True, memory_copies=2),
     Baseline("iso_c", "Iso-C", "mass.baselines:iso_c"),
     Baseline("iso_cts", "Iso-CTS", "mass.baselines:iso_cts", options={"common_fraction": float}),
 )}

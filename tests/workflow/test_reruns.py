@@ -83,26 +83,29 @@ def test_new_benchmark_runs_only_its_jobs(small_demo, tmp_path):
     assert all("task=counting" in job["wildcards"] or "bench=3" in job["wildcards"] for job in new), new
 
 
-def test_memory_requests_follow_what_the_job_holds(small_demo):
+def test_memory_requests_follow_what_the_job_holds(small_demo, tmp_path):
     """Benchmark-level jobs hold their encoders, SVD components and first passes: their mem_mb is 3 GB
     plus twice those inputs (common.smk), so a local --resources mem_mb limit keeps apart jobs that do
-    not fit together; evaluate_baseline, which holds every fine-tuned encoder, asks for the most."""
-    run = snakemake("-n", "--cores", "2", "--forcerun", "evaluate_baseline", "evaluate_mass", *SMALL,
+    not fit together. evaluate_baseline holds all T task vectors once (Consensus TA twice, its
+    ``memory_copies``)."""
+    extra = tmp_path / "consensus.yaml"
+    extra.write_text(yaml.safe_dump({"baselines": {"methods": ["task_arithmetic", "consensus"]}}))
+    run = snakemake("-n", "--cores", "2", "--forcerun", "evaluate_baseline", "evaluate_mass", *SMALL, str(extra),
                     cwd=small_demo, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    jobs = [j for j in planned_jobs(run.stdout + run.stderr) if j["rule"] in ("evaluate_baseline", "evaluate_mass")]
-    assert {j["rule"] for j in jobs} == {"evaluate_baseline", "evaluate_mass"}
-    asked = {}
-    for job in jobs:
+    asked, held_mb = {}, {}
+    for job in planned_jobs(run.stdout + run.stderr):
+        if job["rule"] not in ("evaluate_baseline", "evaluate_mass"):
+            continue
+        name = job["wildcards"].split("method=")[1] if job["rule"] == "evaluate_baseline" else job["rule"]
         held = [f for f in job["input"].split(", ") if f.endswith((".safetensors", ".npz"))]
-        expected = int(3000 + 2 * sum(os.path.getsize(small_demo / f) for f in held) / 2**20)
-        asked[job["rule"], job["wildcards"]] = int(re.search(r"\bmem_mb=(\d+)", job["resources"]).group(1))
-        assert asked[job["rule"], job["wildcards"]] == expected, job["resources"]
-        if job["rule"] == "evaluate_baseline":
-            bench = int(job["wildcards"].split("bench=")[1].split(",")[0])
-            assert sum("/trained/" in f for f in held) == bench  # every fine-tuned encoder is counted
-    largest = max(asked, key=asked.get)
-    assert largest[0] == "evaluate_baseline", asked
+        held_mb[name] = sum(os.path.getsize(small_demo / f) for f in held) / 2**20
+        asked[name] = int(re.search(r"\bmem_mb=(\d+)", job["resources"]).group(1))
+    assert set(asked) == {"task_arithmetic", "consensus", "evaluate_mass"}, asked
+    assert held_mb["task_arithmetic"] == held_mb["consensus"] > 0  # every fine-tuned encoder counted
+    assert asked["task_arithmetic"] == int(3000 + held_mb["task_arithmetic"])
+    assert asked["consensus"] == int(3000 + 2 * held_mb["consensus"])
+    assert asked["evaluate_mass"] == int(3000 + 2 * held_mb["evaluate_mass"])
 
 
 HANG_BEFORE_RENAME = """\

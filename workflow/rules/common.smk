@@ -5,7 +5,8 @@ import json
 import os
 import shlex
 
-from mass.methods import ROUTERS as ROUTER_REGISTRY  # plain data: importing it does not load torch
+from mass.methods import BASELINES as BASELINE_REGISTRY  # plain data: importing it does not load torch
+from mass.methods import ROUTERS as ROUTER_REGISTRY
 
 BACKBONES = [str(b) for b in config["run"]["backbones"]]
 BENCHMARKS = [str(b) for b in config["run"]["benchmarks"]]
@@ -35,16 +36,22 @@ def tasks(w):
     return list(config["benchmarks"][w.bench])
 
 
-def holds_its_inputs_mb(wildcards, input):
+def holds_its_inputs_mb(wildcards, input, copies: float = 2):
     """mem_mb of a job that holds the encoders, SVD components and first passes it reads (.safetensors,
-    .npz) in memory: 3 GB plus twice their size; data files are memory-mapped and not counted. Peaks
-    measured on the dress rehearsal (ViT-B-32, 20 tasks; results/benchmarks/): evaluate_baseline, which
-    holds all T task vectors, 16.9 GB (it is given ~19 GB); evaluate_mass 4.3 GB (~5.6 GB); the other
-    steps sized here 1.5-4.2 GB. Files not there yet count 0 (Snakemake evaluates resources again
-    before it starts a job, when its inputs exist). On SLURM the profile's fixed sizes apply instead,
-    evaluate_baseline's excepted."""
+    .npz) in memory: 3 GB plus ``copies`` times their size; data files are memory-mapped and not
+    counted. Peaks measured on the dress rehearsal (ViT-B-32, 20 tasks; results/benchmarks/):
+    evaluate_mass 4.3 GB (given ~5.6 GB), the other steps sized here 1.5-4.2 GB. Files not there yet
+    count 0 (Snakemake evaluates resources again before it starts a job, when its inputs exist). On
+    SLURM the profile's fixed sizes apply instead, evaluate_baseline's excepted."""
     held = [f for f in input if f.endswith((".safetensors", ".npz")) and os.path.exists(f)]
-    return int(3000 + 2 * sum(os.path.getsize(f) for f in held) / 2**20)
+    return int(3000 + copies * sum(os.path.getsize(f) for f in held) / 2**20)
+
+
+def baseline_mb(wildcards, input):
+    """mem_mb of evaluate_baseline: it holds all T task vectors at once, its method's
+    ``memory_copies`` times the encoders it reads (mass.methods; Consensus TA 2, the others 1):
+    ViT-B/32 with 20 tasks ~11 GB (Consensus ~19 GB), ViT-L/14 with 20 tasks ~32 GB (~60 GB)."""
+    return holds_its_inputs_mb(wildcards, input, BASELINE_REGISTRY[wildcards.method].memory_copies)
 
 
 def check_selection():

@@ -67,7 +67,7 @@ rule evaluate_baseline:
         "results/benchmarks/evaluate_baseline/{backbone}/{bench}/{method}.tsv"
     threads: config["compute_threads"]
     resources:
-        mem_mb=holds_its_inputs_mb,
+        mem_mb=baseline_mb,
         runtime=240,
         gpu=1,
     conda:
