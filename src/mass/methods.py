@@ -25,9 +25,9 @@ class Baseline:
     it, each with its type; ``per_task_lambdas`` marks Consensus TA, whose TALL-mask lambda is
     chosen per task on that task's validation split before alpha is. ``memory_copies``: the job's
     peak memory in multiples of the encoders it reads (all T task vectors are held at once), for its
-    Snakemake ``mem_mb`` (workflow/rules/common.smk). Measured on the dress rehearsal (ViT-B-32, 20
-    tasks, 8.0 GiB of encoders and components): 8.6-9.1 GB for one copy, 16.9 GB for Consensus TA,
-    which also holds its TALL masks and each task's localised model.
+    Snakemake ``mem_mb`` (workflow/rules/common.smk). Measured in two dress rehearsals (ViT-B-32, 20
+    tasks, 7.5 GiB of encoders and components): 7.4-9.5 GB for the one-copy methods, 11.5 and 16.9
+    GB for Consensus TA, which also holds its TALL masks and each task's localised model.
     """
 
     name: str

@@ -40,7 +40,7 @@ def holds_its_inputs_mb(wildcards, input, copies: float = 2):
     """mem_mb of a job that holds the encoders, SVD components and first passes it reads (.safetensors,
     .npz) in memory: 3 GB plus ``copies`` times their size; data files are memory-mapped and not
     counted. Peaks measured on the dress rehearsal (ViT-B-32, 20 tasks; results/benchmarks/):
-    evaluate_mass 4.3 GB (given ~5.6 GB), the other steps sized here 1.5-4.2 GB. Files not there yet
+    evaluate_mass 4.3-4.5 GB (given ~4.9 GB), the other steps sized here 1.5-4.2 GB. Files not there yet
     count 0 (Snakemake evaluates resources again before it starts a job, when its inputs exist). On
     SLURM the profile's fixed sizes apply instead, evaluate_baseline's excepted."""
     held = [f for f in input if f.endswith((".safetensors", ".npz")) and os.path.exists(f)]
@@ -50,7 +50,7 @@ def holds_its_inputs_mb(wildcards, input, copies: float = 2):
 def baseline_mb(wildcards, input):
     """mem_mb of evaluate_baseline: it holds all T task vectors at once, its method's
     ``memory_copies`` times the encoders it reads (mass.methods; Consensus TA 2, the others 1):
-    ViT-B/32 with 20 tasks ~11 GB (Consensus ~19 GB), ViT-L/14 with 20 tasks ~32 GB (~60 GB)."""
+    ViT-B/32 with 20 tasks ~10.7 GB (Consensus ~18 GB), ViT-L/14 with 20 tasks ~32 GB (~60 GB)."""
     return holds_its_inputs_mb(wildcards, input, BASELINE_REGISTRY[wildcards.method].memory_copies)
 
 
