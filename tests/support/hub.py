@@ -36,6 +36,10 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 _CHUNK = 1 << 20
 
 
+def _size(data: bytes | Path) -> int:
+    return data.stat().st_size if isinstance(data, Path) else len(data)
+
+
 class QuietHandler(http.server.BaseHTTPRequestHandler):
     """What every test server's handler shares: HTTP/1.1 keep-alive (as the hub) and no request log."""
 
@@ -144,7 +148,8 @@ class HubServer(LocalServer):
                 if data is None:
                     return self._send(404, b"Entry not found")
                 name = unquote(filename)
-                if (repo_path, commit, name) in server.gone:
+                key = (repo_path, commit, name)
+                if key in server.gone:
                     return self._send(410, b"Gone: served once already")
                 if name in server.html:
                     page = b"<!DOCTYPE html>\n<html><body><h1>Service unavailable</h1></body></html>\n"
@@ -156,7 +161,6 @@ class HubServer(LocalServer):
                     self.wfile.write(_read(data, 0, server.cut_without_length[name]))
                     self.close_connection = True
                     return
-                key = (repo_path, commit, name)
                 if self._body(data, name) and key in server.once:
                     server.sha256(*key)  # the listing still reports it
                     with server.lock:
@@ -166,7 +170,7 @@ class HubServer(LocalServer):
 
             def _body(self, data: bytes | Path, name: str) -> bool:
                 """Send ``data`` (from a Range start); True when it went out to its end."""
-                size = len(data) if isinstance(data, bytes) else data.stat().st_size
+                size = _size(data)
                 start = 0
                 range_header = self.headers.get("Range")
                 if range_header:
@@ -206,7 +210,7 @@ class HubServer(LocalServer):
         which ``branch`` (None: no branch) then points to; ``once``: delete the file on disk after its
         first whole download."""
         self.files.setdefault((repo_path, commit), {})[filename] = data
-        self._size[(repo_path, commit, filename)] = len(data) if isinstance(data, bytes) else data.stat().st_size
+        self._size[(repo_path, commit, filename)] = _size(data)
         if once:
             assert isinstance(data, Path), "only a file on disk can be served once"
             self.once.add((repo_path, commit, filename))
