@@ -31,6 +31,15 @@ def evaluate_encoder(visual: nn.Module, data: SplitData, heads: Sequence[torch.T
     return accuracy_with_oracle_heads(features, data, heads)
 
 
+def fit_to_classes(logits: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``logits`` (N x C) cut to their first ``num_classes`` columns, or padded with zeros up to them:
+    how both editions' code (``pad_output`` in ``src/mass/utils/utils.py`` of crisostomi/mass at
+    583b35e and 702177e) fits the chosen head's output to the evaluated task's class count."""
+    if logits.shape[1] >= num_classes:
+        return logits[:, :num_classes]
+    return torch.cat([logits, logits.new_zeros(logits.shape[0], num_classes - logits.shape[1])], dim=1)
+
+
 def per_task_accuracy(correct: torch.Tensor, data: SplitData) -> dict[str, float]:
     """Mean of a per-sample outcome (a correct prediction, a correct routing) over each task's samples."""
     return {name: float(correct[data.indices_of(t)].float().mean()) for t, name in enumerate(data.task_names)}

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from mass.data.store import RowSubset, make_loader, to_model_input
 from mass.encoder import create_visual, image_size
+from mass.evaluation import fit_to_classes
 from mass.forward import count_forwarded, encode
 from mass.heads import head_logits, load_heads
 from mass.io import load_tensors
@@ -42,10 +43,12 @@ def predict_over_heads(features: torch.Tensor, heads: Sequence[torch.Tensor],
 
 @dataclass
 class Predictions:
-    """Per-sample outputs of a second pass: chosen head (task index) and class."""
+    """Per-sample outputs of a second pass: chosen head (task index) and class, and the second-pass
+    features they were read from (for the published scoring, :meth:`MassModel.is_correct_published`)."""
 
     task: torch.Tensor
     cls: torch.Tensor
+    features: torch.Tensor | None = None
 
 
 class MassModel:
@@ -112,7 +115,7 @@ class MassModel:
             idx = torch.nonzero(inverse == g).flatten()
             subset = tuple(int(i) for i in torch.nonzero(row).flatten())
             task[idx], cls[idx] = predict_over_heads(features[idx], self.heads, self.candidate_heads(subset))
-        return Predictions(task, cls)
+        return Predictions(task, cls, features)
 
     @torch.no_grad()
     def features(self, images: np.ndarray, selection: torch.Tensor, batch_size: int = 256,
@@ -156,7 +159,21 @@ class MassModel:
         return self.predict_features(self.features(images, selection, batch_size, workers, desc), selection)
 
     def is_correct(self, pred: Predictions, true_task: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Correct when the chosen head is the true task's head and the class matches."""
+        """Strict: correct when the chosen head is the true task's head and the class matches."""
         names = np.asarray(self.head_names)
         same_head = torch.from_numpy(names[pred.task.numpy()] == names[true_task.numpy()])
         return same_head & (pred.cls == labels)
+
+    def is_correct_published(self, pred: Predictions, true_task: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """As both editions' code scores a routed prediction (:func:`mass.evaluation.fit_to_classes`): the
+        chosen head's logits cut to, or zero-padded up to, the true task's class count, and their argmax
+        against the label. Where the chosen head is the true one this is :meth:`is_correct`; a wrong
+        head can also hit, when the index it picks among the first classes equals the label."""
+        if pred.features is None:
+            raise ValueError("the published scoring needs the second-pass features (Predictions.features)")
+        correct = torch.empty(len(labels), dtype=torch.bool)
+        for head, task in torch.unique(torch.stack([pred.task, true_task], 1), dim=0).tolist():
+            idx = torch.nonzero((pred.task == head) & (true_task == task)).flatten()
+            logits = fit_to_classes(head_logits(pred.features[idx], self.heads[head]), self.heads[task].shape[0])
+            correct[idx] = logits.argmax(1) == labels[idx]
+        return correct

@@ -51,6 +51,9 @@ class MethodResult(_JsonRecord):
     method: str
     test: dict[str, float]
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    # Routed methods: ``test`` is scored as the editions' code scores (the chosen head's logits fitted to
+    # the true task's class count, mass.evaluation.fit_to_classes), this strictly (right head and class).
+    test_strict: dict[str, float] | None = None
     val: dict[str, float] | None = None  # the baselines' validation accuracy at the chosen value
     routing_accuracy: dict[str, float] | None = None  # MASS: test samples routed to their own task
     mean_selected_tasks: float | None = None  # MASS: mean size of the selected subset
@@ -61,6 +64,7 @@ class MethodResult(_JsonRecord):
     def rows(self) -> list[dict[str, Any]]:
         """One row per task for the long results table."""
         return [{"method": self.method, "task": task, "accuracy": accuracy,
+                 "strict_accuracy": (self.test_strict or self.test)[task],
                  "routing_accuracy": (self.routing_accuracy or {}).get(task),
                  "size_fraction": (self.size_fraction or {}).get(task)}
                 for task, accuracy in self.test.items()]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mass.editions import load_edition
 from mass.methods import TABLE2_ROWS, TABLE3_ROWS, TSVC_SETTINGS
-from mass.steps import make_tables
 
 METHODS = ["zeroshot", "finetuned", "weight_averaging", "task_arithmetic", "consensus", "tsvm", "iso_c", "iso_cts",
            "mass_proj", "mass_nn", "mass_mlp", "mass_proj_pre", "mass_batched", "tsvc", "tsvc_size"]
@@ -55,7 +55,7 @@ def assert_tables_summarise(per_task_csv: Path, tables: Path) -> None:
     table3 = pd.read_csv(tables / "table3.csv", header=[0, 1], index_col=0)
     vs_paper = pd.read_csv(tables / "table2_vs_paper.csv", dtype={"benchmark": str})
     tex2, tex3 = (tables / "table2.tex").read_text(), (tables / "table3.tex").read_text()
-    published = make_tables.published()
+    edition = load_edition(vs_paper.edition.iloc[0]) if len(vs_paper) else None
     checked = 0
     for (backbone, bench, method), rows in per_task.groupby(["backbone", "benchmark", "method"]):
         acc, norm = 100 * rows.accuracy.mean(), 100 * rows.normalized.mean()
@@ -71,10 +71,11 @@ def assert_tables_summarise(per_task_csv: Path, tables: Path) -> None:
             row = row.iloc[0]
             assert (row["reproduced abs"], row["reproduced norm"]) == (float(shown_acc), float(shown_norm))
             for kind, key in (("abs", "table2_absolute"), ("norm", "table2_normalized")):
-                values = published[key].get(method, {}).get(backbone)
-                if values and bench in published["benchmarks"]:
-                    paper = values[published["benchmarks"].index(bench)]
+                table = edition.tables.get(key)
+                paper, record = table.value(method, backbone, bench) if table else (None, None)
+                if paper is not None:
                     assert row[f"paper {kind}"] == paper
+                    assert row[f"source {kind}"] == edition.records[record].cite
                     assert row[f"difference {kind}"] == pytest.approx(round(row[f"reproduced {kind}"] - paper, 1))
                 else:
                     assert pd.isna(row[f"paper {kind}"]) and pd.isna(row[f"difference {kind}"])

@@ -8,13 +8,19 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 # The smallest demo: the demo preset plus tests/slurm_demo.yaml (copied next to the Snakefile).
 SMALL = ("--configfile", "workflow/presets/demo.yaml", "slurm_demo.yaml")
 # Rules that gather every backbone and benchmark: they rerun whenever anything upstream changes.
 AGGREGATES = {"collect_results", "make_tables", "make_plots", "all"}
+# Rules that gather every task of a backbone (the provenance check): a new task reruns them, and
+# nothing downstream reruns for that (the SVD cache reads their output as ancient).
+BACKBONE_GATHERS = {"check_provenance"}
 
 
 def workflow_copy(dest: Path) -> Path:
@@ -37,11 +43,23 @@ def env() -> dict[str, str]:
 
 
 def snakemake(*args: str, cwd: Path, timeout: int = 900, extra_env: dict | None = None,
-              ) -> subprocess.CompletedProcess:
-    """Run Snakemake under ``timeout -k 10``, so a hung run fails the test instead of the CI job."""
+              measured: float | None = None) -> subprocess.CompletedProcess:
+    """Run Snakemake under ``timeout -k 10``, so a hung run fails the test instead of the CI job.
+
+    ``timeout`` is a limit against hanging, not a speed check: give it a wide margin over ``measured``
+    (the run's time alone on the quiet 2-core machine), since a busy machine may take twice that. A run
+    that reaches it fails the test saying so, instead of as the job failures Snakemake reports when killed.
+    """
     cmd = ["timeout", "-k", "10", str(timeout), sys.executable, "-m", "snakemake", *args]
-    return subprocess.run(cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
-                          stdin=subprocess.DEVNULL)
+    started = time.monotonic()
+    run = subprocess.run(cmd, cwd=cwd, env={**env(), **(extra_env or {})}, capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL)
+    if run.returncode in (124, 137):
+        alone = f"{measured:.0f} s" if measured is not None else "not recorded"
+        pytest.fail(f"snakemake {' '.join(args)} timed out after {time.monotonic() - started:.0f} s "
+                    f"(limit {timeout} s; measured alone: {alone}); the machine may be busy, or the run hung: "
+                    f"see the logs under {cwd}/results/logs", pytrace=False)
+    return run
 
 
 def planned_jobs(output: str) -> list[dict[str, str]]:

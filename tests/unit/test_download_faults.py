@@ -236,11 +236,9 @@ def test_trickling_server_is_given_up_and_what_arrived_is_kept(hostile, tmp_path
             result["error"] = err
 
     thread = threading.Thread(target=run, daemon=True)
-    started = time.monotonic()
     thread.start()
-    thread.join(timeout=30)
+    thread.join(timeout=120)  # a hang, not a speed check: the rate window gives up within ~1 s
     assert not thread.is_alive(), "the download hung on a trickling server"
-    assert time.monotonic() - started < 10
     error = result.get("error")
     assert isinstance(error, DownloadInterrupted) and "slower than" in str(error) and "resumes" in str(error)
     part = target.with_name("file.bin.part")

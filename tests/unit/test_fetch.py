@@ -163,39 +163,47 @@ def test_fetch_pretrained_from_file_and_from_hub(hub, tmp_path):  # noqa: F811
         "pretrained_openai.safetensors"]
 
 
-def test_rules_pass_config_pins_and_pick_the_shared_head(tmp_path):
-    """Dry run of a copy of the workflow (the catalog's data file is then found through the installed package)."""
+def _planned_commands(tmp_path: Path, overlay: dict, targets: list[str]) -> tuple[str, list[str], dict[str, str]]:
+    """Dry run of a copy of the workflow (the catalog's data file is then found through the installed package)
+    with ``overlay`` on config.yaml: its output, its shell commands, and the fetch / check_head ones by step."""
     for name in ("Snakefile", "config.yaml"):
         shutil.copy(REPO / name, tmp_path / name)
     for name in ("workflow", "envs"):
         shutil.copytree(REPO / name, tmp_path / name)
-    pins = {"datasets": {"MNIST": {"revision": "1" * 40}, "EMNIST": {"source_orientation": "mnist"}},
-            "sources": {"finetuned_revision": "2" * 40, "pretrained_revisions": {"ViT-B-32": "3" * 40}}}
-    (tmp_path / "pins.yaml").write_text(json.dumps(pins))
-    targets = ["resources/raw/MNIST/manifest.json", "resources/data/hub/EMNIST/info.json",
-               "resources/checkpoints/ViT-B-32/hub/MNIST.safetensors",
-               "resources/checkpoints/ViT-B-32/pretrained_openai.safetensors",
-               "results/ViT-B-32/14/methods/tsvm.json", "results/ViT-B-32/20/methods/tsvm.json"]
+    (tmp_path / "overlay.yaml").write_text(json.dumps(overlay))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     command = [sys.executable, "-m", "snakemake", *targets, "-n", "-p", "--cores", "2",
-               "--configfile", "config.yaml", "pins.yaml"]
+               "--configfile", "config.yaml", "overlay.yaml"]
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     lines = [" ".join(line.removeprefix("Shell command:").split()) for line in run.stdout.splitlines()
              if line.startswith("Shell command: python -m mass.")]
     commands = {line.split()[2].removeprefix("mass.steps."): line for line in lines
                 if line.startswith(("python -m mass.steps.fetch_", "python -m mass.steps.check_head"))}
+    return run.stdout, lines, commands
+
+
+def test_rules_pass_config_pins_and_pick_the_shared_head(tmp_path):
+    pins = {"datasets": {"MNIST": {"revision": "1" * 40}, "EMNIST": {"source_orientation": "mnist"}},
+            "sources": {"finetuned_revision": "2" * 40, "pretrained_revisions": {"ViT-B-32": "3" * 40}}}
+    targets = ["resources/raw/MNIST/manifest.json", "resources/data/hub/EMNIST/info.json",
+               "resources/checkpoints/ViT-B-32/hub/MNIST.safetensors",
+               "resources/checkpoints/ViT-B-32/pretrained_openai.safetensors",
+               "results/ViT-B-32/14/methods/tsvm.json", "results/ViT-B-32/20/methods/tsvm.json"]
+    stdout, lines, commands = _planned_commands(tmp_path, pins, targets)
     mnist = (f"download_dataset --task MNIST --out resources/raw/MNIST --lock workflow/sources.lock.json "
              f"--revision {'1' * 40}")
     assert any(mnist in line for line in lines)
     assert f"--revision {'2' * 40}" in commands["fetch_finetuned"]
     assert f"--revision {'3' * 40}" in commands["fetch_pretrained"]
     # theta_pre: the zero-shot encoder of the fine-tuned checkpoints' repository, at the same revision
-    assert f"--zeroshot-repo nik-dim/tall_masks --zeroshot-revision {'2' * 40}" in commands["fetch_pretrained"]
+    assert (f"--zeroshot-repo nik-dim/tall_masks --zeroshot-layout tall_masks --zeroshot-revision {'2' * 40}"
+            in commands["fetch_pretrained"])
+    assert "--layout tall_masks" in commands["fetch_finetuned"]
     assert "--report results/ViT-B-32/theta_pre.json" in commands["fetch_pretrained"]
     # hub tasks use the published head; check_head compares it with the text-built one
     assert "--compare-with resources/checkpoints/ViT-B-32/built_heads/" in commands["check_head"]
-    assert "rule use_published_head:" in run.stdout
+    assert "rule use_published_head:" in stdout
     built = {m for line in lines if line.startswith("python -m mass.steps.build_head ")
              for m in re.findall(r"--out resources/checkpoints/ViT-B-32/(\w+/\w+)\.safetensors", line)}
     assert "heads/CIFAR10_STL10" in built and "heads/EMNIST" in built and "heads/Cars" not in built
@@ -204,6 +212,18 @@ def test_rules_pass_config_pins_and_pick_the_shared_head(tmp_path):
     heads = {line.count("/14/") > 0: re.findall(r"heads/(\w+)\.safetensors", line) for line in tsvm}
     assert heads[True][8] == "STL10" and len(heads[True]) == 14
     assert heads[False][8] == heads[False][14] == "CIFAR10_STL10" and len(heads[False]) == 20
+
+
+def test_crisostomi_layout_fetches_per_task_repositories_and_builds_every_head_from_text(tmp_path):
+    overlay = {"sources": {"finetuned_repo": "crisostomi", "finetuned_layout": "crisostomi"},
+               "run": {"backbones": ["ViT-B-32"], "benchmarks": ["8"]}}
+    stdout, lines, commands = _planned_commands(tmp_path, overlay, ["results/ViT-B-32/8/methods/tsvm.json"])
+    assert "--repo crisostomi" in commands["fetch_finetuned"] and "--layout crisostomi" in commands["fetch_finetuned"]
+    assert "--zeroshot-repo crisostomi --zeroshot-layout crisostomi" in commands["fetch_pretrained"]
+    assert "check_head" not in commands and "rule use_published_head:" not in stdout
+    built = {m for line in lines if line.startswith("python -m mass.steps.build_head ")
+             for m in re.findall(r"--out resources/checkpoints/ViT-B-32/heads/(\w+)\.safetensors", line)}
+    assert built == {"Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SVHN", "SUN397"}
 
 
 def test_download_rules_are_local_rules():
@@ -262,3 +282,50 @@ def test_theta_pre_is_the_authors_zero_shot_encoder_and_the_difference_is_record
     assert result["theta_pre"] == f"nik-dim/tall_masks/{zeroshot_file}@{COMMIT}"
     assert result["compared_with"].startswith("test/tiny-clip/open_clip_model.safetensors@")
     assert sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".pt") == []  # downloaded .pt removed
+
+
+def test_final_edition_layout_one_repository_per_task_and_its_base(hub, tmp_path):  # noqa: F811
+    """crisostomi/<model>-<Task>/pytorch_model.bin (an ImageEncoder state dict, keys 'model.', text tensors kept
+    but the text transformer) and crisostomi/<model>-base as theta_pre (tests/fixtures/sources/crisostomi.json)."""
+    from safetensors.torch import save
+    from support.hub_files import facts
+
+    fact = facts("crisostomi")
+    torch.manual_seed(3)
+    state = create_clip("mass-tiny-vit").state_dict()
+    visual = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
+
+    def image_encoder(shift: float) -> bytes:
+        sd = OrderedDict((f"model.visual.{k}", v + shift) for k, v in visual.items())
+        for key in fact["encoder_keys"]["text_keys_kept"]:
+            sd[key] = torch.zeros(2, 2)
+        buf = io.BytesIO()
+        torch.save(sd, buf)
+        return buf.getvalue()
+
+    owner, file = fact["owner"], fact["file"]
+    for task, shift in (("MNIST", 1.0), ("RenderedSST2", 2.0)):
+        hub.add(fact["finetuned_repo"].format(model="mass-tiny-vit", task=task), file,
+                image_encoder(shift))
+    hub.add(fact["base_repo"].format(model="mass-tiny-vit"), file, image_encoder(0.5))
+    hub.add("test/tiny-clip", "open_clip_model.safetensors", save({k: v.contiguous() for k, v in state.items()}))
+    lock = LockFile(tmp_path / "lock.json")
+    for task, shift in (("MNIST", 1.0), ("RenderedSST2", 2.0)):
+        out = tmp_path / f"{task}.safetensors"
+        fetch_finetuned("mass-tiny-vit", task, owner, out, lock, endpoint=hub.url, layout="crisostomi", retries=0)
+        stored = load_tensors(out)
+        assert stored.keys() == visual.keys() and all(torch.equal(stored[k], visual[k] + shift) for k in visual)
+    out, report = tmp_path / "pretrained.safetensors", tmp_path / "theta_pre.json"
+    fetch_pretrained("mass-tiny-vit", out, lock, repo="test/tiny-clip", endpoint=hub.url,
+                     cache_dir=str(tmp_path / "hf-cache"), zeroshot_repo=owner, zeroshot_layout="crisostomi",
+                     report=report, retries=0)
+    assert torch.equal(load_tensors(out)["visual.proj"], state["visual.proj"] + 0.5)
+    result = json.loads(report.read_text())
+    assert result["theta_pre"] == f"crisostomi/mass-tiny-vit-base/pytorch_model.bin@{COMMIT}"
+    assert result["max_abs_difference"] == pytest.approx(0.5)
+    pins = json.loads((tmp_path / "lock.json").read_text())["revisions"]
+    assert {"crisostomi/mass-tiny-vit-MNIST@main", "crisostomi/mass-tiny-vit-RenderedSST2@main",
+            "crisostomi/mass-tiny-vit-base@main"} <= set(pins)
+    with pytest.raises(ArtifactError, match="crisostomi/mass-tiny-vit-DTD"):
+        fetch_finetuned("mass-tiny-vit", "DTD", owner, tmp_path / "DTD.safetensors", lock, endpoint=hub.url,
+                        layout="crisostomi", retries=0)

@@ -134,3 +134,30 @@ def test_encoder_loaded_from_a_state_dict_has_exactly_its_weights_and_shares_non
     assert all(torch.equal(weights[k], v) for k, v in kept.items())
     with pytest.raises(ValueError, match="do not fit the architecture"):
         create_visual("mass-tiny-vit", {k: v for k, v in weights.items() if k != "proj"})
+
+
+def test_published_scoring_fits_the_chosen_head_to_the_true_class_count_by_hand():
+    """Both editions' code: the chosen head's logits cut to (or zero-padded up to) the evaluated task's class
+    count, then argmax against the label; a wrong head can hit by index coincidence, the strict score never."""
+    from mass.evaluation import fit_to_classes
+    from mass.mass_model import Predictions
+    logits = torch.tensor([[1.0, 5.0, 9.0], [-2.0, -1.0, -3.0]])
+    assert fit_to_classes(logits, 2).tolist() == [[1.0, 5.0], [-2.0, -1.0]]
+    assert fit_to_classes(logits, 4).tolist() == [[1.0, 5.0, 9.0, 0.0], [-2.0, -1.0, -3.0, 0.0]]
+    # head 0: 3 classes; head 1: 2 classes; features are one-hot so logits are the head's columns
+    heads = [torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]),
+             torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])]
+    model = MassModel(None, {}, [None, None], heads, ["a", "b"], SIZE)
+    feats = torch.nn.functional.normalize(torch.tensor([
+        [0.1, 0.2, 0.9],    # true task 1 (2 classes), chosen head 0: cut to 2 columns -> argmax 1 == label 1: hit
+        [0.1, 0.2, 0.9],    # same, label 0: miss
+        [0.9, 0.1, 0.0],    # true task 0 (3 classes), chosen head 1: padded [0.0, 0.1, 0] -> argmax 1 == label 1: hit
+        [0.0, 0.3, 0.9],    # chosen head 1 is the true one: class argmax 0 == label 0: hit (strict too)
+    ]), dim=1)
+    pred = Predictions(torch.tensor([0, 0, 1, 1]), torch.tensor([2, 2, 1, 0]), feats)
+    true_task, labels = torch.tensor([1, 1, 0, 1]), torch.tensor([1, 0, 1, 0])
+    assert model.is_correct_published(pred, true_task, labels).tolist() == [True, False, True, True]
+    assert model.is_correct(pred, true_task, labels).tolist() == [False, False, False, True]
+    # all logits of a chosen smaller head negative: a padded zero wins, at the first padded index
+    neg = Predictions(torch.tensor([1]), torch.tensor([0]), torch.tensor([[0.0, -1.0, -1.0]]))
+    assert model.is_correct_published(neg, torch.tensor([0]), torch.tensor([2])).tolist() == [True]

@@ -12,6 +12,7 @@ from mass.results import Endpoints, EpsilonChoice, MethodResult
 
 RECORDS = {
     "mass": MethodResult(method="mass_proj", test={"Cars": 0.5, "DTD": 0.25}, hyperparameters={"layer": "9.mlp.out"},
+                         test_strict={"Cars": 0.5, "DTD": 0.2},
                          routing_accuracy={"Cars": 1.0, "DTD": 0.5}, mean_selected_tasks=1.5,
                          distinct_task_subsets=3),
     "tsvc": MethodResult(method="tsvc", test={"Cars": 0.75}, size_fraction={"Cars": 0.1},
@@ -36,8 +37,8 @@ def test_unset_optional_fields_are_not_written(tmp_path):
 def test_rows_are_one_per_task_with_the_optional_columns():
     rows = RECORDS["mass"].rows()
     assert [r["task"] for r in rows] == ["Cars", "DTD"]
-    assert rows[1] == {"method": "mass_proj", "task": "DTD", "accuracy": 0.25, "routing_accuracy": 0.5,
-                       "size_fraction": None}
+    assert rows[1] == {"method": "mass_proj", "task": "DTD", "accuracy": 0.25, "strict_accuracy": 0.2,
+                       "routing_accuracy": 0.5, "size_fraction": None}
 
 
 @pytest.mark.parametrize("change, key", [(lambda d: d.pop("test"), "test"),

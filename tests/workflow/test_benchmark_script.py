@@ -21,7 +21,7 @@ def test_quick_benchmark_writes_every_item(tmp_path):
     for r in rows:
         for key in ("first_pass_over_forward", "routing_pass_over_forward", "second_pass_over_forward",
                     "mass_over_forward"):
-            assert 0 < r[key] < 100, key
+            assert isinstance(r[key], float) and 0 < r[key] < float("inf"), key  # a ratio of two times
         # the official strategy ran on the same work and predicts as this project does
         assert r["official_second_pass_s"] > 0 and r["official_over_this_project"] > 0
         assert r["official_same_predictions"] == 1.0

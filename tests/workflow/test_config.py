@@ -150,6 +150,10 @@ def test_docs_config_md_is_generated_from_the_schema():
      "baselines.iso_c.alphas.1: -1.0 is less than or equal to the minimum"),
     ({"routing": {"eta": 1.5}}, "routing.eta: 1.5 is neither 'auto' nor a number in [0, 1]"),
     ({"routers": ["nn"]}, "routers: must include 'proj'"),
+    ({"sources": {"finetuned_layout": "crisostomi", "finetuned_revision": "a" * 40}},
+     "sources.finetuned_revision: '" + "a" * 40 + "' names one commit, but the crisostomi layout has one repository"),
+    ({"provenance": {"accept": ["DTDD"]}}, "provenance.accept: ['DTDD'] are not tasks of the selected benchmarks"),
+    ({"edition": "second"}, "edition: 'second' is not one of ['first', 'final', 'demo']"),
 ])
 def test_values_are_checked_naming_the_key(overlay, expected):
     assert expected in errors_of(overlay)

@@ -15,9 +15,9 @@ from support.workflow import ROOT, snakemake, workflow_copy
 
 ALL_RULES = {
     "download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned", "build_head",
-    "finetune", "evaluate_endpoints", "svd_cache", "merge", "first_pass", "routing_sweep", "select_epsilon",
-    "routing_features", "evaluate_tsvm", "evaluate_tsvc", "evaluate_baseline", "evaluate_mass", "evaluate_batched",
-    "collect_results", "make_tables", "make_plots", "download_descriptions", "interpret_tsv",
+    "finetune", "evaluate_endpoints", "check_provenance", "svd_cache", "merge", "first_pass", "routing_sweep",
+    "select_epsilon", "routing_features", "evaluate_tsvm", "evaluate_tsvc", "evaluate_baseline", "evaluate_mass",
+    "evaluate_batched", "collect_results", "make_tables", "make_plots", "download_descriptions", "interpret_tsv",
 }
 CI_BENCHMARKS = yaml.safe_load((ROOT / "tests" / "ci_demo.yaml").read_text())["benchmarks"]
 SOURCE_RULES = {"download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned",
@@ -68,7 +68,7 @@ def test_bad_config_value_stops_with_the_key(tmp_path, override, key):
 def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     cwd = workflow_copy(tmp_path)
     run = snakemake("--cores", "2", "--configfile", "workflow/presets/demo.yaml", "ci_demo.yaml", cwd=cwd,
-                    timeout=1500)
+                    timeout=1500, measured=132)
     assert run.returncode == 0, run.stderr[-4000:]
     ran = set(re.findall(r"\(Rule: (\w+)\)", run.stderr + run.stdout))
     assert DEMO_RULES <= ran, DEMO_RULES - ran
@@ -83,6 +83,14 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     per_task = pd.read_csv(cwd / "results/tables/per_task.csv", dtype={"benchmark": str})
     assert set(per_task.method) >= {"zeroshot", "finetuned", "tsvm", "task_arithmetic", "mass_proj", "mass_nn"}
     assert per_task.accuracy.between(0, 1).all()
+    # routed methods: scored as the editions' code scores (a wrong head can hit by index) and strictly
+    assert (per_task.accuracy >= per_task.strict_accuracy).all()
+    known_task = ~per_task.method.str.startswith("mass_")
+    assert (per_task.accuracy[known_task] == per_task.strict_accuracy[known_task]).all()
+    # the demo edition publishes nothing: the provenance check ran and says so for every task
+    provenance = pd.read_csv(cwd / "results/tables/endpoints_vs_published.csv")
+    assert set(provenance.task) == {t for ts in CI_BENCHMARKS.values() for t in ts}
+    assert set(provenance.verdict) == {"not published"}
     # nothing left to do, and no temporary files left behind
     again = snakemake("-n", "--cores", "2", "--configfile", "workflow/presets/demo.yaml", "ci_demo.yaml", cwd=cwd)
     assert "Nothing to be done" in again.stdout + again.stderr
@@ -121,7 +129,7 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     assert report.returncode == 0, report.stderr[-4000:]
     html = (cwd / "report.html").read_text()
     items = [f"{t}.{ext}" for t in ("table2", "table2_vs_paper", "table3") for ext in ("tex", "csv")]
-    items += [f"tsvc.{ext}" for ext in ("tex", "csv")]
+    items += [f"{t}.{ext}" for t in ("tsvc", "endpoints_vs_published") for ext in ("tex", "csv")]
     items += [f"{f}.{ext}" for f in figs for ext in ("pdf", "png")]
     for item in [*items, "per_task.csv", "selected_hyperparameters.json", "backbones tiny"]:
         assert item in html, item

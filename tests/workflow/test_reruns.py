@@ -14,7 +14,7 @@ import time
 
 import pytest
 import yaml
-from support.workflow import AGGREGATES, SMALL, dry_run, env, planned_jobs, snakemake
+from support.workflow import AGGREGATES, BACKBONE_GATHERS, SMALL, dry_run, env, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +66,12 @@ def test_plot_option_reruns_only_plots(small_demo, tmp_path, overrides):
     assert rules(plan(small_demo, tmp_path, overrides)) == {"make_plots", "all"}
 
 
+def test_provenance_tolerance_reruns_only_the_check_and_the_tables(small_demo, tmp_path):
+    """The SVD cache reads the check as ancient: a rewritten check does not redo a merge."""
+    assert rules(plan(small_demo, tmp_path, {"provenance": {"tolerance": 2.5}})) == {"check_provenance", "make_tables",
+                                                                                      "all"}
+
+
 def test_new_backbone_runs_only_its_jobs(small_demo, tmp_path):
     overrides = {"run": {"backbones": ["tiny", "tiny2"]},
                  "backbones": {"tiny2": {"arch": "mass-tiny-vit", "pretrained": "demo", "candidate_blocks": [2, 5]}}}
@@ -77,8 +83,9 @@ def test_new_backbone_runs_only_its_jobs(small_demo, tmp_path):
 def test_new_benchmark_runs_only_its_jobs(small_demo, tmp_path):
     overrides = {"run": {"benchmarks": ["2", "3"]}, "benchmarks": {"3": ["digits", "gratings", "counting"]}}
     jobs = plan(small_demo, tmp_path, overrides)
-    new = [job for job in jobs if job["rule"] not in AGGREGATES]
+    new = [job for job in jobs if job["rule"] not in AGGREGATES | BACKBONE_GATHERS]
     assert {"generate_demo_task", "svd_cache", "merge", "evaluate_mass"} <= rules(new)
+    assert "check_provenance" in rules(jobs)  # the new task's endpoints are checked too
     # per-task jobs only for the new task, benchmark jobs only for the new benchmark
     assert all("task=counting" in job["wildcards"] or "bench=3" in job["wildcards"] for job in new), new
 

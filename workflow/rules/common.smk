@@ -87,11 +87,19 @@ def pretrained(backbone):
     return ancient(f"resources/checkpoints/{backbone}/pretrained_{tag}.safetensors")
 
 
+def fetched(task):
+    """Whether a task's fine-tuned encoder comes from the edition's source (else it is fine-tuned here)."""
+    return config["finetuned"]["source"] == "hub" and task not in config["finetuned"]["refinetune"]
+
+
+def trained_here():
+    return [t for t in all_tasks() if not fetched(t)]
+
+
 def finetuned(backbone, task):
-    fetched = config["finetuned"]["source"] == "hub" and task not in config["finetuned"]["refinetune"]
-    kind = "hub" if fetched else "trained"
-    path = f"resources/checkpoints/{backbone}/{kind}/{task}.safetensors"
-    return ancient(path) if fetched else path
+    from_hub = fetched(task)
+    path = f"resources/checkpoints/{backbone}/{'hub' if from_hub else 'trained'}/{task}.safetensors"
+    return ancient(path) if from_hub else path
 
 
 def head(backbone, task):
@@ -178,9 +186,15 @@ def final_outputs():
     ]
 
 
+def publishes_heads():
+    """Whether the fine-tuned checkpoints' source publishes the heads they were trained against
+    (mass.sources.layouts: tall_masks does, crisostomi builds them from text)."""
+    return _SOURCES["finetuned_layout"] == "tall_masks"
+
+
 def head_checks():
     """Agreement of the heads built from text with the published ones (hub data only)."""
-    if config["data_source"] != "hub":
+    if config["data_source"] != "hub" or not publishes_heads():
         return []
     return [f"results/{bb}/tasks/{t}/head_check.json" for bb in BACKBONES for t in all_tasks()]
 
@@ -207,7 +221,8 @@ def zeroshot_options(w):
         return ""
     revision = _opt("--zeroshot-revision", _SOURCES["finetuned_revision"])
     model_dir = _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone))
-    return f"--zeroshot-repo {_SOURCES['finetuned_repo']} {revision} {model_dir}"
+    return (f"--zeroshot-repo {_SOURCES['finetuned_repo']} --zeroshot-layout {_SOURCES['finetuned_layout']} "
+            f"{revision} {model_dir}")
 
 
 def _dataset_cfg(task):

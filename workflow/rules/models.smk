@@ -9,7 +9,7 @@
 
 _TASKS_WITH_PUBLISHED_HEADS = (
     sorted({t for names in config["benchmarks"].values() for t in names} - set(config["finetuned"]["refinetune"]))
-    if config["data_source"] == "hub" and config["finetuned"]["source"] == "hub" else []
+    if config["data_source"] == "hub" and config["finetuned"]["source"] == "hub" and publishes_heads() else []
 )
 _PUBLISHED = "|".join(sorted(_TASKS_WITH_PUBLISHED_HEADS))
 # any name but those (a lookahead up to the word boundary before ".safetensors")
@@ -135,10 +135,39 @@ rule evaluate_endpoints:
         "--batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"
 
 
+rule check_provenance:
+    input:
+        endpoints=lambda w: [f"results/{w.backbone}/tasks/{t}/endpoints.json" for t in all_tasks()],
+    output:
+        "results/{backbone}/provenance.csv",
+    params:
+        edition=config["edition"],
+        tolerance=config["provenance"]["tolerance"],
+        accept=quoted(config["provenance"]["accept"]),
+        trained_here=quoted(trained_here()),
+    log:
+        "results/logs/check_provenance/{backbone}.log",
+    benchmark:
+        "results/benchmarks/check_provenance/{backbone}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.steps.check_provenance --edition {params.edition} --backbone {wildcards.backbone} "
+        "--endpoints {input.endpoints} --tolerance {params.tolerance} --accept {params.accept} "
+        "--trained-here {params.trained_here} --out {output} > {log} 2>&1"
+
+
+# The SVD cache reads the provenance check (ancient: a rewritten check does not redo the cache), so no
+# merge or evaluation starts on checkpoints that are not the edition's.
 rule svd_cache:
     input:
         clip=lambda w: pretrained(w.backbone),
         finetuned=lambda w: finetuned(w.backbone, w.task),
+        provenance=lambda w: ancient(f"results/{w.backbone}/provenance.csv"),
     output:
         "results/{backbone}/svd/{task}.safetensors",
     params:

@@ -10,7 +10,8 @@
 #   sources:
 #     lock_file: workflow/sources.lock.json    # pins hub revisions + size/sha256 of every download (commit it)
 #     hf_endpoint: null                        # hub endpoint; null: $HF_ENDPOINT, else https://huggingface.co
-#     finetuned_repo: nik-dim/tall_masks       # published single-task checkpoints and heads
+#     finetuned_repo: nik-dim/tall_masks       # published single-task checkpoints (and heads): repository or owner
+#     finetuned_layout: tall_masks             # where the source keeps them: tall_masks | crisostomi
 #     finetuned_revision: null                 # commit sha; null: default branch, resolved once and pinned
 #     emnist_orientation: torchvision          # orientation the EMNIST checkpoint expects: torchvision | mnist
 #     image_size: 224                          # optional (default 224): stored resolution of prepared images
@@ -142,6 +143,7 @@ rule fetch_finetuned:
         repo=_SOURCES["finetuned_repo"],
         revision=_opt("--revision", _SOURCES["finetuned_revision"]),
         model_dir=lambda w: _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone)),
+        layout=_SOURCES["finetuned_layout"],
     log:
         "results/logs/sources/fetch_finetuned/{backbone}/{task}.log",
     benchmark:
@@ -155,7 +157,8 @@ rule fetch_finetuned:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.steps.fetch_finetuned --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
-        "--out {output} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} > {log} 2>&1"
+        "--out {output} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} "
+        "--layout {params.layout} > {log} 2>&1"
 
 
 rule check_head:

@@ -186,6 +186,23 @@ def value_errors(config: Mapping, archs: Mapping[str, int | None] | None) -> lis
     low, high = routing.get("eta_range", [0, 0])
     if low > high:
         errors.append(f"routing.eta_range: [{low}, {high}] has low > high; write [{high}, {low}]")
+    return errors + source_errors(config)
+
+
+def source_errors(config: Mapping) -> list[str]:
+    """Keys about the checkpoints' source and provenance that depend on each other or on the run."""
+    errors = []
+    sources = config.get("sources") or {}
+    if sources.get("finetuned_layout") == "crisostomi" and sources.get("finetuned_revision"):
+        errors.append(f"sources.finetuned_revision: {sources['finetuned_revision']!r} names one commit, but the "
+                      "crisostomi layout has one repository per backbone and task; set it to null (each repository's "
+                      "commit is pinned in sources.lock_file on first download)")
+    run_tasks = {t for b in (config.get("run") or {}).get("benchmarks", [])
+                 for t in (config.get("benchmarks") or {}).get(b, [])}
+    unknown = [t for t in (config.get("provenance") or {}).get("accept", []) if t not in run_tasks]
+    if unknown:
+        errors.append(f"provenance.accept: {unknown} are not tasks of the selected benchmarks "
+                      f"({sorted(run_tasks)}); check the spelling")
     return errors
 
 

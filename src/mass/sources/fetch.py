@@ -7,8 +7,8 @@ steps ``download_dataset``, ``fetch_pretrained``, ``fetch_finetuned`` and ``chec
   into ``--out``, plus ``manifest.json`` (written last) for :mod:`mass.data.prepare`.
 * :func:`fetch_pretrained`: OpenAI CLIP as open_clip builds it -> full CLIP state dict (safetensors). A
   file already on disk is used as is: ``from_file``, or the open_clip / Hugging Face cache.
-* :func:`fetch_finetuned`: a published fine-tuned image encoder (``single_task/<model>/<Task>Val/
-  nonlinear_finetuned.pt``) -> visual-relative state dict (safetensors).
+* :func:`fetch_finetuned`: a published fine-tuned image encoder (where each source keeps it:
+  :mod:`mass.sources.layouts`) -> visual-relative state dict (safetensors).
 * :func:`fetch_head`: a published classification head (``single_task/<model>/head_<Task>Val.pt``) ->
   ``{"weight": classes x d}`` (safetensors); with ``compare_with``, also a JSON report of how
   well the pipeline's head, rebuilt from text, agrees with it.
@@ -44,7 +44,9 @@ import torch
 
 from mass.data import catalog
 from mass.io import ArtifactError, load_tensors, save_tensors, write_json
+from mass.sources import layouts
 from mass.sources.download import HubRepo, LockFile, download_hub_file, resolve_revision
+from mass.sources.layouts import CheckpointLayout, HubFile
 from mass.task_vectors import visual_state_dict
 
 # --------------------------------------------------------------------------- safe unpickling
@@ -213,23 +215,13 @@ def parquet_check(columns: tuple[str, ...]) -> Callable[[Path], None]:
     return check
 
 
-def _checkpoint_listing(name: str) -> bool:
-    """Files of a checkpoint repository whose names are kept with its pin in the lock file.
-
-    The folder names of ``nik-dim/tall_masks`` are not spelled alike (``single_task/ViT-B-32`` but
-    ``single_task/VIT-B-16``), so a file is looked up case-insensitively in the repository's
-    listing; keeping that listing with the pin lets every later fetch resolve the spelling
-    without asking the hub again.
-    """
-    return name.startswith("single_task/") and name.endswith(".pt")
-
-
-def _hub_checkpoint(repo: str, filename: str, revision: str | None, lock: LockFile, raw: Path,
+def _hub_checkpoint(file: HubFile, layout: CheckpointLayout, revision: str | None, lock: LockFile, raw: Path,
                     endpoint: str | None, **download_kwargs: Any) -> bool:
     """Make ``raw`` the verified hub file (``check``, in ``download_kwargs``: its conversion, run
     before it is pinned); True if it was downloaded now (not already on disk)."""
+    repo, filename = file.repo, file.filename
     existed = raw.exists()
-    snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint, keep_listing=_checkpoint_listing)
+    snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint, keep_listing=layout.keeps_in_listing)
     if snapshot.files and snapshot.find(filename) not in snapshot.files:
         raise ArtifactError(f"{repo} at commit {snapshot.commit} has no file {filename} (case-insensitive); its "
                             f"listing in {lock.path} has e.g. {sorted(snapshot.files)[:4]}. Set "
@@ -252,11 +244,14 @@ def _check_visual(model: str, tensors: Mapping[str, torch.Tensor], path: Path) -
 
 def fetch_finetuned(model: str, task: str, repo: str, out: str | os.PathLike, lock: LockFile,
                     revision: str | None = None, endpoint: str | None = None, raw: str | os.PathLike | None = None,
-                    keep_raw: bool = False, hub_model_dir: str | None = None, **download_kwargs: Any) -> None:
-    """Published fine-tuned encoder of ``task`` -> visual-relative safetensors at ``out``."""
+                    keep_raw: bool = False, hub_model_dir: str | None = None, layout: str = "tall_masks",
+                    **download_kwargs: Any) -> None:
+    """Published fine-tuned encoder of ``task`` -> visual-relative safetensors at ``out``; ``layout``
+    names where the source keeps it (:mod:`mass.sources.layouts`)."""
     out = Path(out)
     raw = Path(raw) if raw else out.with_suffix(".pt")
-    filename = f"single_task/{hub_model_dir or model}/{task}Val/nonlinear_finetuned.pt"
+    source = layouts.layout(layout)
+    file = source.finetuned(repo, hub_model_dir or model, task)
     converted: dict[str, Any] = {}
 
     def convert(path: Path) -> None:
@@ -264,9 +259,9 @@ def fetch_finetuned(model: str, task: str, repo: str, out: str | os.PathLike, lo
         _check_visual(model, tensors, path)
         converted["tensors"] = tensors
 
-    downloaded = _hub_checkpoint(repo, filename, revision, lock, raw, endpoint, check=convert, **download_kwargs)
+    downloaded = _hub_checkpoint(file, source, revision, lock, raw, endpoint, check=convert, **download_kwargs)
     tensors = converted["tensors"]
-    save_tensors(out, tensors, {"model": model, "task": task, "source": f"{repo}/{filename}"})
+    save_tensors(out, tensors, {"model": model, "task": task, "source": f"{file.repo}/{file.filename}"})
     if downloaded and not keep_raw:
         raw.unlink()
 
@@ -283,9 +278,11 @@ def fetch_head(model: str, task: str, repo: str, out: str | os.PathLike, lock: L
     """
     out = Path(out)
     raw = Path(raw) if raw else out.with_suffix(".pt")
-    filename = f"single_task/{hub_model_dir or model}/head_{task}Val.pt"
+    source = layouts.layout("tall_masks")  # the only source that publishes heads
+    file = source.head(repo, hub_model_dir or model, task)
+    filename = file.filename
     converted: dict[str, Any] = {}
-    downloaded = _hub_checkpoint(repo, filename, revision, lock, raw, endpoint,
+    downloaded = _hub_checkpoint(file, source, revision, lock, raw, endpoint,
                                  check=lambda path: converted.update(weight=head_weight(path)), **download_kwargs)
     weight = converted["weight"]
     save_tensors(out, {"weight": weight}, {"model": model, "task": task, "source": f"{repo}/{filename}"})
@@ -336,7 +333,7 @@ def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None =
                      cache_dir: str | None = None, raw: str | os.PathLike | None = None, keep_raw: bool = False,
                      zeroshot_repo: str | None = None, zeroshot_revision: str | None = None,
                      hub_model_dir: str | None = None, report: str | os.PathLike | None = None,
-                     **download_kwargs: Any) -> None:
+                     zeroshot_layout: str = "tall_masks", **download_kwargs: Any) -> None:
     """OpenAI CLIP ``model`` as open_clip builds it -> full CLIP state dict (safetensors) at ``out``.
 
     ``from_file`` (a state dict: safetensors or a weights-only ``.pt``) is used as is. Otherwise
@@ -345,8 +342,9 @@ def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None =
     else downloaded to ``raw``. OpenAI's original ``.pt`` files are TorchScript archives, which
     cannot be loaded without running their code, so they are refused.
 
-    ``zeroshot_repo`` (the fine-tuned checkpoints' repository): theta_pre is the image tower of
-    that repository's zero-shot checkpoint at the same revision (:func:`adopt_zeroshot`); the text
+    ``zeroshot_repo`` (the fine-tuned checkpoints' repository, or owner, laid out as
+    ``zeroshot_layout``): theta_pre is the image tower of the zero-shot checkpoint the fine-tunes
+    started from, at the same revision (:func:`adopt_zeroshot`); the text
     tower stays the OpenAI one. ``report`` records which weights theta_pre is and, with
     ``zeroshot_repo``, their largest absolute difference to open_clip's copy.
     """
@@ -392,7 +390,7 @@ def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None =
             raise ArtifactError("theta_pre from the fine-tuned checkpoints' repository needs a lock file (--lock)")
         origin, difference = adopt_zeroshot(model, state, zeroshot_repo, lock, zeroshot_revision, endpoint,
                                             hub_model_dir, out.with_name(f"{out.stem}.zeroshot.pt"), keep_raw,
-                                            **download_kwargs)
+                                            layout=zeroshot_layout, **download_kwargs)
         meta["visual_source"] = origin
         result.update(theta_pre=origin, compared_with=source, **difference)
     save_tensors(out, state, meta)
@@ -404,16 +402,20 @@ def fetch_pretrained(model: str, out: str | os.PathLike, lock: LockFile | None =
 
 def adopt_zeroshot(model: str, state: dict[str, torch.Tensor], repo: str, lock: LockFile, revision: str | None,
                    endpoint: str | None, hub_model_dir: str | None, raw: Path, keep_raw: bool = False,
-                   **download_kwargs: Any) -> tuple[str, dict[str, Any]]:
+                   layout: str = "tall_masks", **download_kwargs: Any) -> tuple[str, dict[str, Any]]:
     """Replace the image tower of a full CLIP state dict (in place) by the authors' zero-shot encoder.
 
-    The published fine-tunes started from ``single_task/<model>/MNISTVal/nonlinear_zeroshot.pt`` of
-    the same repository (open_clip 2.x's copy of the OpenAI weights); task vectors must be taken
-    against exactly those weights. Returns where they came from and the largest absolute difference
-    to the tensors they replace (open_clip's hub copy), recorded once per run.
+    The published fine-tunes started from the source's zero-shot encoder (tall_masks:
+    ``single_task/<model>/MNISTVal/nonlinear_zeroshot.pt`` of the same repository; crisostomi:
+    ``<owner>/<model>-base``, uploaded from that same file), open_clip 2.x's copy of the OpenAI
+    weights; task vectors must be taken against exactly those weights. Returns where they came from
+    and the largest absolute difference to the tensors they replace (open_clip's hub copy), recorded
+    once per run.
     """
-    filename = f"single_task/{hub_model_dir or model}/MNISTVal/nonlinear_zeroshot.pt"
-    snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint, keep_listing=_checkpoint_listing)
+    source = layouts.layout(layout)
+    file = source.zeroshot(repo, hub_model_dir or model)
+    repo, filename = file.repo, file.filename
+    snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint, keep_listing=source.keeps_in_listing)
     ours = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
     converted: dict[str, Any] = {}
 
@@ -426,7 +428,7 @@ def adopt_zeroshot(model: str, state: dict[str, torch.Tensor], repo: str, lock: 
                                 f"{unexpected[:3]}, wrong shapes {wrong[:3]}")
         converted["visual"] = visual
 
-    downloaded = _hub_checkpoint(repo, filename, revision, lock, raw, endpoint, check=convert, **download_kwargs)
+    downloaded = _hub_checkpoint(file, source, revision, lock, raw, endpoint, check=convert, **download_kwargs)
     visual = converted["visual"]
     gaps = {k: float((visual[k].double() - ours[k].double()).abs().max()) if ours[k].numel() else 0.0 for k in ours}
     largest = max(gaps, key=gaps.get)

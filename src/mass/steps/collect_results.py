@@ -1,6 +1,8 @@
 """Step collect_results: gather every per-task number of every method into one long CSV.
 
-Columns: backbone, benchmark, method, task, accuracy (test), routing_accuracy (MASS only),
+Columns: backbone, benchmark, method, task, accuracy (test; routed methods scored as the editions' code
+scores them: the chosen head's logits fitted to the true task's class count), strict_accuracy (right head
+and right class; equal to accuracy where the task is known), routing_accuracy (MASS only),
 size_fraction (TSV-C only: numbers stored over those of the dense task vector), finetuned (test),
 normalized. Tables and figures are drawn from this file only, so each printed number can be traced
 back. Every hyperparameter chosen on validation (epsilon, routing layer,
@@ -65,10 +67,10 @@ def main() -> None:
     for (backbone, bench), tasks in benches.items():
         for task in tasks:
             rows.append(dict(backbone=backbone, benchmark=bench, method="zeroshot", task=task,
-                             accuracy=zs[backbone, task], routing_accuracy=None,
+                             accuracy=zs[backbone, task], strict_accuracy=zs[backbone, task], routing_accuracy=None,
                              size_fraction=None))
             rows.append(dict(backbone=backbone, benchmark=bench, method="finetuned", task=task,
-                             accuracy=ft[backbone, task], routing_accuracy=None,
+                             accuracy=ft[backbone, task], strict_accuracy=ft[backbone, task], routing_accuracy=None,
                              size_fraction=None))
     table = pd.DataFrame(rows)
     table["finetuned"] = [ft[b, t] for b, t in zip(table.backbone, table.task, strict=True)]

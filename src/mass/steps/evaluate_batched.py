@@ -39,8 +39,9 @@ def main() -> None:
     model = mass_model(args)
     test = load_benchmark_split(args.data_dirs, args.tasks, "test")
     pred = model.predict(test.images, one_hot_selection(routed, T), args.batch_size, desc="batched second pass")
-    correct = model.is_correct(pred, test.task, test.labels)
+    correct = model.is_correct_published(pred, test.task, test.labels)
     MethodResult(method="mass_batched", test=per_task_accuracy(correct, test),
+                 test_strict=per_task_accuracy(model.is_correct(pred, test.task, test.labels), test),
                  routing_accuracy=routing_accuracy_per_task(routed, test.task, args.tasks),
                  hyperparameters={"layer": hp["layer"], "token": hp["token"], "alpha": args.alpha,
                                   "route_batch_size": args.route_batch_size}).save(args.out)

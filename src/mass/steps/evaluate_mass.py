@@ -105,11 +105,13 @@ def main() -> None:
         hparams.update(features="z_l of the first-pass model", trained_on="val")
 
     pred = model.predict(test.images, selection, args.batch_size, desc="test second pass")
-    correct = model.is_correct(pred, test.task, test.labels)
+    correct = model.is_correct_published(pred, test.task, test.labels)
+    strict = model.is_correct(pred, test.task, test.labels)
     if args.routing_out:
         save_arrays(args.routing_out, selection=selection.bool().numpy(), routed=routed.numpy(), task=test.task.numpy(),
                     tasks=np.array(tasks))
     MethodResult(method=f"mass_{args.router}", test=per_task_accuracy(correct, test), hyperparameters=hparams,
+                 test_strict=per_task_accuracy(strict, test),
                  routing_accuracy=routing_accuracy_per_task(routed, test.task, tasks),
                  mean_selected_tasks=float(selection.sum(-1).float().mean()),
                  distinct_task_subsets=int(torch.unique(selection, dim=0).shape[0])).save(args.out)

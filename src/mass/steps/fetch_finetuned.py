@@ -7,15 +7,18 @@ from __future__ import annotations
 
 from mass.sources.download import LockFile, network_options
 from mass.sources.fetch import fetch_finetuned
+from mass.sources.layouts import LAYOUTS
 from mass.steps._cli import add_published_file_args, step_parser
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = step_parser(__doc__)
     add_published_file_args(parser)
+    parser.add_argument("--layout", required=True, choices=sorted(LAYOUTS),
+                        help="where the source keeps its files (sources.finetuned_layout)")
     args = parser.parse_args(argv)
     fetch_finetuned(args.model, args.task, args.repo, args.out, LockFile(args.lock), args.revision, args.endpoint,
-                    args.raw, args.keep_raw, args.hub_model_dir, **network_options(args))
+                    args.raw, args.keep_raw, args.hub_model_dir, args.layout, **network_options(args))
     print(f"wrote {args.out}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mass.sources.download import LockFile, network_options
 from mass.sources.fetch import fetch_pretrained
+from mass.sources.layouts import LAYOUTS
 from mass.steps._cli import add_download_args, step_parser
 
 
@@ -22,7 +23,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--raw", default=None, help="where a downloaded checkpoint goes (default: next to --out)")
     parser.add_argument("--keep-raw", action="store_true")
     parser.add_argument("--zeroshot-repo", default=None,
-                        help="image tower from this repository's single_task/<model>/MNISTVal/nonlinear_zeroshot.pt")
+                        help="image tower from the zero-shot encoder of this repository (or owner, crisostomi layout)")
+    parser.add_argument("--zeroshot-layout", default="tall_masks", choices=sorted(LAYOUTS),
+                        help="where --zeroshot-repo keeps it (mass.sources.layouts)")
     parser.add_argument("--zeroshot-revision", default=None, help="revision of --zeroshot-repo (default: pinned main)")
     parser.add_argument("--hub-model-dir", default=None, help="folder name of the model in --zeroshot-repo")
     parser.add_argument("--report", default=None, help="JSON: which weights theta_pre is, and the difference")
@@ -31,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     fetch_pretrained(args.model, args.out, LockFile(args.lock) if args.lock else None, args.from_file, args.repo,
                      args.filename, args.revision, args.endpoint, args.cache_dir, args.raw, args.keep_raw,
                      args.zeroshot_repo, args.zeroshot_revision, args.hub_model_dir, args.report,
-                     **network_options(args))
+                     args.zeroshot_layout, **network_options(args))
     print(f"wrote {args.out}")
 
 

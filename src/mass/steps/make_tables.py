@@ -1,9 +1,13 @@
 """Step make_tables: the paper's tables as LaTeX (booktabs), from the per-task CSV.
 
 - ``table2.tex``: mean absolute (normalised) test accuracy, method x backbone x benchmark;
-- ``table2_vs_paper.tex``: reproduced beside the published numbers (the paper's Table 2, in
-  ``mass/data/published.json``) and the difference, absolute and normalised, one row per method x
-  backbone x benchmark;
+- ``table2_vs_paper.tex``: reproduced beside the numbers the run's edition published (its Table 2,
+  :mod:`mass.editions`) and the difference, absolute and normalised, one row per method x backbone x
+  benchmark, each published number with the record it was read from (numbers from a secondary
+  transcription are marked in the LaTeX);
+- ``endpoints_vs_published.tex``: every task's fine-tuned test accuracy measured here beside the
+  edition's published one, with the verdict of check_provenance (mass.provenance); the deviations a
+  run went on with are also footnoted under Table 2;
 - ``table3.tex``: normalised accuracy of MASS by router, and of MASS with an oracle router (each image
   routed to its true task alone), which is TSV-C at the benchmark's k: the routing ceiling;
 - ``tsvc.tex``: TSV-C per task and its mean: accuracy, normalised accuracy and stored size (% of the
@@ -13,19 +17,18 @@ Each table also goes to CSV next to it.
 
 from __future__ import annotations
 
-import json
-from importlib import resources
 from pathlib import Path
 
 import pandas as pd
 
+from mass.editions import EDITIONS, Edition, load_edition
 from mass.io import atomic_path, read_csv
 from mass.methods import TABLE2_ROWS, TABLE3_ROWS, TSVC_SETTINGS
+from mass.provenance import ACCEPTED, DEVIATION
 from mass.steps._cli import step_parser
 
-
-def published() -> dict:
-    return json.loads((resources.files("mass") / "data" / "published.json").read_text())
+# Marks a published number read from a secondary transcription (LaTeX of table2_vs_paper).
+SECONDARY_MARK = "$^\\dagger$"
 
 
 def means(per_task: pd.DataFrame) -> pd.DataFrame:
@@ -58,30 +61,59 @@ def table2(avg: pd.DataFrame, cols: list[tuple[str, str]]) -> pd.DataFrame:
     return _grid(avg, cols, TABLE2_ROWS, lambda c: f"{c.accuracy:.1f} ({c.normalized:.1f})")
 
 
-def _published_value(pub: dict, key: str, method: str, backbone: str, bench: str) -> float | None:
-    """A number of the paper's Table 2 (``key``: table2_absolute or table2_normalized), if it has one."""
-    values = pub[key].get(method, {}).get(backbone)
-    return values[pub["benchmarks"].index(bench)] if values and bench in pub["benchmarks"] else None
-
-
-def table2_vs_paper(avg: pd.DataFrame, cols: list[tuple[str, str]]) -> pd.DataFrame:
+def table2_vs_paper(avg: pd.DataFrame, cols: list[tuple[str, str]], edition: Edition) -> pd.DataFrame:
     """One row per (method, backbone, benchmark): published, reproduced and their difference, absolute and
-    normalised; differences are taken between the rounded numbers shown, so each row adds up."""
-    pub = published()
+    normalised, and the record of each published number; differences are taken between the rounded
+    numbers shown, so each row adds up."""
     rows = []
     for method, name in TABLE2_ROWS.items():
         for bb, bench in cols:
             cell = _cell(avg, method, bb, bench)
             if cell is None:
                 continue
-            row = {"method": name, "backbone": bb, "benchmark": bench}
+            row = {"edition": edition.name, "method": name, "backbone": bb, "benchmark": bench}
             for kind, key, value in (("abs", "table2_absolute", cell.accuracy),
                                      ("norm", "table2_normalized", cell.normalized)):
-                paper, ours = _published_value(pub, key, method, bb, bench), round(float(value), 1)
+                table = edition.tables.get(key)
+                paper, record = table.value(method, bb, bench) if table else (None, None)
+                ours = round(float(value), 1)
                 row.update({f"paper {kind}": paper, f"reproduced {kind}": ours,
-                            f"difference {kind}": None if paper is None else round(ours - paper, 1)})
+                            f"difference {kind}": None if paper is None else round(ours - paper, 1),
+                            f"source {kind}": None if record is None else edition.records[record].cite,
+                            f"secondary {kind}": None if record is None else edition.records[record].secondary})
+            row["note"] = "; ".join(t.notes[f"{method}/{bb}/{bench}"] for t in edition.tables.values()
+                                    if f"{method}/{bb}/{bench}" in t.notes) or None
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def vs_paper_latex(frame: pd.DataFrame) -> pd.DataFrame:
+    """The comparison as printed: published numbers from a secondary transcription carry a dagger; the
+    records themselves stay in the CSV."""
+    shown = frame.drop(columns=[c for c in frame.columns
+                                if c.startswith(("source ", "secondary ")) or c in ("edition", "note")])
+    for kind in ("abs", "norm"):
+        if f"paper {kind}" not in frame:
+            continue
+        shown[f"paper {kind}"] = [
+            "--" if pd.isna(v) else f"{v:.1f}" + (SECONDARY_MARK if flag is True else "")
+            for v, flag in zip(frame[f"paper {kind}"], frame[f"secondary {kind}"], strict=True)]
+    return shown
+
+
+def endpoints_vs_published(provenance: list[str]) -> pd.DataFrame:
+    """Every backbone's provenance check (results/<backbone>/provenance.csv), one row per task."""
+    return pd.concat([read_csv(p) for p in provenance], ignore_index=True) if provenance else pd.DataFrame()
+
+
+def deviation_note(checks: pd.DataFrame) -> str:
+    """Table 2's footnote: the tasks whose fine-tuned endpoint deviates from the edition's and why."""
+    if checks.empty:
+        return ""
+    went_on = checks[checks.verdict.isin([DEVIATION, ACCEPTED])]
+    notes = [f"{r.backbone} {r.task}: fine-tuned {r.measured:.1f} here vs {r.published:.1f} published "
+             f"({r.verdict}: {r.note})" for r in went_on.itertuples()]
+    return (" Deviations from the edition's fine-tuned checkpoints: " + "; ".join(notes) + ".") if notes else ""
 
 
 def table3(avg: pd.DataFrame, cols: list[tuple[str, str]]) -> pd.DataFrame:
@@ -103,7 +135,13 @@ def tsvc_table(per_task: pd.DataFrame) -> pd.DataFrame:
                                        "stored size"])
 
 
-def write_latex(frame: pd.DataFrame, path: Path, caption: str, label: str) -> None:
+def latex_escape(text: str) -> str:
+    return text.replace("\\", "\\textbackslash{}").replace("%", "\\%").replace("_", "\\_").replace("&", "\\&")
+
+
+def write_latex(frame: pd.DataFrame, path: Path, caption: str, label: str,
+                csv_frame: pd.DataFrame | None = None) -> None:
+    """``frame`` as a booktabs table in ``path`` and as CSV beside it (``csv_frame`` instead, if given)."""
     latex = frame.style.format(na_rep="--", precision=1).to_latex(
         hrules=True, caption=caption, label=label,
         column_format="l" * frame.index.nlevels + "c" * len(frame.columns),
@@ -111,22 +149,33 @@ def write_latex(frame: pd.DataFrame, path: Path, caption: str, label: str) -> No
     with atomic_path(path) as tmp:
         tmp.write_text(latex)
     with atomic_path(path.with_suffix(".csv")) as tmp:
-        frame.to_csv(tmp)
+        (frame if csv_frame is None else csv_frame).to_csv(tmp)
 
 
 def main() -> None:
     parser = step_parser(__doc__)
     parser.add_argument("--per-task", required=True)
+    parser.add_argument("--edition", required=True, choices=EDITIONS)
+    parser.add_argument("--provenance", nargs="*", default=[], help="every backbone's provenance.csv")
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args()
     per_task = read_csv(args.per_task, dtype={"benchmark": str})
+    edition = load_edition(args.edition)
     avg, cols, out = means(per_task), _columns(per_task), Path(args.out_dir)
+    checks = endpoints_vs_published(args.provenance)
     write_latex(table2(avg, cols), out / "table2.tex",
-                "Mean absolute test accuracy (\\%), normalised accuracy in parentheses.", "tab:table2")
-    write_latex(table2_vs_paper(avg, cols).set_index(["method", "backbone", "benchmark"]),
-                out / "table2_vs_paper.tex",
-                "Reproduced mean absolute and normalised accuracy (\\%) beside the published Table 2; "
-                "difference = reproduced $-$ paper.", "tab:table2-vs-paper")
+                "Mean absolute test accuracy (\\%), normalised accuracy in parentheses."
+                + latex_escape(deviation_note(checks)), "tab:table2")
+    vs_paper = table2_vs_paper(avg, cols, edition).set_index(["method", "backbone", "benchmark"])
+    write_latex(vs_paper_latex(vs_paper), out / "table2_vs_paper.tex",
+                f"Reproduced mean absolute and normalised accuracy (\\%) beside the {edition.name} edition's Table 2 "
+                f"({latex_escape(edition.title)}); difference = reproduced $-$ paper; {SECONDARY_MARK}: read from a "
+                "secondary transcription, not the paper itself (sources in table2\\_vs\\_paper.csv).",
+                "tab:table2-vs-paper", csv_frame=vs_paper)
+    write_latex(checks.set_index(["backbone", "task"]) if not checks.empty else checks,
+                out / "endpoints_vs_published.tex",
+                f"Fine-tuned test accuracy (\\%) measured here beside the {edition.name} edition's published one, "
+                "with the verdict of the provenance check.", "tab:endpoints-vs-published")
     write_latex(table3(avg, cols), out / "table3.tex",
                 "Mean normalised accuracy (\\%) of MASS by router; oracle: each image routed to its true task "
                 "alone, which is TSV-C at the benchmark's k.", "tab:table3")
