@@ -19,12 +19,13 @@ def projection_residuals(z: torch.Tensor, bases: torch.Tensor) -> torch.Tensor:
     """r_i = ||z - V_i V_i^T z||_2 for every task i.
 
     ``z``: (N, D) features; ``bases``: (T, D, k) with orthonormal columns per task.
-    Uses ||z||^2 - ||V_i^T z||^2 (Pythagoras), one matmul for all tasks.
+    Computed directly, as the official code does: the shortcut ||z||^2 - ||V_i^T z||^2 cancels
+    catastrophically for an input lying almost in a subspace (27% off at a residual of 2.7e-3 with
+    ||z|| = 103), and the standardised weights that eta thresholds are made from these residuals.
     """
-    z = z.float()
-    coords = torch.einsum("nd,tdk->ntk", z, bases.float())
-    sq = (z * z).sum(-1, keepdim=True) - (coords * coords).sum(-1)
-    return sq.clamp_min(0).sqrt()
+    z, bases = z.float(), bases.float()
+    coords = torch.einsum("nd,tdk->ntk", z, bases)
+    return (z[:, None, :] - torch.einsum("ntk,tdk->ntd", coords, bases)).norm(dim=-1)
 
 
 def routing_weights(residuals: torch.Tensor, temperature: float = 1.0,

@@ -234,7 +234,7 @@ class MixedEncoder:
 
     :meth:`__call__` runs a batch mixing subsets (low-rank corrections on theta_pre);
     :meth:`write_weights` instead puts one subset's dense merged weights into ``visual`` itself,
-    which is cheaper when many samples share that subset (see :class:`mass.inference.MassModel`).
+    which is cheaper when many samples share that subset (see :class:`mass.mass_model.MassModel`).
     """
 
     def __init__(self, visual: nn.Module, pretrained: Mapping[str, torch.Tensor], factors: SubsetFactors):

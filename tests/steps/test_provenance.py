@@ -102,7 +102,7 @@ def test_a_checkpoint_of_another_task_stops_the_run_with_both_numbers(tmp_path, 
                                    "--out", tmp_path / "p.csv"], monkeypatch)
     message = str(stop.value.code)
     assert "ViT-B-32 SVHN: fine-tuned test accuracy 21.00% measured here, 96.67% published" in message
-    assert "accs.json" in message and "provenance.accept" in message and "workflow/presets/final.yaml" in message
+    assert "accs.json" in message and "provenance.accept" in message and "The two editions" in message
     assert "Cars" not in message
     assert not (tmp_path / "p.csv").exists()
 

@@ -279,12 +279,23 @@ def checkpoint_files(folder: Path, backbones: dict[str, tuple[str, list[str]]]) 
 # --------------------------------------------------------------------------- the hub
 
 
+# The real pool (config.yaml textspan.descriptions): 3,498 descriptions, one per line, no empty line, no
+# duplicate, no newline after the last (issue 30, item 5). The stand-in has the same structure.
+DESCRIPTIONS = 3498
+
+
 def descriptions() -> bytes:
-    """A stand-in of TEXTSPAN's general image descriptions (one per line)."""
+    """A stand-in of TEXTSPAN's general image descriptions, in the real file's line structure."""
     things = ["car", "dog", "cat", "flower", "digit", "road sign", "forest", "beach", "kitchen", "face", "texture",
-              "satellite view of fields", "plate of food", "tissue sample", "handwritten character", "sentence"]
-    styles = ["A photo of a", "An image of a", "A close-up of a", "A blurry picture of a", "A drawing of a"]
-    return "".join(f"{s} {t}\n" for s in styles for t in things).encode()
+              "satellite view of fields", "plate of food", "tissue sample", "handwritten character", "sentence",
+              "bird", "truck", "house", "river", "mountain", "street", "pattern", "tree", "boat", "lamp"]
+    adjectives = ["", "red ", "small ", "large ", "old ", "new ", "dark ", "bright ", "wet ", "striped ", "round ",
+                  "blue ", "green ", "distant ", "tiny ", "wooden ", "metal ", "painted ", "broken ", "shiny ",
+                  "blurred ", "faded ", "colourful "]
+    styles = ["A photo of a", "An image of a", "A close-up of a", "A blurry picture of a", "A drawing of a",
+              "A sketch of a"]
+    lines = [f"{s} {a}{t}" for s in styles for a in adjectives for t in things][:DESCRIPTIONS]
+    return "\n".join(lines).encode()
 
 
 def fill_hub(server: HubServer, folder: Path, *, tasks: list[str], backbones: dict[str, tuple[str, list[str]]],

@@ -26,6 +26,25 @@ def test_residual_zero_inside_span_and_norm_outside():
     assert float(r[1]) == pytest.approx(float(inside.norm()), rel=1e-5)
 
 
+def test_residual_of_an_input_almost_in_a_subspace_is_accurate_against_float64():
+    """Inputs within 1e-3 of a task's subspace (||z|| ~ 100, as CLS features are): the residual and the
+    standardised weights eta thresholds match the direct float64 computation."""
+    torch.manual_seed(0)
+    d, k, T = 768, 38, 8
+    bases = torch.stack([random_orthonormal(d, k, t) for t in range(T)])
+    inside = (torch.randn(64, k).double() * 17) @ bases[0].double().T
+    distance = torch.logspace(-4, -3, 64).double()[:, None]
+    off = torch.nn.functional.normalize(torch.randn(64, d).double(), dim=1) * distance
+    z = inside + off
+    b64 = bases.double()
+    exact = (z[:, None, :] - torch.einsum("ntk,tdk->ntd", torch.einsum("nd,tdk->ntk", z, b64), b64)).norm(dim=-1)
+    got = projection_residuals(z.float(), bases)
+    assert float(z.norm(dim=1).min()) > 50 and float(exact[:, 0].max()) < 2e-3
+    torch.testing.assert_close(got[:, 0].double(), exact[:, 0], rtol=0.05, atol=0.0)  # the shortcut: 0 to 300x off
+    torch.testing.assert_close(got.double(), exact, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(routing_weights(got), routing_weights(exact), rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("T,expected", [(8, 0.71), (14, 0.76), (20, 0.82)])
 def test_standardised_softmax_weight_of_a_clear_winner(T, expected):
     residuals = torch.ones(1, T)

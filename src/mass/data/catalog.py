@@ -7,7 +7,7 @@ repository and revision are meant to be overridden from config.
 
 Revisions. Every source's revision defaults to ``None``: the first download resolves the
 repository's ``ref`` (its default branch, or the parquet-conversion branch where the hub only
-converted the data) to a commit and writes it to the lock file (see :mod:`mass.download`);
+converted the data) to a commit and writes it to the lock file (see :mod:`mass.sources.download`);
 every later run fetches exactly that commit. To pin a revision by hand, set
 ``datasets.<task>.revision`` in config.yaml to a commit sha.
 

@@ -1,7 +1,7 @@
 """Download the TEXTSPAN description pool: one text file of a GitHub repository at a pinned commit.
 
 The file is fetched from ``raw.githubusercontent.com/<repo>/<commit>/<path>`` with
-:func:`mass.download.download` (resumable, verified, atomic), recorded in the lock file under
+:func:`mass.sources.download.download` (resumable, verified, atomic), recorded in the lock file under
 ``github://<repo>@<commit>/<path>`` with its size and sha256 on the first download, and checked
 against that record (and against ``--sha256``/``--size`` when the config gives them) ever after.
 A file already at ``--out`` is verified instead of downloaded: that is how to run without network.

@@ -1,4 +1,4 @@
-"""Step demo_descriptions: the demo's TEXTSPAN description pool, generated offline (mass.demo_data.description_pool).
+"""Step demo_descriptions: the demo's TEXTSPAN description pool, generated offline (mass.data.demo.description_pool).
 
 One description per line: the caption vocabulary the demo CLIP was pretrained on (every template
 with every task's family and class phrases) plus distractor descriptions of things no demo task shows.

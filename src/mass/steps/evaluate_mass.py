@@ -46,7 +46,7 @@ def main() -> None:
     add_mass_model_args(parser)
     parser.add_argument("--val-first-pass", required=True)
     parser.add_argument("--test-first-pass", required=True)
-    parser.add_argument("--routing-features", help="nn / mlp: z_l of val and test (mass.routing_features)")
+    parser.add_argument("--routing-features", help="nn / mlp: z_l of val and test (mass.steps.routing_features)")
     add_routing_location_args(parser)
     parser.add_argument("--temperature", type=float, required=True)
     parser.add_argument("--no-standardize", action="store_true")

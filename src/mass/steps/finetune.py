@@ -67,7 +67,7 @@ def main() -> None:
     weights = finetune(args.model, load_tensors(args.pretrained), load_tensors(args.head)["weight"], images, labels,
                        args.steps, args.batch_size, args.lr, args.warmup, args.weight_decay, args.seed, device,
                        desc=f"finetune {args.task}")
-    save_tensors(args.out, weights, {"model": args.model, "task": args.task, "source": "mass.finetune"})
+    save_tensors(args.out, weights, {"model": args.model, "task": args.task, "source": "mass.steps.finetune"})
     log_images_forwarded()
 
 

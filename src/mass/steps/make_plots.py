@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--routing", nargs="*", default=[],
                         help="BACKBONE:BENCHMARK:mass_proj_routing.npz entries (confusion, selection sizes)")
     parser.add_argument("--textspan", nargs="*", default=[],
-                        help="BACKBONE:BENCHMARK:textspan.csv:textspan_images.npz entries (mass.interpret_tsv)")
+                        help="BACKBONE:BENCHMARK:textspan.csv:textspan_images.npz entries (mass.steps.interpret_tsv)")
     parser.add_argument("--top-k", type=int, default=3, help="most tasks a selection holds (routing.top_k)")
     parser.add_argument("--hparams", required=True, help="selected_hyperparameters.json (marks the routing layer)")
     parser.add_argument("--io", default="in", help="routing at module inputs or outputs")

@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
     model = pretrain(args.model, args.per_task, args.steps, args.batch_size, args.lr, args.seed, args.domain_per_task)
-    save_tensors(args.out, model.state_dict(), {"model": args.model, "source": "mass.pretrain"})
+    save_tensors(args.out, model.state_dict(), {"model": args.model, "source": "mass.steps.pretrain_demo_clip"})
     log_images_forwarded()
 
 

@@ -37,3 +37,28 @@ def test_generated_source_goes_through_fetch_and_prepare(hub, tmp_path, task):
     assert load_split(tmp_path / "data", task, "val")[0].shape[0] == (3 if src.val_size else 2)
     assert any("sources.max_images" in note for note in info.notes)
     assert hub.misses() == []
+
+
+def test_description_pool_stand_in_has_the_real_files_structure_and_the_overlays_pin(tmp_path):
+    """config.yaml pins the real pool's size and sha256; the rehearsal serves a stand-in with the same line
+    structure (3,498 distinct non-empty lines, no newline after the last) and pins its own."""
+    import hashlib
+
+    import yaml
+    from support.hub_files import DESCRIPTIONS, descriptions
+    from support.workflow import ROOT
+
+    from mass.sources.descriptions import fetch_descriptions, read_descriptions
+
+    real = yaml.safe_load((ROOT / "config.yaml").read_text())["textspan"]["descriptions"]
+    assert (real["size"], len(real["sha256"])) == (88419, 64)
+    data = descriptions()
+    lines = data.decode().split("\n")
+    assert len(lines) == len(set(lines)) == DESCRIPTIONS and all(lines) and not data.endswith(b"\n")
+    here = yaml.safe_load((ROOT / "tests/workflow/rehearsal/rehearsal.yaml").read_text())["textspan"]["descriptions"]
+    assert (here["size"], here["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    out = tmp_path / "pool.txt"
+    out.write_bytes(data)
+    fetch_descriptions(real["repo"], real["commit"], real["path"], out, LockFile(tmp_path / "lock.json"),
+                       sha256=here["sha256"], size=here["size"])
+    assert read_descriptions(out) == lines
