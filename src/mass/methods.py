@@ -24,10 +24,13 @@ class Baseline:
     (weight averaging takes no alpha). ``options`` are the config keys besides ``alphas`` passed to
     it, each with its type; ``per_task_lambdas`` marks Consensus TA, whose TALL-mask lambda is
     chosen per task on that task's validation split before alpha is. ``memory_copies``: the job's
-    peak memory in multiples of the encoders it reads (all T task vectors are held at once), for its
-    Snakemake ``mem_mb`` (workflow/rules/common.smk). Measured in two dress rehearsals (ViT-B-32, 20
-    tasks, 7.5 GiB of encoders and components): 7.4-9.5 GB for the one-copy methods, 11.5 and 16.9
-    GB for Consensus TA, which also holds its TALL masks and each task's localised model.
+    peak memory above 3 GB in multiples of one encoder, for its Snakemake ``mem_mb``
+    (workflow/rules/common.smk): the step reads the task vectors from their files layer by layer or
+    one task at a time (:class:`mass.task_vectors.TaskVectorFiles`), so the peak does not grow with T.
+    Every method holds theta_pre, the merged update, its alpha-scaled copy, the weights applied and the
+    model; Consensus TA also the task sum, one task vector as read and as a difference, the agreement
+    count and one localised model. Before, with all T task vectors in memory, two dress rehearsals
+    (ViT-B-32, 20 tasks) measured 7.4-9.5 GB for the others and 11.5-16.9 GB for Consensus TA.
     """
 
     name: str
@@ -36,7 +39,7 @@ class Baseline:
     alpha_grid: bool = True
     options: dict[str, type] = field(default_factory=dict)
     per_task_lambdas: bool = False
-    memory_copies: int = 1
+    memory_copies: int = 6
 
     def builder(self) -> Callable[..., Any]:
         module, function = self.build.split(":")
@@ -59,7 +62,7 @@ BASELINES: dict[str, Baseline] = {b.name: b for b in (
     Baseline("weight_averaging", "Weight averaging", "mass.baselines:weight_average", alpha_grid=False),
     Baseline("task_arithmetic", "Task Arithmetic", "mass.baselines:task_arithmetic"),
     Baseline("consensus", "Consensus TA", "mass.baselines:consensus", options={"min_agreement": int},
-             per_task_lambdas=True, memory_copies=2),
+             per_task_lambdas=True, memory_copies=10),
     Baseline("iso_c", "Iso-C", "mass.baselines:iso_c"),
     Baseline("iso_cts", "Iso-CTS", "mass.baselines:iso_cts", options={"common_fraction": float}),
 )}

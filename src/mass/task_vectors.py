@@ -7,8 +7,9 @@ embedding, the 4-D patch-embedding conv) is merged by the mean over tasks.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,15 +20,15 @@ _BLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.(attn|mlp)\.")
 _PREFIXES = ("module.", "model.", "visual.", "image_encoder.")
 
 
-def visual_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
-    """Keys of an image-encoder state dict relative to open_clip's ``model.visual`` module.
-
-    Accepts a full CLIP state dict (``visual.*``), the task-vector code's ``ImageEncoder``
-    (``model.visual.*``) or a bare ``visual`` state dict. Text-tower tensors are dropped.
-    """
-    has_visual = any(".visual." in f".{k}" for k in state_dict)
-    out: StateDict = {}
-    for key, value in state_dict.items():
+def visual_keys(names: Iterable[str]) -> dict[str, str]:
+    """Each image-encoder tensor name relative to open_clip's ``model.visual`` module -> the name it has
+    in ``names``: a full CLIP state dict (``visual.*``), the task-vector code's ``ImageEncoder``
+    (``model.visual.*``) or a bare ``visual`` state dict. Text-tower names are dropped."""
+    names = list(names)
+    has_visual = any(".visual." in f".{k}" for k in names)
+    out: dict[str, str] = {}
+    for name in names:
+        key = name
         if has_visual:
             if ".visual." not in f".{key}":
                 continue
@@ -35,8 +36,14 @@ def visual_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
         else:
             while key.startswith(_PREFIXES):
                 key = key.split(".", 1)[1]
-        out[key] = value
+        out[key] = name
     return out
+
+
+def visual_state_dict(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
+    """Keys of an image-encoder state dict relative to open_clip's ``model.visual`` module
+    (:func:`visual_keys`); text-tower tensors are dropped."""
+    return {key: state_dict[name] for key, name in visual_keys(state_dict).items()}
 
 
 def is_matrix(name: str, tensor: torch.Tensor) -> bool:
@@ -126,3 +133,52 @@ class TaskVector:
         if missing:
             raise ValueError(f"pretrained and fine-tuned encoders differ in keys, e.g. {missing[:3]}")
         return cls({k: (ft[k].float() - pre[k].float()) for k in pre if pre[k].is_floating_point()})
+
+
+class TaskVectorFiles(Sequence[TaskVector]):
+    """The task vectors of fine-tuned encoders on disk (safetensors), read when asked for, never all at once.
+
+    ``files[t]`` is task t's whole :class:`TaskVector` (one encoder read); ``stack(key)`` is one tensor of
+    every task, (T, ...), read from each file alone (safetensors reads a single tensor). A merge that
+    walks the model key by key (the baselines) or task by task then holds one layer of every task, or one
+    task, plus theta_pre, whatever T: the same numbers as from task vectors in memory, without T copies
+    of the model (Consensus TA at ViT-L/14 with 20 tasks would need ~60 GB).
+    """
+
+    def __init__(self, pretrained: Mapping[str, torch.Tensor], paths: Sequence[str | os.PathLike]):
+        from safetensors import safe_open
+
+        from mass.io import verify
+
+        self.pretrained = visual_state_dict(pretrained)
+        self.keys = [k for k, v in self.pretrained.items() if v.is_floating_point()]
+        self.paths, self._names = [str(p) for p in paths], []
+        for path in self.paths:
+            verify(path)
+            with safe_open(path, framework="pt") as fh:
+                names = visual_keys(fh.keys())
+            extra = sorted(set(names) ^ set(self.pretrained))
+            if extra:
+                raise ValueError(f"{path}: pretrained and fine-tuned encoders differ in keys, e.g. {extra[:3]}")
+            self._names.append(names)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, t: int) -> TaskVector:  # type: ignore[override]
+        if not -len(self) <= t < len(self):
+            raise IndexError(t)
+        from mass.io import load_tensors
+
+        return TaskVector.from_state_dicts(self.pretrained, load_tensors(self.paths[t]))
+
+    def stack(self, key: str) -> torch.Tensor:
+        """Tensor ``key`` of every task vector, stacked: (T, ...) float32."""
+        from safetensors import safe_open
+
+        pre = self.pretrained[key].float()
+        rows = []
+        for path, names in zip(self.paths, self._names, strict=True):
+            with safe_open(path, framework="pt") as fh:
+                rows.append(fh.get_tensor(names[key]).float() - pre)
+        return torch.stack(rows)

@@ -131,3 +131,85 @@ def test_merge_survives_a_float32_svd_that_does_not_converge(task_vectors, monke
     merged = method(tvs, alpha=1.0)[NAME]
     assert refused and merged.dtype == torch.float32
     torch.testing.assert_close(merged, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_every_baseline_from_files_equals_the_one_from_memory_and_consensus_holds_one_task(tmp_path, monkeypatch):
+    """Task vectors read from the fine-tuned encoders' files (TaskVectorFiles: layer by layer, or one task at a
+    time) give every baseline bit for bit; Consensus TA never holds two task vectors at once, whatever T."""
+    import gc
+    import weakref
+
+    from mass.io import load_tensors, save_tensors
+    from mass.task_vectors import TaskVectorFiles
+
+    g = torch.Generator().manual_seed(3)
+    pre = {"visual.w": torch.randn(12, 9, generator=g), "visual.b": torch.randn(9, generator=g),
+           "visual.steps": torch.tensor([3])}  # an integer buffer: not part of a task vector
+    paths = []
+    for t in range(7):
+        ft = {k: v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v for k, v in pre.items()}
+        save_tensors(tmp_path / f"t{t}.safetensors", ft)
+        paths.append(tmp_path / f"t{t}.safetensors")
+    files = TaskVectorFiles(pre, paths)
+    memory = [TaskVector.from_state_dicts(pre, load_tensors(p)) for p in paths]
+    lambdas = [0.2, 0.4, 0.5, 0.6, 0.8, 1.0, 0.3]
+    for build in (lambda tv: weight_average(tv), lambda tv: task_arithmetic(tv, 0.3), lambda tv: iso_c(tv, 1.2),
+                  lambda tv: iso_cts(tv, 0.9), lambda tv: consensus(tv, lambdas, 0.7)):
+        ours, reference = build(files), build(memory)
+        assert ours.keys() == reference.keys() == {"w", "b"}
+        assert all(torch.equal(ours[k], reference[k]) for k in ours)
+    made: dict[str, list] = {"task vectors": [], "masks": []}
+    peak = dict.fromkeys(made, 0)
+
+    def track(kind: str, tensor: torch.Tensor) -> None:
+        gc.collect()
+        made[kind].append(weakref.ref(tensor))
+        peak[kind] = max(peak[kind], sum(r() is not None for r in made[kind]))
+
+    real_vector, real_mask = TaskVectorFiles.__getitem__, mass.baselines.tall_mask
+    monkeypatch.setattr(TaskVectorFiles, "__getitem__",
+                        lambda self, t: (v := real_vector(self, t), track("task vectors", v.vector["w"]))[0])
+    monkeypatch.setattr(mass.baselines, "tall_mask",
+                        lambda own, total, lam: (m := real_mask(own, total, lam), track("masks", m["w"]))[0])
+    consensus(files, lambdas, 0.7)
+    assert len(made["task vectors"]) == len(made["masks"]) == 7
+    assert peak == {"task vectors": 1, "masks": 1}  # the agreement is a running count
+
+
+def _iso_cts_float64(stack: torch.Tensor, common_fraction: float) -> torch.Tensor:
+    """Iso-CTS of one matrix as the published code writes it (project each task's matrix off the common
+    subspace, then decompose it whole), in the stack's dtype (float64 for the reference)."""
+    def svd(x):
+        u, s, vh = torch.linalg.svd(x, full_matrices=False)
+        return u, s, vh.mT
+
+    def polar(x):
+        p, _, q = svd(x)
+        return p @ q.T
+    common, per_task = iso_cts_dimensions(min(stack.shape[1:]), stack.shape[0], common_fraction)
+    u, s, v = svd(stack.sum(0))
+    us, ss, vs = [u[:, :common]], [s[:common]], [v[:, :common]]
+    for delta in stack:
+        ut, st, vt = svd(delta - us[0] @ (us[0].T @ delta))
+        us.append(ut[:, :per_task]), ss.append(st[:per_task]), vs.append(vt[:, :per_task])
+    return torch.cat(ss).mean() * (polar(torch.cat(us, 1)) @ polar(torch.cat(vs, 1)).T)
+
+
+@pytest.mark.parametrize("shape", [(40, 120), (64, 64), (120, 40)], ids=["wide", "square", "tall"])
+@pytest.mark.parametrize("kind", ["random", "near-duplicate"])
+def test_iso_cts_equals_the_published_formulation_in_float64(shape, kind):
+    """The complement-subspace SVD (m <= n) and the direct projection (m > n) give the published
+    formulation's update to float32 round-off, on independent tasks and on tasks that nearly coincide."""
+    g = torch.Generator().manual_seed(sum(shape) + len(kind))
+    T = 6
+    base = torch.randn(shape, generator=g, dtype=torch.float64)
+    if kind == "random":
+        stack = torch.randn((T, *shape), generator=g, dtype=torch.float64)
+    else:
+        stack = base + 0.01 * torch.randn((T, *shape), generator=g, dtype=torch.float64)
+    expected = _iso_cts_float64(stack, 0.8)
+    got = iso_cts([TaskVector({"w": d.float()}) for d in stack], alpha=1.0)["w"].double()
+    published_in_float32 = _iso_cts_float64(stack.float(), 0.8).double()  # the same formulation in float32
+    scale = float(expected.abs().max())
+    error, round_off = float((got - expected).abs().max()), float((published_in_float32 - expected).abs().max())
+    assert error <= 2 * round_off + 1e-6 * scale and error <= 1e-4 * scale, (error, round_off, scale)

@@ -16,6 +16,8 @@ import pytest
 import yaml
 from support.workflow import AGGREGATES, BACKBONE_GATHERS, SMALL, dry_run, env, planned_jobs, snakemake
 
+from mass.methods import BASELINES
+
 pytestmark = pytest.mark.slow
 
 # interpret_tsv decodes at the routing layer that evaluate_mass records, so it follows evaluate_mass
@@ -93,25 +95,28 @@ def test_new_benchmark_runs_only_its_jobs(small_demo, tmp_path):
 def test_memory_requests_follow_what_the_job_holds(small_demo, tmp_path):
     """Benchmark-level jobs hold their encoders, SVD components and first passes: their mem_mb is 3 GB
     plus twice those inputs (common.smk), so a local --resources mem_mb limit keeps apart jobs that do
-    not fit together. evaluate_baseline holds all T task vectors once (Consensus TA twice, its
-    ``memory_copies``)."""
+    not fit together. evaluate_baseline reads its task vectors from their files a layer or a task at a
+    time: 3 GB plus its method's ``memory_copies`` times one encoder, whatever T."""
     extra = tmp_path / "consensus.yaml"
     extra.write_text(yaml.safe_dump({"baselines": {"methods": ["task_arithmetic", "consensus"]}}))
     run = snakemake("-n", "--cores", "2", "--forcerun", "evaluate_baseline", "evaluate_mass", *SMALL, str(extra),
                     cwd=small_demo, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    asked, held_mb = {}, {}
+    asked, held_mb, encoder_mb = {}, {}, {}
     for job in planned_jobs(run.stdout + run.stderr):
         if job["rule"] not in ("evaluate_baseline", "evaluate_mass"):
             continue
         name = job["wildcards"].split("method=")[1] if job["rule"] == "evaluate_baseline" else job["rule"]
         held = [f for f in job["input"].split(", ") if f.endswith((".safetensors", ".npz"))]
         held_mb[name] = sum(os.path.getsize(small_demo / f) for f in held) / 2**20
+        encoder_mb[name] = max(os.path.getsize(small_demo / f) for f in held if "/trained/" in f or "/hub/" in f
+                               ) / 2**20 if job["rule"] == "evaluate_baseline" else None
         asked[name] = int(re.search(r"\bmem_mb=(\d+)", job["resources"]).group(1))
     assert set(asked) == {"task_arithmetic", "consensus", "evaluate_mass"}, asked
-    assert held_mb["task_arithmetic"] == held_mb["consensus"] > 0  # every fine-tuned encoder counted
-    assert asked["task_arithmetic"] == int(3000 + held_mb["task_arithmetic"])
-    assert asked["consensus"] == int(3000 + 2 * held_mb["consensus"])
+    assert encoder_mb["task_arithmetic"] == encoder_mb["consensus"] > 0
+    assert asked["task_arithmetic"] == int(3000 + BASELINES["task_arithmetic"].memory_copies
+                                           * encoder_mb["task_arithmetic"])
+    assert asked["consensus"] == int(3000 + BASELINES["consensus"].memory_copies * encoder_mb["consensus"])
     assert asked["evaluate_mass"] == int(3000 + 2 * held_mb["evaluate_mass"])
 
 

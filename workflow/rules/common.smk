@@ -48,10 +48,12 @@ def holds_its_inputs_mb(wildcards, input, copies: float = 2):
 
 
 def baseline_mb(wildcards, input):
-    """mem_mb of evaluate_baseline: it holds all T task vectors at once, its method's
-    ``memory_copies`` times the encoders it reads (mass.methods; Consensus TA 2, the others 1):
-    ViT-B/32 with 20 tasks ~10.7 GB (Consensus ~18 GB), ViT-L/14 with 20 tasks ~32 GB (~60 GB)."""
-    return holds_its_inputs_mb(wildcards, input, BASELINE_REGISTRY[wildcards.method].memory_copies)
+    """mem_mb of evaluate_baseline: 3 GB plus its method's ``memory_copies`` times one encoder (the
+    largest it reads; mass.methods: Consensus TA 10, the others 6). It reads the task vectors from their
+    files layer by layer or one task at a time, so the request does not grow with T: ViT-B/32 ~5-6.5 GB,
+    ViT-L/14 ~10-15 GB. Files not there yet count 0 (evaluated again before the job starts)."""
+    sizes = [os.path.getsize(f) for f in input.finetuned if os.path.exists(f)]
+    return int(3000 + BASELINE_REGISTRY[wildcards.method].memory_copies * max(sizes, default=0) / 2**20)
 
 
 def check_selection():

@@ -20,7 +20,7 @@ from mass.io import load_tensors
 from mass.methods import BASELINES
 from mass.results import MethodResult
 from mass.steps._cli import benchmark_parser, setup
-from mass.task_vectors import StateDict, TaskVector, visual_state_dict
+from mass.task_vectors import StateDict, TaskVectorFiles, visual_state_dict
 from mass.training import default_device
 from mass.tsv import apply_delta
 
@@ -47,7 +47,7 @@ def main() -> None:
     build_merge = method.builder()
 
     pre = visual_state_dict(load_tensors(args.pretrained))
-    tvs = [TaskVector.from_state_dicts(pre, load_tensors(p)) for p in args.finetuned]
+    tvs = TaskVectorFiles(pre, args.finetuned)  # read layer by layer or task by task, never all T at once
     heads, _ = load_heads(args.heads)
     val = load_benchmark_split(args.data_dirs, args.tasks, "val")
     visual = create_visual(args.model, pre, default_device())
@@ -60,13 +60,18 @@ def main() -> None:
     hparams: dict = {}
     if method.per_task_lambdas:
         lambdas, lambda_scores, total = [], {}, baselines.task_sum(tvs)
-        for t, task in enumerate(args.tasks):
-            own = load_benchmark_split([args.data_dirs[t]], [task], "val")
 
-            def tall_score(lam: float, t: int = t, own: SplitData = own) -> float:
-                mask = baselines.tall_mask(tvs, t, lam, total)
-                return evaluate(baselines.tall_mask_model(tvs, mask, total), own, [heads[t]])[args.tasks[t]]
-            lam, lambda_scores[task] = pick_best(args.lambdas, tall_score, f"lambda {task}")
+        def best_lambda(t: int) -> tuple[float, dict[str, float]]:
+            """Task t's lambda on its own validation split; its task vector is freed on return."""
+            own, vector = load_benchmark_split([args.data_dirs[t]], [args.tasks[t]], "val"), tvs[t]
+
+            def tall_score(lam: float) -> float:
+                mask = baselines.tall_mask(vector, total, lam)
+                return evaluate(baselines.tall_mask_model(mask, total), own, [heads[t]])[args.tasks[t]]
+            return pick_best(args.lambdas, tall_score, f"lambda {args.tasks[t]}")
+
+        for t, task in enumerate(args.tasks):
+            lam, lambda_scores[task] = best_lambda(t)
             lambdas.append(lam)
         hparams.update(lambdas=dict(zip(args.tasks, lambdas, strict=True)), val_accuracy_by_lambda=lambda_scores)
 
