@@ -12,7 +12,9 @@ hub replaced the DTD one in December 2024, the final one (ICLR 2026) on the auth
   which ``check_provenance`` compares the run's own endpoints before any merge is built;
 * ``deviations``: tasks whose published checkpoint can no longer be had, with the reason (the
   check reports them and goes on);
-* ``tables``: the published Table 2 / Table 3 numbers, per method, backbone and benchmark.
+* ``tables``: the published Table 2 / Table 3 numbers, per method, backbone and benchmark;
+* ``class_spaces``: how its heads' classes follow from the sources (the final edition: each source's
+  own names and order, with a few remaps and overrides), if not as the first edition's published heads.
 
 The ``demo`` edition publishes nothing: its check reports that there is nothing to compare with.
 """
@@ -61,6 +63,16 @@ class PublishedTable:
 
 
 @dataclass(frozen=True)
+class ClassSpace:
+    """How an edition turns a source's labels into a head's classes, where it departs from the source:
+    ``label_map[i]`` is the class of the source's label i (None: the same), ``classnames`` the head's
+    class names in class order (None: the source's own names)."""
+
+    label_map: tuple[int, ...] | None = None
+    classnames: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class Edition:
     """One edition of the paper: what it published and where each number was read."""
 
@@ -71,6 +83,12 @@ class Edition:
     finetuned_accuracy: dict[str, dict[str, float]] = field(default_factory=dict)
     deviations: dict[str, str] = field(default_factory=dict)
     tables: dict[str, PublishedTable] = field(default_factory=dict)
+    # None: heads in the label order and with the class names of the first edition's published heads
+    # (prompts.json of mass.data, sources mapped onto them by name; CIFAR10 and STL10 share a head in the
+    # 20-task benchmark). A dict: each task's head has the source's own classes in the source's order, but
+    # where the edition departs from them (its ClassSpace), and no head is shared.
+    class_spaces: dict[str, ClassSpace] | None = None
+    class_spaces_record: str | None = None
 
     def published_finetuned(self, backbone: str, task: str) -> float | None:
         """The published fine-tuned test accuracy (a fraction), or None where the edition gives none."""
@@ -86,10 +104,16 @@ def load_edition(name: str) -> Edition:
         raise ValueError(f"unknown edition {name!r}: the config key `edition` takes one of {list(EDITIONS)}")
     data = json.loads((resources.files("mass") / "data" / "editions" / f"{name}.json").read_text())
     finetuned = data.get("finetuned_accuracy") or {}
+    spaces = data.get("class_spaces")
     return Edition(
         name=data["name"], title=data["title"],
         records={key: Record(**rec) for key, rec in data["records"].items()},
         finetuned_record=finetuned.get("record"), finetuned_accuracy=finetuned.get("values", {}),
         deviations=data.get("deviations", {}),
         tables={key: PublishedTable(**table) for key, table in data.get("tables", {}).items()},
+        class_spaces=None if spaces is None else {
+            task: ClassSpace(tuple(c["label_map"]) if c.get("label_map") is not None else None,
+                             tuple(c["classnames"]) if c.get("classnames") is not None else None)
+            for task, c in spaces["tasks"].items()},
+        class_spaces_record=None if spaces is None else spaces["record"],
     )

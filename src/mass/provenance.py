@@ -87,8 +87,9 @@ def stop_message(edition: Edition, mismatches: list[Comparison], tolerance: floa
         f"  published numbers: {record.cite if record else 'the edition file'}",
         "  likely cause: a checkpoint other than the edition's (a source, revision or folder that serves another "
         "encoder, or one the hub has replaced since), or test data other than the edition's",
-        "  ways on: (1) run the edition these checkpoints belong to (config key `edition` and its sources: "
-        "docs/data.md, 'The two editions'), or (2) accept the deviation: list the task under provenance.accept in "
-        "your config (the tables then footnote it)",
+        "  ways on: (1) run the edition these checkpoints belong to (the final one: --configfile "
+        "workflow/presets/final.yaml, in a working directory of its own; docs/data.md, 'The two editions'), or "
+        "(2) accept the deviation: list the task under provenance.accept in your config (the tables then footnote "
+        "it)",
     ]
     return "\n".join(lines)

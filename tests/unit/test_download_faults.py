@@ -309,7 +309,7 @@ def test_disk_full_while_preparing_a_dataset_is_one_message(tmp_path, small_disk
               parquet_bytes(gray(120, 2), np.arange(120) % 10))
     done = subprocess.run([sys.executable, "-m", "mass.steps.prepare_dataset", "--task", "MNIST", "--raw", str(raw),
                            "--out", str(small_disk), "--image-size", "64", "--emnist-orientation", "torchvision",
-                           "--threads", "1"],
+                           "--threads", "1", "--edition", "first"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
     last = done.stderr.strip().splitlines()[-1]

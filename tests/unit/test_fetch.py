@@ -226,6 +226,29 @@ def test_crisostomi_layout_fetches_per_task_repositories_and_builds_every_head_f
     assert built == {"Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SVHN", "SUN397"}
 
 
+def test_final_edition_preset_plans_its_sources_heads_order_and_routing(tmp_path):
+    """workflow/presets/final.yaml with one flag: crisostomi encoders for all 20 tasks (EMNIST too), every head
+    built from text (CIFAR10 and STL10 each their own), prepared as the final edition's classes, FusionBench's
+    order, routing fixed at block 10 with eta 0.2."""
+    import yaml
+
+    final = yaml.safe_load((REPO / "workflow" / "presets" / "final.yaml").read_text())
+    stdout, lines, commands = _planned_commands(tmp_path, final, ["results/ViT-B-32/20/methods/mass_proj.json"])
+    fetch = re.compile(r"fetch_finetuned --model ViT-B-32 --task (\w+) --repo crisostomi")
+    fetched = {m for line in lines for m in fetch.findall(line)}
+    assert len(fetched) == 20 and "EMNIST" in fetched and "rule finetune:" not in stdout
+    built = {m for line in lines if line.startswith("python -m mass.steps.build_head ")
+             for m in re.findall(r"--out resources/checkpoints/ViT-B-32/heads/(\w+)\.safetensors", line)}
+    assert len(built) == 20 and {"CIFAR10", "STL10"} <= built and "CIFAR10_STL10" not in built
+    prepared = [line for line in lines if line.startswith("python -m mass.steps.prepare_dataset ")]
+    assert len(prepared) == 20 and all("--edition final" in line for line in prepared)
+    assert any("--task EMNIST" in line and "--source-orientation torchvision" in line for line in prepared)
+    mass = next(line for line in lines if line.startswith("python -m mass.steps.evaluate_mass "))
+    assert "--tasks SUN397 Cars RESISC45 EuroSAT SVHN GTSRB MNIST DTD Flowers102" in mass
+    assert "--layer 10.mlp.in" in mass and "--eta 0.2 " in mass
+    assert "--edition final" in next(line for line in lines if "check_provenance" in line)
+
+
 def test_download_rules_are_local_rules():
     """Compute nodes may have no internet: every rule that downloads runs where Snakemake runs."""
     rules = re.split(r"^rule ", (REPO / "workflow" / "rules" / "sources.smk").read_text(), flags=re.M)[1:]

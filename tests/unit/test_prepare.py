@@ -105,7 +105,7 @@ def test_emnist_is_stored_in_the_checkpoints_orientation(tmp_path, orientation):
     write_raw(tmp_path / "raw", "EMNIST", parquet_bytes(emnist_like(train_labels, 4), train_labels),
               parquet_bytes(test, test_labels))
     prepare_main(["--task", "EMNIST", "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "data"),
-                  "--image-size", "28", "--emnist-orientation", orientation, "--threads", "2"])
+                  "--image-size", "28", "--emnist-orientation", orientation, "--threads", "2", "--edition", "first"])
     images, _ = load_split(tmp_path / "data", "EMNIST", "test")
     expected = test.transpose(0, 2, 1) if orientation == "mnist" else test
     np.testing.assert_array_equal(images[..., 0], expected)

@@ -40,6 +40,7 @@ def test_shipped_configs_pass(config):
 
 
 OVERLAYS = {  # every --configfile stack the project runs: a stale key in an overlay fails here, not mid-run
+    "final": ["workflow/presets/final.yaml"],
     "ci_demo": ["workflow/presets/demo.yaml", "tests/ci_demo.yaml"],
     "slurm_demo": ["workflow/presets/demo.yaml", "tests/slurm_demo.yaml"],
     "rehearsal": ["tests/workflow/rehearsal/rehearsal.yaml"],
@@ -154,6 +155,8 @@ def test_docs_config_md_is_generated_from_the_schema():
      "sources.finetuned_revision: '" + "a" * 40 + "' names one commit, but the crisostomi layout has one repository"),
     ({"provenance": {"accept": ["DTDD"]}}, "provenance.accept: ['DTDD'] are not tasks of the selected benchmarks"),
     ({"edition": "second"}, "edition: 'second' is not one of ['first', 'final', 'demo']"),
+    ({"backbones": {"tiny": {"routing_layer": "7.mlp.in"}}},
+     "backbones.tiny.routing_layer: '7.mlp.in': block 7 does not exist in backbone tiny"),
 ])
 def test_values_are_checked_naming_the_key(overlay, expected):
     assert expected in errors_of(overlay)

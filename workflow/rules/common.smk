@@ -68,6 +68,27 @@ def check_selection():
 check_selection()
 
 
+def check_results_edition():
+    """A working directory holds one edition's results (results/<backbone>/... has no edition in its paths):
+    refuse to run another edition over them, before any job, naming the way out."""
+    for backbone in BACKBONES:
+        path = f"results/{backbone}/provenance.csv"
+        if not os.path.exists(path):
+            continue
+        with open(path) as fh:
+            header, first = fh.readline().strip().split(","), fh.readline().strip().split(",")
+        found = first[header.index("edition")] if "edition" in header and len(first) == len(header) else None
+        if found not in (None, config["edition"]):
+            raise ValueError(
+                f"{path}: this directory holds the {found} edition's results for {backbone}, and the config asks "
+                f"for the {config['edition']} edition (key `edition`). Run each edition in a working directory of "
+                "its own (e.g. `git worktree add ../mass-final`, then run there), or delete results/ and "
+                "resources/checkpoints/ here to start over")
+
+
+check_results_edition()
+
+
 def all_tasks():
     return list(dict.fromkeys(t for b in BENCHMARKS for t in config["benchmarks"][b]))
 
@@ -117,9 +138,13 @@ def _catalog_file(name):
     return os.path.join(importlib.util.find_spec("mass").submodule_search_locations[0], "data", name)
 
 
-# Heads several tasks share (STL10 + CIFAR10, paper supp. 8.1) and the tasks sharing them.
+# Heads several tasks share (STL10 + CIFAR10, paper supp. 8.1) and the tasks sharing them; none in an
+# edition whose heads follow the sources' own classes (the final one: 11-class CIFAR10 and STL10 heads).
+with open(_catalog_file(f"editions/{config['edition']}.json")) as _fh:
+    _OWN_CLASSES = "class_spaces" in json.load(_fh)
 with open(_catalog_file("prompts.json")) as _fh:
-    SHARED_HEADS = {name: sorted(e["label_maps"]) for name, e in json.load(_fh)["shared_heads"].items()}
+    SHARED_HEADS = {} if _OWN_CLASSES else {
+        name: sorted(e["label_maps"]) for name, e in json.load(_fh)["shared_heads"].items()}
 
 
 def bench_head(backbone, task, bench_tasks):
@@ -235,6 +260,7 @@ def prepare_options(w, input):
     """Options of ``mass.data.prepare`` shared by the val/test and the train preparation."""
     orientation = _SOURCES["emnist_orientation"]
     return (f"--task {w.task} --raw {os.path.dirname(input.manifest)} --out resources/data/hub "
+            f"--edition {config['edition']} "
             f"--image-size {_SOURCES.get('image_size', 224)} --emnist-orientation {orientation} "
             + _opt("--source-orientation", _dataset_cfg(w.task).get("source_orientation"))
             + (f" --max-images {_SOURCES['max_images']}" if _SOURCES.get("max_images") else ""))
@@ -293,7 +319,8 @@ def routing_features_option(w, input):
 def routing_location_args(w):
     """Options naming the routing location (the same for every step that needs it)."""
     r = config["routing"]
-    return (f"--layer {r['layer']} --blocks {blocks(w)} --modules {' '.join(r['modules'])} "
+    layer = config["backbones"][w.backbone].get("routing_layer") or r["layer"]
+    return (f"--layer {layer} --blocks {blocks(w)} --modules {' '.join(r['modules'])} "
             f"--io {r['io']} --token {r['token']}")
 
 

@@ -166,18 +166,23 @@ def value_errors(config: Mapping, archs: Mapping[str, int | None] | None) -> lis
     routing, first_pass = config.get("routing") or {}, config.get("first_pass") or {}
     ios, tokens = first_pass.get("ios", []), first_pass.get("tokens", [])
     layer = str(routing.get("layer", "auto"))
-    match = LAYER.match(layer)
-    if match:
+    chosen = {name: ((config.get("backbones") or {}).get(name) or {}).get("routing_layer")
+              for name in (config.get("run") or {}).get("backbones", [])}
+    fixed = {name: (f"backbones.{name}.routing_layer", own) if own else ("routing.layer", layer)
+             for name, own in chosen.items()}
+    for name, (key, where) in fixed.items():
+        match = LAYER.match(where)
+        if not match:
+            continue
         block, _, io = int(match.group(1)), match.group(2), match.group(3)
-        for name in (config.get("run") or {}).get("backbones", []):
-            if name in depth and block >= depth[name]:
-                errors.append(f"routing.layer: {layer!r}: block {block} does not exist in backbone {name} "
-                              f"({config['backbones'][name]['arch']} has blocks 0-{depth[name] - 1}); "
-                              f"choose a block in 0-{depth[name] - 1}, or 'auto'")
+        if name in depth and block >= depth[name]:
+            errors.append(f"{key}: {where!r}: block {block} does not exist in backbone {name} "
+                          f"({config['backbones'][name]['arch']} has blocks 0-{depth[name] - 1}); "
+                          f"choose a block in 0-{depth[name] - 1}, or 'auto'")
         if io not in ios:
-            errors.append(f"routing.layer: {layer!r} routes on module {io}puts, which the first pass does not "
+            errors.append(f"{key}: {where!r} routes on module {io}puts, which the first pass does not "
                           f"record (first_pass.ios: {ios}); add '{io}' to first_pass.ios")
-    elif routing.get("io") not in ios:
+    if not LAYER.match(layer) and routing.get("io") not in ios:
         errors.append(f"routing.io: {routing.get('io')!r} is not recorded by the first pass (first_pass.ios: "
                       f"{ios}); add it to first_pass.ios")
     if routing.get("token") not in tokens:
@@ -186,7 +191,7 @@ def value_errors(config: Mapping, archs: Mapping[str, int | None] | None) -> lis
     low, high = routing.get("eta_range", [0, 0])
     if low > high:
         errors.append(f"routing.eta_range: [{low}, {high}] has low > high; write [{high}, {low}]")
-    return errors + source_errors(config)
+    return list(dict.fromkeys(errors + source_errors(config)))
 
 
 def source_errors(config: Mapping) -> list[str]:

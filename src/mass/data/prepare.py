@@ -230,10 +230,33 @@ def check_label_names(task: str, classnames: Sequence, source_names: Sequence[st
     return (None if perm is None else np.asarray(perm, dtype=np.int64)), notes
 
 
+def edition_classes(task: str, edition: str, source_names: Sequence[str] | None,
+                    ) -> tuple[list[str], np.ndarray | None, list[str]]:
+    """Class names, source-to-class label map (None: the same) and notes of ``task`` in an edition whose
+    heads follow the sources (:attr:`mass.editions.Edition.class_spaces`)."""
+    from mass.editions import ClassSpace, load_edition
+
+    found = load_edition(edition)
+    space = (found.class_spaces or {}).get(task, ClassSpace())
+    names = list(space.classnames) if space.classnames is not None else source_names
+    if names is None:
+        raise ArtifactError(f"{task}: the source stores no class names and the {edition} edition gives none "
+                            "(mass/data/editions); add the task's classnames to the edition's class_spaces")
+    notes = [f"classes of the {edition} edition's head: "
+             + ("the source's names in the source's order" if space == ClassSpace() else
+                "as the edition overrides them" + (" (source labels remapped)" if space.label_map else ""))
+             + f" ({found.records[found.class_spaces_record].cite if found.class_spaces_record else ''})"]
+    perm = None if space.label_map is None else np.asarray(space.label_map, dtype=np.int64)
+    if perm is not None and (perm.min() < 0 or perm.max() >= len(names)):
+        raise ArtifactError(f"{task}: the {edition} edition maps labels onto classes 0..{perm.max()}, but gives "
+                            f"{len(names)} class names; fix its class_spaces")
+    return list(names), perm, notes
+
+
 def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_size: int = 224,
             emnist_orientation: str = "torchvision", threads: int = 1,
             source_orientation: str | None = None, splits: Sequence[str] = SPLITS,
-            max_images: int | None = None) -> TaskInfo:
+            max_images: int | None = None, edition: str | None = None) -> TaskInfo:
     """Prepare some of one task's train/val/test splits under ``out/<task>``, and info.json
     whenever ``test`` is among them.
 
@@ -242,6 +265,8 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
     alone. ``source_orientation`` overrides the catalog's orientation of the source's EMNIST images.
     ``max_images`` keeps only the first that many images of val and test (after the validation carve);
     train stays whole, so EMNIST's orientation check, run on the first split stored, sees its digit-1s.
+    ``edition``: an edition whose heads follow the sources' own classes (the final one) stores those
+    (:func:`edition_classes`); otherwise the labels are mapped onto the first edition's published heads.
     """
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown or not splits:
@@ -259,19 +284,26 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
     notes = [f"source: hub dataset {manifest['repo']} at commit {manifest['commit']}", *src.notes]
     source_names = source_label_names(files["train"][0], src.label_column) or (
         list(src.source_classnames) if src.source_classnames else None)
-    perm, label_notes = check_label_names(task, classnames, source_names, catalog.label_aliases(task))
+    from mass.editions import load_edition
+
+    if edition is not None and load_edition(edition).class_spaces is not None:
+        classnames, perm, label_notes = edition_classes(task, edition, source_names)
+        head = None
+    else:
+        perm, label_notes = check_label_names(task, classnames, source_names, catalog.label_aliases(task))
+        head = catalog.shared_head(task)
     notes += label_notes
     if src.orientation is not None:
         notes.append(f"{task} images stored in {emnist_orientation!r} orientation (source: {src.orientation!r})")
 
     labels = {role: read_labels(files[role], src.label_column) for role in ("train", "test")}
+    source_classes = len(perm) if perm is not None else len(classnames)
     for role, values in labels.items():
-        if len(values) and (values.min() < 0 or values.max() >= len(classnames)):
+        if len(values) and (values.min() < 0 or values.max() >= source_classes):
             raise ArtifactError(f"{task} {role} labels span {values.min()}..{values.max()} but there are "
-                                f"{len(classnames)} classes; the source does not match the catalog")
-    if perm is not None:  # the source's label i is the published head's class perm[i]
+                                f"{source_classes} classes; the source does not match the catalog")
+    if perm is not None:  # the source's label i is the head's class perm[i]
         labels = {role: perm[values] for role, values in labels.items()}
-    head = catalog.shared_head(task)
     if head is not None:
         notes.append(f"in a benchmark with {', '.join(t for t in head.label_maps if t != task)}, labels are mapped "
                      f"onto the shared head {head.name} ({len(head.classnames)} classes)")

@@ -132,6 +132,7 @@ def prepare_parser(doc: str | None) -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, required=True, help="image decoding threads")
     parser.add_argument("--max-images", type=int, default=None,
                         help="keep only the first that many images of val and test (a smoke run, not the paper)")
+    parser.add_argument("--edition", required=True, help="the edition whose heads' classes are stored (edition)")
     return parser
 
 

@@ -34,6 +34,7 @@ def main() -> None:
     rows = compare(edition, args.backbone, measured, args.tolerance, frozenset(args.accept),
                    frozenset(args.trained_here))
     table = pd.DataFrame([r.row() for r in rows])
+    table.insert(0, "edition", edition.name)  # which edition this directory's results reproduce (common.smk)
     print(table.to_string(index=False))
     if not edition.finetuned_accuracy:
         print(f"the {edition.name} edition publishes no fine-tuned accuracies: nothing to check")

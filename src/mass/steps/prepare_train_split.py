@@ -15,7 +15,7 @@ from mass.steps._cli import prepare_parser
 def main(argv: list[str] | None = None) -> None:
     args = prepare_parser(__doc__).parse_args(argv)
     prepare(args.task, args.raw, args.out, args.image_size, args.emnist_orientation, args.threads,
-            args.source_orientation, ["train"], args.max_images)
+            args.source_orientation, ["train"], args.max_images, args.edition)
     print(f"{args.task}: train written to {Path(args.out) / args.task}")
 
 

@@ -62,3 +62,47 @@ def test_description_pool_stand_in_has_the_real_files_structure_and_the_overlays
     fetch_descriptions(real["repo"], real["commit"], real["path"], out, LockFile(tmp_path / "lock.json"),
                        sha256=here["sha256"], size=here["size"])
     assert read_descriptions(out) == lines
+
+
+def test_final_editions_class_spaces_agree_with_the_sources_names():
+    """The final edition's remaps (conf/dataset/<Task>.yaml) move each source class onto the class of the same
+    name: RESISC45 and CIFAR10 exactly, STL10 with 'car' named 'automobile'; the unused 11th class is
+    CIFAR10's monkey and STL10's frog."""
+    from support.hub_files import facts
+
+    from mass.editions import load_edition
+
+    spaces = load_edition("final").class_spaces
+    hub = {"RESISC45": facts("RESISC45")["hub_classnames"], "CIFAR10": facts("CIFAR10")["hub_classnames"],
+           "STL10": facts("STL10")["published_classnames"]}  # STL10: the hub keeps torchvision's order
+    for task, names in hub.items():
+        space = spaces[task]
+        moved = [space.classnames[space.label_map[i]] for i in range(len(names))]
+        assert moved == [{"car": "automobile"}.get(n, n) for n in names], task
+    assert set(spaces["CIFAR10"].classnames) - {spaces["CIFAR10"].classnames[i] for i in spaces["CIFAR10"].label_map} \
+        == {"monkey"}
+    assert set(spaces["STL10"].classnames) - {spaces["STL10"].classnames[i] for i in spaces["STL10"].label_map} \
+        == {"frog"}
+
+
+@pytest.mark.parametrize("task", ["RESISC45", "STL10", "PCAM", "FER2013", "MNIST"])
+def test_final_edition_stores_the_sources_classes_with_its_remaps(hub, tmp_path, task):
+    from mass.data.prepare import read_labels, source_label_names
+    from mass.editions import ClassSpace, load_edition
+
+    repo, ref, files, _ = dataset_repo(task, n_train=20, n_test=3)
+    for name, data in files.items():
+        hub.add(repo, name, data, commit=commit_of(repo, ref), branch=ref)
+    manifest = fetch_dataset(task, tmp_path / "raw", LockFile(tmp_path / "lock.json"), endpoint=hub.url, retries=0)
+    src = catalog.source(task)
+    test_file = tmp_path / "raw" / manifest["splits"]["test"][0]
+    info = prepare(task, tmp_path / "raw", tmp_path / "data", image_size=16, max_images=3, edition="final",
+                   splits=("val", "test"))
+    space = load_edition("final").class_spaces.get(task, ClassSpace())
+    source_names = source_label_names(test_file, src.label_column) or list(src.source_classnames or ())
+    assert info.classnames == list(space.classnames or source_names)
+    assert info.head == task and any("final edition's head" in note for note in info.notes)
+    source_labels = read_labels([test_file], src.label_column)[:3]
+    stored = load_split(tmp_path / "data", task, "test")[1]
+    expected = [space.label_map[y] for y in source_labels] if space.label_map else list(source_labels)
+    assert list(stored) == expected
