@@ -89,6 +89,9 @@ class Edition:
     # where the edition departs from them (its ClassSpace), and no head is shared.
     class_spaces: dict[str, ClassSpace] | None = None
     class_spaces_record: str | None = None
+    # the published Table 4: per task {"image_size", "train", "val", "test"}, and its record
+    dataset_sizes: dict[str, dict] = field(default_factory=dict)
+    dataset_sizes_record: str | None = None
 
     def published_finetuned(self, backbone: str, task: str) -> float | None:
         """The published fine-tuned test accuracy (a fraction), or None where the edition gives none."""
@@ -116,4 +119,6 @@ def load_edition(name: str) -> Edition:
                              tuple(c["classnames"]) if c.get("classnames") is not None else None)
             for task, c in spaces["tasks"].items()},
         class_spaces_record=None if spaces is None else spaces["record"],
+        dataset_sizes=(data.get("dataset_sizes") or {}).get("values", {}),
+        dataset_sizes_record=(data.get("dataset_sizes") or {}).get("record"),
     )

@@ -16,8 +16,18 @@ from mass.steps import collect_results, make_plots, make_tables
 
 def test_tables_equal_the_means_of_hand_written_per_task_results(tmp_path, monkeypatch):
     hand_written_per_task().to_csv(tmp_path / "per_task.csv", index=False)
-    run_cli(make_tables, ["--per-task", tmp_path / "per_task.csv", "--edition", "first", "--out-dir", tmp_path],
-            monkeypatch)
+    from mass.data.store import TaskInfo, save_info
+    save_info(tmp_path / "data", TaskInfo("DTD", ["a"], ["{c}"], split_sizes={"train": 3384, "val": 376, "test": 1880},
+                                          source_image_sizes=[[300, 231], [640, 640]]))
+    save_info(tmp_path / "data", TaskInfo("MNIST", ["0"], ["{c}"], split_sizes={"train": 55000, "val": 5000,
+                                                                                 "test": 10000},
+                                          source_image_sizes=[[28, 28], [28, 28]]))
+    run_cli(make_tables, ["--per-task", tmp_path / "per_task.csv", "--edition", "first", "--task-info",
+                          tmp_path / "data" / "DTD" / "info.json", tmp_path / "data" / "MNIST" / "info.json",
+                          "--out-dir", tmp_path], monkeypatch)
+    table4 = pd.read_csv(tmp_path / "table4.csv").set_index("task")
+    assert table4.loc["DTD"].tolist() == ["varies (300-640 × 231-640)", 3384, 376, 1880, "varies", 1692, 188, 1880]
+    assert table4.loc["MNIST"].tolist() == ["28×28", 55000, 5000, 10000, "28×28", 55000, 5000, 10000]
     assert_tables_summarise(tmp_path / "per_task.csv", tmp_path)
     table2 = pd.read_csv(tmp_path / "table2.csv", header=[0, 1], index_col=0)
     # spot checks by hand: fine-tuned is (0.80 + 0.95) / 2, zero-shot of tiny/8 is (0.125 + 0.6) / 2 * 0.9
@@ -27,7 +37,7 @@ def test_tables_equal_the_means_of_hand_written_per_task_results(tmp_path, monke
     vs = pd.read_csv(tmp_path / "table2_vs_paper.csv", dtype={"benchmark": str})
     row = vs[(vs.method == "Fine-tuned") & (vs.backbone == "ViT-B-32") & (vs.benchmark == "8")].iloc[0]
     assert (row["paper abs"], row["reproduced abs"], row["difference abs"]) == (92.8, 87.5, -5.3)
-    for name in ("table2", "table2_vs_paper", "table3"):
+    for name in ("table2", "table2_vs_paper", "table3", "table4"):
         tex = (tmp_path / f"{name}.tex").read_text()
         assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
 
@@ -56,6 +66,13 @@ def test_collect_results_records_every_number_and_every_choice(tmp_path, monkeyp
     assert per_task.loc[("zeroshot", "t2"), "accuracy"] == pytest.approx(0.475)
     assert per_task.loc[("finetuned", "t1"), "normalized"] == 1.0
     assert "t3" not in per_task.index.get_level_values("task")  # only the benchmark's tasks
+    # a fine-tuned accuracy of 0 (random weights on three images) leaves normalised accuracy undefined, not inf
+    zero = dump("ep_t1.json", Endpoints("t1", 0.0, 0.0, 0.0, 0.0))
+    run_cli(collect_results, ["--results", f"tiny:2:{mass}", "--endpoints", f"tiny:{zero}", endpoints[1],
+                              "--epsilons", f"tiny:2:{eps}", "--out", tmp_path / "zero.csv",
+                              "--hparams-out", tmp_path / "hp0.json"], monkeypatch)
+    normalized = pd.read_csv(tmp_path / "zero.csv").set_index(["method", "task"]).normalized
+    assert pd.isna(normalized[("mass_proj", "t1")]) and normalized[("mass_proj", "t2")] == pytest.approx(0.9 / 0.95)
     chosen = json.loads((tmp_path / "hp.json").read_text())["tiny"]["2"]
     assert chosen["epsilon"]["epsilon"] == "0.3" and chosen["epsilon"]["selected_on"] == "val"
     assert (chosen["mass_proj"]["layer"], chosen["mass_proj"]["eta"]) == ("3.mlp.in", 0.21)

@@ -72,7 +72,7 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     assert run.returncode == 0, run.stderr[-4000:]
     ran = set(re.findall(r"\(Rule: (\w+)\)", run.stderr + run.stdout))
     assert DEMO_RULES <= ran, DEMO_RULES - ran
-    for name in ("table2.tex", "table2_vs_paper.tex", "table3.tex", "tsvc.tex"):
+    for name in ("table2.tex", "table2_vs_paper.tex", "table3.tex", "table4.tex", "tsvc.tex"):
         assert "\\toprule" in (cwd / "results/tables" / name).read_text()
     figs = ("radar_3", "radar_4", "per_layer_tiny_3", "per_layer_tiny_4", "batched", "confusion_tiny_3",
             "confusion_tiny_4", "selection_sizes_tiny_3", "selection_sizes_tiny_4", "textspan_tiny_3",
@@ -87,6 +87,11 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     assert (per_task.accuracy >= per_task.strict_accuracy).all()
     known_task = ~per_task.method.str.startswith("mass_")
     assert (per_task.accuracy[known_task] == per_task.strict_accuracy[known_task]).all()
+    # Table 4: the split sizes as prepared (the demo's generated 32 px images)
+    table4 = pd.read_csv(cwd / "results/tables/table4.csv").set_index("task")
+    for task in table4.index:
+        assert table4.loc[task, "test"] == len(np.load(cwd / f"resources/data/demo/{task}/test_labels.npy"))
+        assert table4.loc[task, "image size"] == "32×32" and pd.isna(table4.loc[task, "published test"])
     # the demo edition publishes nothing: the provenance check ran and says so for every task
     provenance = pd.read_csv(cwd / "results/tables/endpoints_vs_published.csv")
     assert set(provenance.task) == {t for ts in CI_BENCHMARKS.values() for t in ts}
@@ -129,7 +134,7 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     assert report.returncode == 0, report.stderr[-4000:]
     html = (cwd / "report.html").read_text()
     items = [f"{t}.{ext}" for t in ("table2", "table2_vs_paper", "table3") for ext in ("tex", "csv")]
-    items += [f"{t}.{ext}" for t in ("tsvc", "endpoints_vs_published") for ext in ("tex", "csv")]
+    items += [f"{t}.{ext}" for t in ("tsvc", "endpoints_vs_published", "table4") for ext in ("tex", "csv")]
     items += [f"{f}.{ext}" for f in figs for ext in ("pdf", "png")]
     for item in [*items, "per_task.csv", "selected_hyperparameters.json", "backbones tiny"]:
         assert item in html, item

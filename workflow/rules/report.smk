@@ -33,12 +33,15 @@ rule make_tables:
     input:
         per_task="results/tables/per_task.csv",
         provenance=[f"results/{bb}/provenance.csv" for bb in BACKBONES],
+        task_info=[f"{data_root()}/{t}/info.json" for t in all_tasks()],
     output:
         table2=report(multiext("results/tables/table2", ".tex", ".csv"), caption="../report/table2.rst",
                       category="Tables"),
         vs_paper=report(multiext("results/tables/table2_vs_paper", ".tex", ".csv"),
                         caption="../report/table2_vs_paper.rst", category="Tables"),
         table3=report(multiext("results/tables/table3", ".tex", ".csv"), caption="../report/table3.rst",
+                      category="Tables"),
+        table4=report(multiext("results/tables/table4", ".tex", ".csv"), caption="../report/table4.rst",
                       category="Tables"),
         tsvc=report(multiext("results/tables/tsvc", ".tex", ".csv"), caption="../report/tsvc.rst", category="Tables"),
         provenance=report(multiext("results/tables/endpoints_vs_published", ".tex", ".csv"),
@@ -57,7 +60,7 @@ rule make_tables:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.steps.make_tables --per-task {input.per_task} --edition {params.edition} "
-        "--provenance {input.provenance} --out-dir results/tables > {log} 2>&1"
+        "--provenance {input.provenance} --task-info {input.task_info} --out-dir results/tables > {log} 2>&1"
 
 
 rule make_plots:

@@ -251,4 +251,7 @@ def write_task(task: str, root: str, n_train: int, n_test: int, seed: int) -> No
     save_split(root, task, "train", train_x[tr], train_y[tr])
     save_split(root, task, "val", train_x[va], train_y[va])
     save_split(root, task, "test", test_x, test_y)
-    save_info(root, TaskInfo(task, class_phrases(task), TEMPLATES))
+    side = test_x.shape[1]
+    save_info(root, TaskInfo(task, class_phrases(task), TEMPLATES,
+                             split_sizes={"train": len(tr), "val": len(va), "test": len(test_y)},
+                             source_image_sizes=[[side, side], [side, side]]))

@@ -156,15 +156,20 @@ def carve(num_train: int, val_size: int | None) -> tuple[np.ndarray, np.ndarray]
 
 def write_images(files: Sequence[Path], column: str, destinations: Sequence[tuple[np.ndarray, np.ndarray]],
                  size: int, source_orientation: str | None, orientation: str, threads: int,
-                 desc: str = "images") -> None:
-    """Decode a split row by row into its destination arrays.
+                 desc: str = "images") -> set[tuple[int, int]]:
+    """Decode a split row by row into its destination arrays; return the (width, height) of the
+    source images decoded.
 
     ``destinations`` pairs each output array with ``position`` (one int per source row: its index
     in that array, -1 if the row goes elsewhere), so a carved split is written in one pass; rows
     that no destination wants (train rows when only val is prepared) are not decoded.
     """
+    seen: set[tuple[int, int]] = set()
+
     def convert(cell: Any) -> np.ndarray:
-        return clip_pixels(orient(decode(cell), source_orientation, orientation), size)
+        image = decode(cell)
+        seen.add(image.size)
+        return clip_pixels(orient(image, source_orientation, orientation), size)
 
     wanted = np.any([position >= 0 for _, position in destinations], axis=0)  # rows stored somewhere
     row = 0
@@ -183,6 +188,7 @@ def write_images(files: Sequence[Path], column: str, destinations: Sequence[tupl
     expected = len(destinations[0][1])
     if row != expected:
         raise ArtifactError(f"{files[0]}: read {row} images but {expected} labels; the parquet files are inconsistent")
+    return seen
 
 
 def _positions(indices: np.ndarray, total: int) -> np.ndarray:
@@ -320,10 +326,11 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
             (files["train"], [("train", train_idx), ("val", val_idx)], labels["train"])]
     plan = [(f, [(n, idx) for n, idx in parts if n in splits], y) for f, parts, y in plan]
     checked = src.orientation is None
+    image_sizes: set[tuple[int, int]] = set()
     for split_files, parts, split_labels in (p for p in plan if p[1]):
         arrays = {name: _scratch(folder, name, len(idx), image_size) for name, idx in parts}
         try:
-            write_images(split_files, src.image_column,
+            image_sizes |= write_images(split_files, src.image_column,
                          [(arrays[name], _positions(idx, len(split_labels))) for name, idx in parts],
                          image_size, src.orientation, emnist_orientation, threads,
                          desc=f"{task} {'+'.join(name for name, _ in parts)}")
@@ -350,7 +357,11 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
     for split, count in sizes.items():
         if count != published[split]:
             notes.append(f"{split} has {count} images; the published checkpoints used {published[split]}")
-    info = TaskInfo(task, classnames, templates, notes=notes)
+    info = TaskInfo(task, classnames, templates, notes=notes,
+                    split_sizes={"train": len(train_idx), **sizes},
+                    source_image_sizes=[[min(w for w, _ in image_sizes), min(h for _, h in image_sizes)],
+                                        [max(w for w, _ in image_sizes), max(h for _, h in image_sizes)]]
+                    if image_sizes else [])
     if "test" in splits:
         save_info(out, info)
     return info

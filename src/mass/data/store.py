@@ -32,6 +32,11 @@ class TaskInfo:
     templates: list[str]
     head: str = ""
     notes: list[str] = field(default_factory=list)
+    # what Table 4 shows: images per split as prepared ({"train", "val", "test"}: train is the part of the
+    # source's train split left after the validation carve, whether or not it is stored), and the smallest
+    # and the largest width and height of the source images decoded ([[w, h], [w, h]])
+    split_sizes: dict[str, int] = field(default_factory=dict)
+    source_image_sizes: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.head = self.head or self.name

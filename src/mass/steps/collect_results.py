@@ -74,7 +74,8 @@ def main() -> None:
                              size_fraction=None))
     table = pd.DataFrame(rows)
     table["finetuned"] = [ft[b, t] for b, t in zip(table.backbone, table.task, strict=True)]
-    table["normalized"] = table.accuracy / table.finetuned
+    # undefined (NaN, not inf) where the fine-tuned model scores 0: random weights on a few images do
+    table["normalized"] = table.accuracy / table.finetuned.where(table.finetuned > 0)
     with atomic_path(args.out) as tmp:
         table.to_csv(tmp, index=False)
     write_json(args.hparams_out, hparams)

@@ -8,6 +8,8 @@
 - ``endpoints_vs_published.tex``: every task's fine-tuned test accuracy measured here beside the
   edition's published one, with the verdict of check_provenance (mass.provenance); the deviations a
   run went on with are also footnoted under Table 2;
+- ``table4.tex``: the paper's Table 4 from the prepared splits: each task's source image size and its
+  train / val / test counts as prepared, beside the ones the edition published (where it did);
 - ``table3.tex``: normalised accuracy of MASS by router, and of MASS with an oracle router (each image
   routed to its true task alone), which is TSV-C at the benchmark's k: the routing ceiling;
 - ``tsvc.tex``: TSV-C per task and its mean: accuracy, normalised accuracy and stored size (% of the
@@ -21,8 +23,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from mass.data.store import TaskInfo
 from mass.editions import EDITIONS, Edition, load_edition
-from mass.io import atomic_path, read_csv
+from mass.io import atomic_path, read_csv, read_json
 from mass.methods import TABLE2_ROWS, TABLE3_ROWS, TSVC_SETTINGS
 from mass.provenance import ACCEPTED, DEVIATION
 from mass.steps._cli import step_parser
@@ -135,6 +138,29 @@ def tsvc_table(per_task: pd.DataFrame) -> pd.DataFrame:
                                        "stored size"])
 
 
+def image_size_text(sizes: list[list[int]]) -> str | None:
+    """``W×H`` when every source image has that size, else ``varies (w1-w2 × h1-h2)``; None if unknown."""
+    if not sizes:
+        return None
+    (w_min, h_min), (w_max, h_max) = sizes
+    if (w_min, h_min) == (w_max, h_max):
+        return f"{w_min}×{h_min}"
+    return f"varies ({w_min}-{w_max} × {h_min}-{h_max})"
+
+
+def table4(infos: list[TaskInfo], edition: Edition) -> pd.DataFrame:
+    """Per task: source image size and split sizes as prepared here, beside the edition's published ones."""
+    rows = []
+    for info in infos:
+        published = edition.dataset_sizes.get(info.name, {})
+        rows.append({"task": info.name, "image size": image_size_text(info.source_image_sizes),
+                     **{split: info.split_sizes.get(split) for split in ("train", "val", "test")},
+                     "published image size": published.get("image_size"),
+                     **{f"published {split}": published.get(split) for split in ("train", "val", "test")}})
+    return pd.DataFrame(rows, columns=["task", "image size", "train", "val", "test", "published image size",
+                                       "published train", "published val", "published test"])
+
+
 def latex_escape(text: str) -> str:
     return text.replace("\\", "\\textbackslash{}").replace("%", "\\%").replace("_", "\\_").replace("&", "\\&")
 
@@ -157,6 +183,7 @@ def main() -> None:
     parser.add_argument("--per-task", required=True)
     parser.add_argument("--edition", required=True, choices=EDITIONS)
     parser.add_argument("--provenance", nargs="*", default=[], help="every backbone's provenance.csv")
+    parser.add_argument("--task-info", nargs="*", default=[], help="every task's prepared info.json (Table 4)")
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args()
     per_task = read_csv(args.per_task, dtype={"benchmark": str})
@@ -176,6 +203,12 @@ def main() -> None:
                 out / "endpoints_vs_published.tex",
                 f"Fine-tuned test accuracy (\\%) measured here beside the {edition.name} edition's published one, "
                 "with the verdict of the provenance check.", "tab:endpoints-vs-published")
+    infos = [TaskInfo(**read_json(path)) for path in args.task_info]
+    record = edition.record(edition.dataset_sizes_record)
+    write_latex(table4(infos, edition).set_index("task").astype(object), out / "table4.tex",
+                "Image sizes of the sources and train / validation / test images per task as prepared here, beside "
+                f"the {edition.name} edition's" + (f" ({latex_escape(record.cite)})" if record else
+                                                   " (it published none)") + ".", "tab:table4")
     write_latex(table3(avg, cols), out / "table3.tex",
                 "Mean normalised accuracy (\\%) of MASS by router; oracle: each image routed to its true task "
                 "alone, which is TSV-C at the benchmark's k.", "tab:table3")

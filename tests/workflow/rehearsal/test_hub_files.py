@@ -21,13 +21,18 @@ def test_every_catalog_task_has_the_facts_the_generator_needs():
         assert "images" in json.loads((FIXTURES / f"{task}.json").read_text()), task
 
 
-@pytest.mark.parametrize("task", ["PCAM", "FER2013", "Food101", "EMNIST", "OxfordIIITPet", "EuroSAT"])
-def test_generated_source_goes_through_fetch_and_prepare(hub, tmp_path, task):
+def served_and_fetched(hub, tmp_path, task: str) -> tuple[dict, catalog.DatasetSource]:
+    """Generate ``task``'s repository onto the hub and download it with the pipeline's fetch: its manifest."""
     repo, ref, files, _ = dataset_repo(task, n_train=20, n_test=3)
     for name, data in files.items():
         hub.add(repo, name, data, commit=commit_of(repo, ref), branch=ref)
     manifest = fetch_dataset(task, tmp_path / "raw", LockFile(tmp_path / "lock.json"), endpoint=hub.url, retries=0)
-    src = catalog.source(task)
+    return manifest, catalog.source(task)
+
+
+@pytest.mark.parametrize("task", ["PCAM", "FER2013", "Food101", "EMNIST", "OxfordIIITPet", "EuroSAT"])
+def test_generated_source_goes_through_fetch_and_prepare(hub, tmp_path, task):
+    manifest, src = served_and_fetched(hub, tmp_path, task)
     label = pq.read_schema(tmp_path / "raw" / manifest["splits"]["test"][0]).field(src.label_column)
     assert str(label.type) == {"PCAM": "bool"}.get(task, "int64")
     info = prepare(task, tmp_path / "raw", tmp_path / "data", image_size=32, emnist_orientation="mnist",
@@ -36,6 +41,10 @@ def test_generated_source_goes_through_fetch_and_prepare(hub, tmp_path, task):
     assert images.shape == (3, 32, 32, 3) and len(labels) == 3
     assert load_split(tmp_path / "data", task, "val")[0].shape[0] == (3 if src.val_size else 2)
     assert any("sources.max_images" in note for note in info.notes)
+    assert info.split_sizes["val"] == (3 if src.val_size else 2) and info.split_sizes["test"] == 3
+    train_rows = pq.ParquetFile(tmp_path / "raw" / manifest["splits"]["train"][0]).metadata.num_rows
+    assert 0 < info.split_sizes["train"] < train_rows
+    assert len(info.source_image_sizes) == 2 and info.source_image_sizes[0] <= info.source_image_sizes[1]
     assert hub.misses() == []
 
 
@@ -90,11 +99,7 @@ def test_final_edition_stores_the_sources_classes_with_its_remaps(hub, tmp_path,
     from mass.data.prepare import read_labels, source_label_names
     from mass.editions import ClassSpace, load_edition
 
-    repo, ref, files, _ = dataset_repo(task, n_train=20, n_test=3)
-    for name, data in files.items():
-        hub.add(repo, name, data, commit=commit_of(repo, ref), branch=ref)
-    manifest = fetch_dataset(task, tmp_path / "raw", LockFile(tmp_path / "lock.json"), endpoint=hub.url, retries=0)
-    src = catalog.source(task)
+    manifest, src = served_and_fetched(hub, tmp_path, task)
     test_file = tmp_path / "raw" / manifest["splits"]["test"][0]
     info = prepare(task, tmp_path / "raw", tmp_path / "data", image_size=16, max_images=3, edition="final",
                    splits=("val", "test"))
