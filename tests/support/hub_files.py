@@ -276,6 +276,27 @@ def checkpoint_files(folder: Path, backbones: dict[str, tuple[str, list[str]]]) 
     return tall, openai
 
 
+def crisostomi_files(folder: Path, backbones: dict[str, tuple[str, list[str]]]) -> dict[str, dict[str, Path]]:
+    """The final edition's encoders for ``backbones`` (name -> (arch, tasks)) under ``folder``, laid out as
+    tests/fixtures/sources/crisostomi.json records them: one repository per backbone and task and the
+    base; each a torch-saved ImageEncoder state dict (``model.`` + the image tower and the text tensors
+    kept). Returns {repository: {file: Path}}. The same random draws as the tall_masks stand-ins."""
+    fact = facts("crisostomi")
+    keys = {"text_keys": fact["encoder_keys"]["text_keys_kept"]}
+    out: dict[str, dict[str, Path]] = {}
+    for b, (backbone, (arch, tasks)) in enumerate(backbones.items()):
+        state = clip_state(arch, seed=b)
+        encoders = {fact["base_repo"].format(model=backbone): state,
+                    **{fact["finetuned_repo"].format(model=backbone, task=task):
+                       finetuned_state(state, catalog.TASKS.index(task)) for task in tasks}}
+        for repo, weights in encoders.items():
+            path = folder / repo / fact["file"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(image_encoder_file(weights, keys), path)
+            out[repo] = {fact["file"]: path}
+    return out
+
+
 # --------------------------------------------------------------------------- the hub
 
 

@@ -46,6 +46,8 @@ OVERLAYS = {  # every --configfile stack the project runs: a stale key in an ove
     "rehearsal": ["tests/workflow/rehearsal/rehearsal.yaml"],
     "rehearsal_twenty": ["tests/workflow/rehearsal/rehearsal.yaml", "tests/workflow/rehearsal/twenty_tasks.yaml"],
     "rehearsal_backbones": ["tests/workflow/rehearsal/rehearsal.yaml", "tests/workflow/rehearsal/other_backbones.yaml"],
+    "rehearsal_final": ["workflow/presets/final.yaml", "tests/workflow/rehearsal/rehearsal.yaml",
+                        "tests/workflow/rehearsal/final_eight.yaml"],
 }
 
 

@@ -16,6 +16,12 @@ Two sizes:
   planned whole; its benchmark-level jobs are the same rules on 8 of these inputs.
 * ``make rehearsal`` (``MASS_REHEARSAL=full``): every rule on both benchmarks (218 jobs).
 
+Then the final edition (workflow/presets/final.yaml, with final_eight.yaml) in a working directory of its
+own, against the same hub, which then also serves the ``crisostomi`` encoders: its 8-task benchmark whole
+on ViT-B-32 (its sources and theta_pre, text-built heads with its class spaces, its task order, fixed
+routing, the provenance check against its published accuracies, its Table 2 records), with the methods its
+Table 2 publishes.
+
 What it cannot show: the real network (speed, outages, moved files), the real data volumes (a few
 images per split), GPU behaviour and the numbers of the paper (random weights). Cost on the 2-core
 machine: see docs/running.md ("Before you spend GPU hours"). Disk: 16.8 GB at the peak, since the hub
@@ -33,10 +39,11 @@ import shutil
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from support.hub import HubServer
-from support.hub_files import fill_hub
+from support.hub_files import commit_of, crisostomi_files, fill_hub
 from support.workflow import ROOT, planned_jobs, snakemake, workflow_copy
 
 from mass.data import catalog
@@ -86,7 +93,7 @@ def rehearsal(tmp_path_factory):
                        descriptions_at=PAPER_CONFIG["textspan"]["descriptions"], serve_once=True)
     generated = time.monotonic() - started
     cwd = workflow_copy(tmp / "workflow")
-    for name in ("rehearsal.yaml", "twenty_tasks.yaml", "other_backbones.yaml"):
+    for name in ("rehearsal.yaml", "twenty_tasks.yaml", "other_backbones.yaml", "final_eight.yaml"):
         shutil.copy(HERE / name, cwd / name)
     env = {"HF_ENDPOINT": server.url, "MASS_GITHUB_RAW": server.url, "HF_HOME": str(tmp / "hf_home"),
            "HF_HUB_OFFLINE": "0", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"),
@@ -196,3 +203,63 @@ def test_second_run_plans_nothing(paper_run):
     again = run(state, "-n", "--cores", "2", *OVERLAY, name="second run (dry)", measured=10, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert planned_jobs(again.stdout + again.stderr) == [], (again.stdout + again.stderr)[-3000:]
+
+
+# --------------------------------------------------------------------------- the final edition
+
+FINAL = yaml.safe_load((ROOT / "workflow" / "presets" / "final.yaml").read_text())
+# Every rule the final edition's DAG runs but the learned routers' (final_eight.yaml keeps the methods the
+# final edition publishes; the others run the same rules in the first edition's run above).
+FINAL_RULES = BENCHMARK_RULES | {"download_dataset", "prepare_dataset", "fetch_pretrained", "fetch_finetuned",
+                                 "download_descriptions", "build_head", "evaluate_endpoints", "check_provenance",
+                                 "select_epsilon", "evaluate_tsvm", "evaluate_tsvc", "evaluate_batched",
+                                 "interpret_tsv", "collect_results", "make_plots", "all"}
+
+
+@pytest.fixture(scope="module")
+def final_run(rehearsal):
+    """The final edition's 8-task benchmark whole, in a working directory of its own, against the same hub,
+    which now also serves the crisostomi encoders (generated after the first edition's run: each is
+    deleted after its download, as the first edition's are)."""
+    tasks = FINAL["benchmarks"]["8"]
+    arch = PAPER_CONFIG["backbones"]["ViT-B-32"]["arch"]
+    tmp = rehearsal["cwd"].parent
+    for repo, files in crisostomi_files(tmp / "hub" / "final", {"ViT-B-32": (arch, tasks)}).items():
+        for name, path in files.items():
+            rehearsal["server"].add(repo, name, path, commit=commit_of(repo), once=True)
+    cwd = workflow_copy(tmp / "final")
+    for name in ("rehearsal.yaml", "final_eight.yaml"):
+        shutil.copy(HERE / name, cwd / name)
+    state = {**rehearsal, "cwd": cwd}
+    result = run(state, "--cores", "2", "--resources", f"mem_mb={MACHINE_MB}", "--configfile",
+                 "workflow/presets/final.yaml", "rehearsal.yaml", "final_eight.yaml",
+                 name="final edition, ViT-B-32, 8 tasks", measured=400, timeout=2400)
+    yield state, result
+    if not os.environ.get("MASS_REHEARSAL_KEEP"):
+        shutil.rmtree(cwd / "resources", ignore_errors=True)
+        for path in (cwd / "results").rglob("*.safetensors"):
+            path.unlink()
+
+
+def test_final_edition_runs_whole_on_its_sources(final_run):
+    state, result = final_run
+    cwd = state["cwd"]
+    assert result.returncode == 0, result.stderr[-5000:] + log_tail(cwd)
+    assert state["server"].misses() == [], "the pipeline asked the hub for what it does not have"
+    jobs = job_counts(result)
+    assert FINAL_RULES <= set(jobs), f"rules of the final DAG that did not run: {sorted(FINAL_RULES - set(jobs))}"
+    assert not {"check_head", "use_published_head", "finetune", "prepare_train_split"} & set(jobs)
+    lock = json.loads((cwd / "workflow" / "sources.lock.json").read_text())
+    assert {f"crisostomi/ViT-B-32-{t}@main" for t in FINAL["benchmarks"]["8"]} | {"crisostomi/ViT-B-32-base@main"} \
+        <= set(lock["revisions"])
+    theta_pre = json.loads((cwd / "results" / "ViT-B-32" / "theta_pre.json").read_text())
+    assert theta_pre["theta_pre"].startswith("crisostomi/ViT-B-32-base/pytorch_model.bin@")
+    provenance = pd.read_csv(cwd / "results" / "tables" / "endpoints_vs_published.csv")
+    assert list(provenance.task) == FINAL["benchmarks"]["8"] and set(provenance.edition) == {"final"}
+    resisc = json.loads((cwd / "resources" / "data" / "hub" / "RESISC45" / "info.json").read_text())
+    assert resisc["classnames"][:3] == ["airplane", "forest", "airport"]  # the edition's order, not the source's
+    mass = MethodResult.load(cwd / "results" / "ViT-B-32" / "8" / "methods" / "mass_proj.json")
+    assert list(mass.test) == FINAL["benchmarks"]["8"]
+    assert (mass.hyperparameters["layer"], mass.hyperparameters["eta"]) == ("10.mlp.in", 0.2)
+    vs_paper = (cwd / "results" / "tables" / "table2_vs_paper.csv").read_text()
+    assert "en.papernotes.org" in vs_paper and "accs.json" in vs_paper
