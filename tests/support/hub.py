@@ -208,9 +208,10 @@ class HubServer(LocalServer):
             branch: str | None = "main", once: bool = False) -> None:
         """Put ``data`` (bytes, or a file on disk served from there) at ``filename`` of ``commit``,
         which ``branch`` (None: no branch) then points to; ``once``: delete the file on disk after its
-        first whole download."""
+        first whole download. A file added again after that is served again."""
         self.files.setdefault((repo_path, commit), {})[filename] = data
         self._size[(repo_path, commit, filename)] = _size(data)
+        self.gone.discard((repo_path, commit, filename))  # put back: served again
         if once:
             assert isinstance(data, Path), "only a file on disk can be served once"
             self.once.add((repo_path, commit, filename))

@@ -236,26 +236,32 @@ def model_folder(backbone: str) -> str:
     return VIT_L_14_FOLDER if backbone == "ViT-L-14" else backbone
 
 
-def checkpoint_files(folder: Path, backbones: dict[str, tuple[str, list[str]]]) -> tuple[dict, dict]:
-    """Write nik-dim/tall_masks' and open_clip's OpenAI files for ``backbones`` (name -> (arch, tasks))
-    under ``folder``; return {repo path: {file: Path}} for tall_masks and the OpenAI repositories."""
+def openai_files(folder: Path, arch: str, state: dict[str, torch.Tensor]) -> dict[str, dict[str, Path]]:
+    """open_clip's hub copy of the OpenAI weights of ``arch`` (here ``state``) under ``folder``:
+    {repository: {file: Path}}."""
     import open_clip
     from safetensors.torch import save_file
 
     from mass.encoder import register_model_configs
 
     register_model_configs()
+    hub = open_clip.get_pretrained_cfg(arch, "openai")["hf_hub"].rstrip("/")
+    out = folder / hub
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, out / "open_clip_model.safetensors")
+    (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"arch": arch}}) + "\n")
+    return {hub: {"open_clip_model.safetensors": out / "open_clip_model.safetensors",
+                  "open_clip_config.json": out / "open_clip_config.json"}}
+
+
+def checkpoint_files(folder: Path, backbones: dict[str, tuple[str, list[str]]]) -> tuple[dict, dict]:
+    """Write nik-dim/tall_masks' and open_clip's OpenAI files for ``backbones`` (name -> (arch, tasks))
+    under ``folder``; return {repo path: {file: Path}} for tall_masks and the OpenAI repositories."""
     keys = facts("tall_masks")["encoder_keys"]
     tall, openai = {}, {}
     for b, (backbone, (arch, tasks)) in enumerate(backbones.items()):
         state = clip_state(arch, seed=b)
-        hub = open_clip.get_pretrained_cfg(arch, "openai")["hf_hub"].rstrip("/")
-        out = folder / hub
-        out.mkdir(parents=True, exist_ok=True)
-        save_file(state, out / "open_clip_model.safetensors")
-        (out / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"arch": arch}}) + "\n")
-        openai[hub] = {"open_clip_model.safetensors": out / "open_clip_model.safetensors",
-                       "open_clip_config.json": out / "open_clip_config.json"}
+        openai.update(openai_files(folder, arch, state))
         model_dir = f"single_task/{model_folder(backbone)}"
         local = folder / "tall_masks" / model_dir
         files = {}
@@ -280,12 +286,15 @@ def crisostomi_files(folder: Path, backbones: dict[str, tuple[str, list[str]]]) 
     """The final edition's encoders for ``backbones`` (name -> (arch, tasks)) under ``folder``, laid out as
     tests/fixtures/sources/crisostomi.json records them: one repository per backbone and task and the
     base; each a torch-saved ImageEncoder state dict (``model.`` + the image tower and the text tensors
-    kept). Returns {repository: {file: Path}}. The same random draws as the tall_masks stand-ins."""
+    kept); with open_clip's OpenAI files again (a hub that serves each encoder once has deleted them after
+    the first edition's run). Returns {repository: {file: Path}}. The same random draws as the tall_masks
+    stand-ins."""
     fact = facts("crisostomi")
     keys = {"text_keys": fact["encoder_keys"]["text_keys_kept"]}
     out: dict[str, dict[str, Path]] = {}
     for b, (backbone, (arch, tasks)) in enumerate(backbones.items()):
         state = clip_state(arch, seed=b)
+        out.update(openai_files(folder, arch, state))
         encoders = {fact["base_repo"].format(model=backbone): state,
                     **{fact["finetuned_repo"].format(model=backbone, task=task):
                        finetuned_state(state, catalog.TASKS.index(task)) for task in tasks}}
