@@ -39,10 +39,6 @@ class Comparison:
         return asdict(self)
 
 
-class ProvenanceError(RuntimeError):
-    """The run's fine-tuned endpoints are not those of the edition it claims to reproduce."""
-
-
 def compare(edition: Edition, backbone: str, measured: dict[str, float], tolerance: float,
             accepted: frozenset[str] = frozenset(), trained_here: frozenset[str] = frozenset()) -> list[Comparison]:
     """Every task of ``measured`` (fractions) against ``edition``'s published accuracy; ``tolerance`` in points.

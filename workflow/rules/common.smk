@@ -1,12 +1,15 @@
 # Path helpers: which rule produces what, decided from the config. Scripts never read config.
 
+import csv
 import importlib.util
 import json
 import os
 import shlex
 
-from mass.methods import BASELINES as BASELINE_REGISTRY  # plain data: importing it does not load torch
+from mass.editions import load_edition  # plain data, as these: importing them does not load torch
+from mass.methods import BASELINES as BASELINE_REGISTRY
 from mass.methods import ROUTERS as ROUTER_REGISTRY
+from mass.sources.layouts import layout as checkpoint_layout
 
 BACKBONES = [str(b) for b in config["run"]["backbones"]]
 BENCHMARKS = [str(b) for b in config["run"]["benchmarks"]]
@@ -75,9 +78,8 @@ def check_results_edition():
         path = f"results/{backbone}/provenance.csv"
         if not os.path.exists(path):
             continue
-        with open(path) as fh:
-            header, first = fh.readline().strip().split(","), fh.readline().strip().split(",")
-        found = first[header.index("edition")] if "edition" in header and len(first) == len(header) else None
+        with open(path, newline="") as fh:
+            found = next(csv.DictReader(fh), {}).get("edition")
         if found not in (None, config["edition"]):
             raise ValueError(
                 f"{path}: this directory holds the {found} edition's results for {backbone}, and the config asks "
@@ -140,10 +142,8 @@ def _catalog_file(name):
 
 # Heads several tasks share (STL10 + CIFAR10, paper supp. 8.1) and the tasks sharing them; none in an
 # edition whose heads follow the sources' own classes (the final one: 11-class CIFAR10 and STL10 heads).
-with open(_catalog_file(f"editions/{config['edition']}.json")) as _fh:
-    _OWN_CLASSES = "class_spaces" in json.load(_fh)
 with open(_catalog_file("prompts.json")) as _fh:
-    SHARED_HEADS = {} if _OWN_CLASSES else {
+    SHARED_HEADS = {} if load_edition(config["edition"]).class_spaces is not None else {
         name: sorted(e["label_maps"]) for name, e in json.load(_fh)["shared_heads"].items()}
 
 
@@ -216,7 +216,7 @@ def final_outputs():
 def publishes_heads():
     """Whether the fine-tuned checkpoints' source publishes the heads they were trained against
     (mass.sources.layouts: tall_masks does, crisostomi builds them from text)."""
-    return _SOURCES["finetuned_layout"] == "tall_masks"
+    return checkpoint_layout(_SOURCES["finetuned_layout"]).publishes_heads
 
 
 def head_checks():

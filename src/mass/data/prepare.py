@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from mass.data import catalog
 from mass.data.store import TaskInfo, carve_validation, save_info, save_split
+from mass.editions import ClassSpace, Edition, load_edition
 from mass.io import ArtifactError, read_json
 
 MANIFEST = "manifest.json"
@@ -236,13 +237,11 @@ def check_label_names(task: str, classnames: Sequence, source_names: Sequence[st
     return (None if perm is None else np.asarray(perm, dtype=np.int64)), notes
 
 
-def edition_classes(task: str, edition: str, source_names: Sequence[str] | None,
+def edition_classes(task: str, found: Edition, source_names: Sequence[str] | None,
                     ) -> tuple[list[str], np.ndarray | None, list[str]]:
     """Class names, source-to-class label map (None: the same) and notes of ``task`` in an edition whose
     heads follow the sources (:attr:`mass.editions.Edition.class_spaces`)."""
-    from mass.editions import ClassSpace, load_edition
-
-    found = load_edition(edition)
+    edition = found.name
     space = (found.class_spaces or {}).get(task, ClassSpace())
     names = list(space.classnames) if space.classnames is not None else source_names
     if names is None:
@@ -290,10 +289,9 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
     notes = [f"source: hub dataset {manifest['repo']} at commit {manifest['commit']}", *src.notes]
     source_names = source_label_names(files["train"][0], src.label_column) or (
         list(src.source_classnames) if src.source_classnames else None)
-    from mass.editions import load_edition
-
-    if edition is not None and load_edition(edition).class_spaces is not None:
-        classnames, perm, label_notes = edition_classes(task, edition, source_names)
+    found = load_edition(edition) if edition is not None else None
+    if found is not None and found.class_spaces is not None:
+        classnames, perm, label_notes = edition_classes(task, found, source_names)
         head = None
     else:
         perm, label_notes = check_label_names(task, classnames, source_names, catalog.label_aliases(task))
