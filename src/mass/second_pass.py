@@ -22,7 +22,8 @@ then per subset group two small matmuls by A_V and A_U and one addmm per task in
 slice. Biases, LayerNorms and the class embedding are theta_pre + alpha * the mean of the
 selected tasks' deltas per sample; the patch conv and positional embedding are merged per
 group. The result equals theta_pre + alpha * TSV-M(selected tasks) evaluated with dense weights
-(see tests/unit/test_second_pass.py).
+(see tests/unit/test_second_pass.py), with attention's q, k and v merged as one matrix or as three,
+as the components are laid out (:meth:`mass.svd.TaskComponents.for_attention`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mass.svd import TaskComponents, components_per_task, polar_factor
+from mass.task_vectors import is_in_proj, qkv_names, split_attention
 
 Subset = tuple[int, ...]
 
@@ -241,9 +243,13 @@ class MixedEncoder:
         check_supported(visual)
         self.visual, self.factors = visual, factors
         self.pre = {k: v.float().to(factors.device) for k, v in pretrained.items()}
+        self.pre.update(split_attention({k: v for k, v in self.pre.items() if is_in_proj(k)}))  # views
 
     def merged(self, name: str, subset: Subset) -> torch.Tensor:
-        """theta_pre + alpha * TSV-M(subset) of one tensor, dense: one matmul chain for a matrix."""
+        """theta_pre + alpha * TSV-M(subset) of one tensor, dense: one matmul chain for a matrix (three,
+        concatenated, for an ``in_proj_weight`` merged as q, k and v blocks)."""
+        if is_in_proj(name) and name not in self.factors.matrices and qkv_names(name)[0] in self.factors.matrices:
+            return torch.cat([self.merged(block, subset) for block in qkv_names(name)])
         if name in self.factors.matrices:
             return self.pre[name] + self.factors.delta(name, subset)
         if name in self.factors.others:
@@ -263,11 +269,14 @@ class MixedEncoder:
         """Per-sample non-matrix tensor: theta_pre + alpha * mean of the selected tasks' deltas."""
         return self.pre[name] + plan.mean @ self.factors.others[name]
 
-    def _linear(self, x: torch.Tensor, prefix: str, plan: BatchPlan, weight: str = "weight",
-                bias: str = "bias") -> torch.Tensor:
-        w = f"{prefix}.{weight}"
-        y = F.linear(x, self.pre[w]).add_(self._vector(f"{prefix}.{bias}", plan)[:, None])
-        return lowrank_update(y, x.contiguous(), self.factors, w, plan)
+    def _linear(self, x: torch.Tensor, weight: str, bias: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
+        """x W^T + b per sample: theta_pre's ``weight``, each sample's low-rank update and bias (N, out)."""
+        y = F.linear(x, self.pre[weight]).add_(bias[:, None])
+        return lowrank_update(y, x.contiguous(), self.factors, weight, plan)
+
+    def _module(self, x: torch.Tensor, prefix: str, plan: BatchPlan) -> torch.Tensor:
+        """A linear module (``prefix``.weight and .bias) under each sample's merge."""
+        return self._linear(x, f"{prefix}.weight", self._vector(f"{prefix}.bias", plan), plan)
 
     def _layer_norm(self, x: torch.Tensor, prefix: str, plan: BatchPlan, eps: float) -> torch.Tensor:
         x = F.layer_norm(x, x.shape[-1:], eps=eps)
@@ -286,11 +295,18 @@ class MixedEncoder:
                               for g in plan.groups])
 
     def _attention(self, x: torch.Tensor, prefix: str, heads: int, plan: BatchPlan) -> torch.Tensor:
+        """Multi-head self-attention; its input projection merged whole or as q, k and v blocks, as the
+        factors hold it."""
         n, length, width = x.shape
-        qkv = self._linear(x, prefix, plan, "in_proj_weight", "in_proj_bias")
+        weight, bias = f"{prefix}.in_proj_weight", self._vector(f"{prefix}.in_proj_bias", plan)
+        if weight in self.factors.matrices:
+            qkv = self._linear(x, weight, bias, plan).view(n, length, 3, width)
+        else:
+            qkv = torch.stack([self._linear(x, w, b, plan) for w, b in zip(qkv_names(weight), bias.chunk(3, -1),
+                                                                             strict=True)], 2)
         q, k, v = qkv.view(n, length, 3, heads, width // heads).permute(2, 0, 3, 1, 4)
         y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(n, length, width)
-        return self._linear(y, f"{prefix}.out_proj", plan)
+        return self._module(y, f"{prefix}.out_proj", plan)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, plan: BatchPlan) -> torch.Tensor:
@@ -302,8 +318,8 @@ class MixedEncoder:
             h = self._layer_norm(x, f"{p}.ln_1", plan, block.ln_1.eps)
             x = x + self._attention(h, f"{p}.attn", block.attn.num_heads, plan)
             h = self._layer_norm(x, f"{p}.ln_2", plan, block.ln_2.eps)
-            h = block.mlp.gelu(self._linear(h, f"{p}.mlp.c_fc", plan))
-            x = x + self._linear(h, f"{p}.mlp.c_proj", plan)
+            h = block.mlp.gelu(self._module(h, f"{p}.mlp.c_fc", plan))
+            x = x + self._module(h, f"{p}.mlp.c_proj", plan)
         pooled = self._layer_norm(x[:, :1], "ln_post", plan, visual.ln_post.eps).contiguous()
         feats = lowrank_update(pooled @ self.pre["proj"], pooled, self.factors, "proj", plan, transposed=True)[:, 0]
         return torch.empty_like(feats).index_copy_(0, plan.order, feats)

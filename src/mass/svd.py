@@ -19,7 +19,15 @@ import torch
 from tqdm import tqdm
 
 from mass.io import load_tensors, save_tensors, verify
-from mass.task_vectors import StateDict, TaskVector, is_matrix
+from mass.task_vectors import (
+    ATTENTION_LAYOUTS,
+    StateDict,
+    TaskVector,
+    is_in_proj,
+    is_matrix,
+    qkv_names,
+    split_attention,
+)
 from mass.training import default_device
 
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -107,12 +115,23 @@ class TaskComponents:
 
     @classmethod
     def from_task_vector(cls, task_vector: TaskVector, rank_fraction: float,
-                         device: torch.device | None = None, progress: bool = False) -> TaskComponents:
-        """Decompose every task matrix, batching the SVDs of same-shaped matrices."""
+                         device: torch.device | None = None, progress: bool = False,
+                         attention: str = "in_proj") -> TaskComponents:
+        """Decompose every task matrix, batching the SVDs of same-shaped matrices.
+
+        ``attention="qkv"`` also decomposes each attention's q, k and v blocks on their own (the final
+        edition's routed methods merge those, :meth:`for_attention`); the whole ``in_proj_weight`` is kept
+        beside them, for the static merges and as the routing basis at attention inputs.
+        """
+        if attention not in ATTENTION_LAYOUTS:
+            raise ValueError(f"unknown attention layout {attention!r}; one of {list(ATTENTION_LAYOUTS)}")
         device = device or default_device()
+        vector = task_vector.vector
+        if attention == "qkv":
+            vector = {**vector, **split_attention({n: t for n, t in vector.items() if is_in_proj(n)})}
         by_shape: dict[tuple[int, ...], list[str]] = {}
         others: StateDict = {}
-        for name, tensor in task_vector.vector.items():
+        for name, tensor in vector.items():
             if is_matrix(name, tensor):
                 by_shape.setdefault(tuple(tensor.shape), []).append(name)
             else:
@@ -121,11 +140,27 @@ class TaskComponents:
         groups = tqdm(by_shape.items(), desc="svd", disable=not progress, leave=False)
         for shape, names in groups:
             k = max(1, math.floor(min(shape) * rank_fraction))
-            stack = torch.stack([task_vector.vector[n].float() for n in names]).to(device)
+            stack = torch.stack([vector[n].float() for n in names]).to(device)
             u, s, v = truncated_svd(stack, k)
             for i, name in enumerate(names):
                 matrices[name] = LowRank(u[i].cpu(), s[i].cpu(), v[i].cpu())
         return cls(matrices, others)
+
+    def for_attention(self, attention: str, source: str = "this SVD cache") -> TaskComponents:
+        """The matrices a merge decomposes with attention laid out as ``attention``: "in_proj" keeps each
+        attention's ``in_proj_weight`` whole (and leaves out the q, k, v blocks a "qkv" cache also holds);
+        "qkv" takes the three blocks in its place. The other tensors are shared, not copied."""
+        blocks = {n for name in self.matrices if is_in_proj(name) for n in qkv_names(name)}
+        if attention == "in_proj":
+            return TaskComponents({n: lr for n, lr in self.matrices.items() if n not in blocks}, self.others)
+        if attention != "qkv":
+            raise ValueError(f"unknown attention layout {attention!r}; one of {list(ATTENTION_LAYOUTS)}")
+        missing = sorted(blocks - set(self.matrices))
+        if missing:
+            raise ValueError(f"{source} holds each attention's in_proj_weight whole, not its q, k and v blocks "
+                             f"(no {missing[0]}): rebuild it with attention 'qkv' (the pipeline's key "
+                             "merge.attention; the step svd_cache)")
+        return TaskComponents({n: lr for n, lr in self.matrices.items() if not is_in_proj(n)}, self.others)
 
     def tensors(self, storage_dtype: str = "float32") -> dict[str, torch.Tensor]:
         """The flat dict written to the cache file: U and V and the other tensors' deltas in
@@ -180,6 +215,7 @@ def stored_dtype(path) -> str:
         return (fh.metadata() or {}).get("storage_dtype", "float32")
 
 
-def load_components(paths: Sequence[str]) -> list[TaskComponents]:
-    """Every task's SVD cache, in the order given (benchmark order)."""
-    return [TaskComponents.load(p) for p in paths]
+def load_components(paths: Sequence[str], attention: str = "in_proj") -> list[TaskComponents]:
+    """Every task's SVD cache, in the order given (benchmark order), with attention laid out as
+    ``attention`` (:meth:`TaskComponents.for_attention`)."""
+    return [TaskComponents.load(p).for_attention(attention, p) for p in paths]

@@ -51,6 +51,48 @@ def is_matrix(name: str, tensor: torch.Tensor) -> bool:
     return tensor.ndim == 2 and tensor.is_floating_point()
 
 
+ATTENTION_LAYOUTS = ("in_proj", "qkv")
+_IN_PROJ = "attn.in_proj_weight"
+
+
+def is_in_proj(name: str) -> bool:
+    """Whether ``name`` is an attention's joint q/k/v input projection (open_clip's ``in_proj_weight``)."""
+    return name.endswith(_IN_PROJ)
+
+
+def qkv_names(in_proj: str) -> list[str]:
+    """The q, k and v blocks of an attention's ``in_proj_weight``, named as the final edition's code names
+    its Linear layers (``LinearMultiheadAttention``: ``in_proj_q``, ``in_proj_k``, ``in_proj_v``)."""
+    prefix = in_proj.removesuffix("in_proj_weight")
+    return [f"{prefix}in_proj_{part}.weight" for part in "qkv"]
+
+
+def split_attention(tensors: Mapping[str, torch.Tensor]) -> StateDict:
+    """``tensors`` with every attention's (3D x D) ``in_proj_weight`` replaced by its q, k and v blocks
+    (D x D each, views): the matrices the final edition's routed methods decompose. Biases stay whole
+    (merged by the mean, which is the same split or not)."""
+    out: StateDict = {}
+    for name, tensor in tensors.items():
+        if is_in_proj(name):
+            out.update(zip(qkv_names(name), tensor.chunk(3), strict=True))
+        else:
+            out[name] = tensor
+    return out
+
+
+def join_attention(tensors: Mapping[str, torch.Tensor]) -> StateDict:
+    """The inverse of :func:`split_attention`: q, k, v blocks concatenated back into ``in_proj_weight``
+    (open_clip's parameter), in the position of the q block; every other tensor unchanged."""
+    out: StateDict = {}
+    for name, tensor in tensors.items():
+        if name.endswith("attn.in_proj_q.weight"):
+            joint = name.removesuffix("in_proj_q.weight") + "in_proj_weight"
+            out[joint] = torch.cat([tensors[n] for n in qkv_names(joint)])
+        elif not name.endswith(("attn.in_proj_k.weight", "attn.in_proj_v.weight")):
+            out[name] = tensor
+    return out
+
+
 @dataclass(frozen=True, order=True)
 class LayerId:
     """A routing location: ``block`` index, ``module`` ("attn" or "mlp"), ``io`` ("in" or "out")."""

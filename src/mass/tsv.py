@@ -3,9 +3,10 @@
 Per task matrix: keep k = floor(r / T) singular triplets per task, concatenate them side by
 side, replace the concatenated U and V by their polar factors (the nearest matrices with
 orthonormal columns) and rebuild ``U_perp diag(s) V_perp^T``. Tensors that are not matrices are
-averaged. The epsilon filter drops, per layer, a task whose truncated task matrix has cosine
-similarity > epsilon with an already accepted one, so near-duplicate tasks (MNIST / EMNIST) do
-not dominate the routing subspaces.
+averaged. Attention's q, k and v are one matrix or three, as the components are laid out
+(:meth:`mass.svd.TaskComponents.for_attention`). The epsilon filter drops, per layer, a task whose
+truncated task matrix has cosine similarity > epsilon with an already accepted one, so
+near-duplicate tasks (MNIST / EMNIST) do not dominate the routing subspaces.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from mass.svd import LowRank, TaskComponents, components_per_task, polar_factor
-from mass.task_vectors import StateDict, visual_state_dict
+from mass.task_vectors import StateDict, join_attention, visual_state_dict
 
 
 def tsv_merge_matrix(parts: Sequence[LowRank]) -> torch.Tensor:
@@ -57,7 +58,9 @@ def tsv_merge(tasks: Sequence[TaskComponents], num_tasks: int | None = None,
 
     ``num_tasks`` is the benchmark size T that sets k = floor(r / T) (defaults to
     ``len(tasks)``; MASS's second pass merges a subset but keeps the benchmark's k).
-    Returns the merged delta state dict and, per matrix, the indices of the accepted tasks.
+    Returns the merged delta state dict and, per matrix, the indices of the accepted tasks. Tasks laid
+    out with attention's q, k and v as three matrices (:meth:`TaskComponents.for_attention`) are merged
+    block by block (k = floor(D / T) each) and the delta joins the blocks back into ``in_proj_weight``.
     """
     if not tasks:
         raise ValueError("tsv_merge needs at least one task")
@@ -74,7 +77,7 @@ def tsv_merge(tasks: Sequence[TaskComponents], num_tasks: int | None = None,
         delta[name] = tsv_merge_matrix([parts[i] for i in keep]).cpu()
     for name in tasks[0].others:
         delta[name] = torch.stack([t.others[name].float() for t in tasks]).mean(0)
-    return delta, accepted
+    return join_attention(delta), accepted
 
 
 def apply_delta(pretrained: Mapping[str, torch.Tensor], delta: Mapping[str, torch.Tensor],

@@ -240,7 +240,7 @@ def test_mass_layer_and_eta_ignore_the_test_split(bench, first_passes, tmp_path,
                                 "--components", *bench["components"],
                                 "--val-first-pass", first_passes["val"], "--test-first-pass", test_fp,
                                 "--layer", "auto", "--blocks", 1, 4, "--eta", "auto", "--eta-trials", 12,
-                                "--top-k", 2, "--alpha", 1.0, "--out", out], monkeypatch)
+                                "--top-k", 2, "--alpha", 1.0, "--attention", "in_proj", "--out", out], monkeypatch)
         results[data] = read_json(out)
     # eta trials reuse the cached residuals: one validation second pass per m <= top-k, then the test one
     assert len(second_passes) == 2 * (2 + 1)
@@ -270,7 +270,7 @@ def test_learned_routers_train_on_validation_z_l_only(bench, first_passes, tmp_p
                                *location, "--alpha", 1.0, "--out", features], monkeypatch)
     args = [*common(bench, "poisoned"), *ROUTING, "--router", router, "--components", *bench["components"], *location,
             "--test-first-pass", first_passes["poisoned"], "--mlp-hidden", 16, "--mlp-epochs", 2,
-            "--alpha", 1.0, "--out", tmp_path / "r.json"]
+            "--alpha", 1.0, "--attention", "in_proj", "--out", tmp_path / "r.json"]
     with pytest.raises(SystemExit, match="--routing-features"):
         run_cli(evaluate_mass, args, monkeypatch)
     with pytest.raises(ArtifactError, match=r"z\.npz holds z_l at 2\.mlp\.in\.cls, not at 1\.attn\.in\.cls"):
@@ -307,6 +307,7 @@ def test_batched_mass_and_tsvm_use_and_record_the_configured_alpha(bench, first_
     MethodResult(method="mass_proj", test={}, hyperparameters={"layer": "2.mlp.in", "token": "cls"}).save(
         tmp_path / "mass.json")
     run_cli(evaluate_batched, [*common(bench, "clean"), "--components", *bench["components"], "--alpha", 0.5,
+                               "--attention", "in_proj",
                                "--test-first-pass", first_passes["test"], "--mass-result", tmp_path / "mass.json",
                                "--route-batch-size", 8, "--out", tmp_path / "batched.json"], monkeypatch)
     assert built == [0.5]

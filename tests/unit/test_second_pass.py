@@ -12,7 +12,7 @@ from mass.forward import encode
 from mass.mass_model import MassModel
 from mass.second_pass import BatchPlan, MixedEncoder, SubsetFactors, inverse_sqrt, lowrank_update
 from mass.svd import LowRank, TaskComponents, components_per_task, polar_factor, truncated_svd
-from mass.task_vectors import TaskVector
+from mass.task_vectors import TaskVector, split_attention
 from mass.tsv import apply_delta, tsv_merge, tsv_merge_matrix
 
 SIZE, T = 32, 4
@@ -174,23 +174,27 @@ def test_subsets_using_the_full_rank_run_dense(setup):
                                atol=1e-4, rtol=1e-4)
 
 
-def test_written_weights_of_near_duplicate_tasks_match_float64_tsvm(tiny_clip):
-    """write_weights on the tiny ViT, for two tasks whose task vectors have cosine ~0.9999."""
+@pytest.mark.parametrize("attention", ["in_proj", "qkv"])
+def test_written_weights_of_near_duplicate_tasks_match_float64_tsvm(tiny_clip, attention):
+    """write_weights on the tiny ViT, for two tasks whose task vectors have cosine ~0.9999; attention's
+    in_proj merged whole or as q, k and v blocks (the written in_proj compared block by block)."""
     pre = {k: v.clone() for k, v in tiny_clip.visual.state_dict().items()}
     g = torch.Generator().manual_seed(5)
     base = {k: 0.05 * torch.randn(v.shape, generator=g) for k, v in pre.items()}
     fts = [{k: pre[k] + base[k] + scale * torch.randn(v.shape, generator=g) for k, v in pre.items()}
            for scale in (0.0, 5e-4, 0.05)]
-    comps = [TaskComponents.from_task_vector(TaskVector.from_state_dicts(pre, ft), 1 / 3) for ft in fts]
+    comps = [TaskComponents.from_task_vector(TaskVector.from_state_dicts(pre, ft), 1 / 3, attention=attention)
+             .for_attention(attention) for ft in fts]
     visual = create_visual("mass-tiny-vit", pre)
     encoder = MixedEncoder(visual, pre, SubsetFactors(comps))
     for subset in ((0, 1), (0, 1, 2)):
         encoder.write_weights(subset)
         written = visual.state_dict()
+        written.update(split_attention(written))
         for name in encoder.factors.matrices:  # errors relative to ||Delta||, weights in float32 both
             delta = _merge(comps_named(comps, name), subset, len(comps), torch.float64)
-            ref = pre[name].double() + delta
-            plain = pre[name] + _merge(comps_named(comps, name), subset, len(comps), torch.float32)
+            ref = encoder.pre[name].double() + delta
+            plain = encoder.pre[name] + _merge(comps_named(comps, name), subset, len(comps), torch.float32)
             bar = 10 * float((plain.double() - ref).norm() / delta.norm())
             assert float((written[name].double() - ref).norm() / delta.norm()) <= bar, (subset, name)
     encoder.write_weights(None)

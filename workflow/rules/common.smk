@@ -19,13 +19,15 @@ BASELINES = list(config["baselines"]["methods"])
 # Which first pass each router reads ("selected" TSV-M merge or "pretrained"); learned ones also need z_l.
 ROUTER_FIRST_PASS = {r: ROUTER_REGISTRY[r].first_pass for r in ROUTERS}
 LEARNED_ROUTERS = [r for r in ROUTERS if ROUTER_REGISTRY[r].learned]
+# Static TSV-M's merge: MASS's unfiltered one where both see attention's in_proj whole, else its own.
+STATIC_TSVM = "epsnone" if config["merge"]["attention"] == "in_proj" else "static"
 
 
 wildcard_constraints:
     backbone="|".join(BACKBONES),
     bench="|".join(BENCHMARKS),
-    eps="|".join(EPSILONS + ["none"]),
-    fpmodel="eps(" + "|".join(EPSILONS + ["none"]) + ")|selected|pretrained",
+    merge="eps(" + "|".join(EPSILONS + ["none"]) + ")|static",
+    fpmodel="eps(" + "|".join(EPSILONS + ["none"]) + ")|static|selected|pretrained",
     split="val|test",
     router="|".join(ROUTERS),
     method="|".join(BASELINES),

@@ -3,7 +3,7 @@
 
 rule evaluate_tsvm:
     input:
-        first_pass="results/{backbone}/{bench}/first_pass/epsnone_test.npz",
+        first_pass=f"results/{{backbone}}/{{bench}}/first_pass/{STATIC_TSVM}_test.npz",
         heads=lambda w: bench_inputs(w)["heads"],
     output:
         "results/{backbone}/{bench}/methods/tsvm.json",
@@ -96,6 +96,7 @@ rule evaluate_mass:
         mlp_hidden=config["mlp_router"]["hidden"],
         mlp_epochs=config["mlp_router"]["epochs"],
         alpha=config["merge"]["alpha"],
+        attention=config["merge"]["attention"],
     log:
         "results/logs/evaluate_mass/{backbone}/{bench}/{router}.log",
     benchmark:
@@ -112,7 +113,7 @@ rule evaluate_mass:
         "--val-first-pass {input.val_first_pass} --test-first-pass {input.test_first_pass} {params.routing_features} "
         "{params.location} --temperature {params.temperature} {params.standardize} --top-k {params.top_k} "
         "--eta {params.eta} --eta-range {params.eta_range} --eta-trials {params.eta_trials} "
-        "--mlp-hidden {params.mlp_hidden} --mlp-epochs {params.mlp_epochs} --alpha {params.alpha} "
+        "--mlp-hidden {params.mlp_hidden} --mlp-epochs {params.mlp_epochs} --alpha {params.alpha} --attention {params.attention} "
         "--threads {threads} --out {output.result} --routing-out {output.routing} > {log} 2>&1"
 
 
@@ -154,6 +155,7 @@ rule evaluate_batched:
         common=bench_args,
         route_batch_size=config["routing"]["batched_size"],
         alpha=config["merge"]["alpha"],
+        attention=config["merge"]["attention"],
     log:
         "results/logs/evaluate_batched/{backbone}/{bench}.log",
     benchmark:
@@ -168,4 +170,4 @@ rule evaluate_batched:
     shell:
         "python -m mass.steps.evaluate_batched {params.common} --components {input.components} --test-first-pass {input.test_first_pass} "
         "--mass-result {input.mass_result} --route-batch-size {params.route_batch_size} "
-        "--alpha {params.alpha} --threads {threads} --out {output} > {log} 2>&1"
+        "--alpha {params.alpha} --attention {params.attention} --threads {threads} --out {output} > {log} 2>&1"

@@ -1,18 +1,22 @@
 # Fixed merge (Algorithm 1), first pass, per-layer routing sweeps and the choice of epsilon.
 
 
+# MASS's merges eps<E> (epsilon-filtered, or epsnone) lay out attention as merge.attention says; where
+# that is "qkv", static TSV-M (evaluate_tsvm) gets its own merge "static", with in_proj whole.
 rule merge:
     input:
         components=lambda w: bench_inputs(w)["components"],
     output:
-        merged="results/{backbone}/{bench}/merge/eps{eps}.safetensors",
-        accepted="results/{backbone}/{bench}/merge/eps{eps}.json",
+        merged="results/{backbone}/{bench}/merge/{merge}.safetensors",
+        accepted="results/{backbone}/{bench}/merge/{merge}.json",
     params:
         tasks=lambda w: " ".join(tasks(w)),
+        epsilon=lambda w: w.merge.removeprefix("eps") if w.merge != "static" else "none",
+        attention=lambda w: "in_proj" if w.merge == "static" else config["merge"]["attention"],
     log:
-        "results/logs/merge/{backbone}/{bench}/eps{eps}.log",
+        "results/logs/merge/{backbone}/{bench}/{merge}.log",
     benchmark:
-        "results/benchmarks/merge/{backbone}/{bench}/eps{eps}.tsv"
+        "results/benchmarks/merge/{backbone}/{bench}/{merge}.tsv"
     threads: config["compute_threads"]
     resources:
         mem_mb=holds_its_inputs_mb,
@@ -20,8 +24,8 @@ rule merge:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.merge --tasks {params.tasks} --components {input.components} --epsilon {wildcards.eps} "
-        "--out {output.merged} --accepted {output.accepted} --threads {threads} > {log} 2>&1"
+        "python -m mass.steps.merge --tasks {params.tasks} --components {input.components} --epsilon {params.epsilon} "
+        "--attention {params.attention} --out {output.merged} --accepted {output.accepted} --threads {threads} > {log} 2>&1"
 
 
 rule first_pass:

@@ -173,6 +173,7 @@ rule svd_cache:
     params:
         rank_fraction=config["svd"]["rank_fraction"],
         storage_dtype=config["svd"]["storage_dtype"],
+        attention=config["merge"]["attention"],
     log:
         "results/logs/svd_cache/{backbone}/{task}.log",
     benchmark:
@@ -185,4 +186,5 @@ rule svd_cache:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.steps.svd_cache --pretrained {input.clip} --finetuned {input.finetuned} "
-        "--rank-fraction {params.rank_fraction} --storage-dtype {params.storage_dtype} --out {output} --threads {threads} > {log} 2>&1"
+        "--rank-fraction {params.rank_fraction} --storage-dtype {params.storage_dtype} --attention {params.attention} "
+        "--out {output} --threads {threads} > {log} 2>&1"

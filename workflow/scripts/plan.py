@@ -125,12 +125,14 @@ def trained_here(config: Mapping, task: str) -> bool:
 
 def first_passes(config: Mapping) -> list[tuple[str, str]]:
     """(model, split) of every first pass the DAG needs: each epsilon's validation pass (its sweep
-    chooses epsilon), plain TSV-M's test pass (evaluate_tsvm), the chosen merge's test pass (per-layer
-    plot, batched MASS) and both passes of every router's model (proj: 'selected', proj_pre: 'pretrained')."""
+    chooses epsilon), static TSV-M's test pass (evaluate_tsvm; common.smk's STATIC_TSVM), the chosen
+    merge's test pass (per-layer plot, batched MASS) and both passes of every router's model (proj:
+    'selected', proj_pre: 'pretrained')."""
     from mass.methods import ROUTERS
 
     needed = [(f"eps{e}", "val") for e in config["merge"]["epsilon_grid"]]
-    needed += [("epsnone", "test"), ("selected", "test")]
+    static = "epsnone" if config["merge"]["attention"] == "in_proj" else "static"
+    needed += [(static, "test"), ("selected", "test")]
     for router in config["routers"]:
         needed += [(ROUTERS[router].first_pass, "val"), (ROUTERS[router].first_pass, "test")]
     return list(dict.fromkeys(needed))

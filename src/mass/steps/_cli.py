@@ -62,18 +62,33 @@ def first_pass_model(pre: StateDict, args: argparse.Namespace) -> StateDict:
     return first_pass_weights(pre, args.merged, args.selection, args.alpha)
 
 
-def add_mass_model_args(parser: argparse.ArgumentParser) -> None:
-    """Options naming what the MASS second pass merges: theta_pre, the task components, alpha."""
+def add_merge_args(parser: argparse.ArgumentParser) -> None:
+    """Options naming what a merge of the SVD cache reads: theta_pre, the task components, alpha."""
     parser.add_argument("--pretrained", required=True)
     parser.add_argument("--components", nargs="+", required=True, help="SVD cache of each task")
-    parser.add_argument("--alpha", type=float, required=True, help="TSV-M scaling of the second pass (merge.alpha)")
+    parser.add_argument("--alpha", type=float, required=True, help="scaling of the merge (merge.alpha)")
+
+
+def add_mass_model_args(parser: argparse.ArgumentParser) -> None:
+    """Options naming what the MASS second pass merges: :func:`add_merge_args` and attention's layout."""
+    add_merge_args(parser)
+    add_attention_arg(parser)
+
+
+def add_attention_arg(parser: argparse.ArgumentParser) -> None:
+    """How MASS's merges lay out attention's q, k and v: one in_proj matrix or three (merge.attention)."""
+    from mass.task_vectors import ATTENTION_LAYOUTS
+
+    parser.add_argument("--attention", choices=ATTENTION_LAYOUTS, required=True,
+                        help="q, k, v as one in_proj matrix or as three (merge.attention)")
 
 
 def mass_model(args: argparse.Namespace) -> MassModel:
     """The MASS model every step evaluates (per-sample and batched routing alike)."""
     from mass.mass_model import MassModel
 
-    return MassModel.from_files(args.model, args.pretrained, args.components, args.heads, args.alpha)
+    return MassModel.from_files(args.model, args.pretrained, args.components, args.heads, args.alpha,
+                                attention=args.attention)
 
 
 def add_candidate_location_args(parser: argparse.ArgumentParser) -> None:

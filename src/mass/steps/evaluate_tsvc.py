@@ -17,7 +17,7 @@ from mass.forward import encode, log_images_forwarded
 from mass.heads import head_logits, load_heads
 from mass.io import load_tensors
 from mass.results import MethodResult
-from mass.steps._cli import add_mass_model_args, benchmark_parser, setup
+from mass.steps._cli import add_merge_args, benchmark_parser, setup
 from mass.svd import load_components
 from mass.task_vectors import visual_state_dict
 from mass.training import default_device
@@ -27,7 +27,7 @@ from mass.tsvc import compressed_delta, rank_summary, ranks_for, stored_fraction
 
 def main() -> None:
     parser = benchmark_parser(__doc__.splitlines()[0])
-    add_mass_model_args(parser)
+    add_merge_args(parser)
     parser.add_argument("--size-fraction", type=float, required=True,
                         help="stored size of each compressed matrix over the dense one (tsvc.size_fraction)")
     parser.add_argument("--out", required=True, help="JSON of TSV-C at the benchmark's k")

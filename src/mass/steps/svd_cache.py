@@ -1,9 +1,10 @@
-"""Step svd_cache: per-task SVD cache (top components of every task matrix + non-matrix delta)."""
+"""Step svd_cache: per-task SVD cache (top components of every task matrix + non-matrix delta; with
+``--attention qkv`` also of each attention's q, k and v blocks)."""
 
 from __future__ import annotations
 
 from mass.io import load_tensors
-from mass.steps._cli import step_parser
+from mass.steps._cli import add_attention_arg, step_parser
 from mass.svd import STORAGE_DTYPES, TaskComponents
 from mass.task_vectors import TaskVector
 from mass.training import default_device, set_threads
@@ -17,13 +18,16 @@ def main() -> None:
                         help="components kept per matrix as a fraction of its rank (1 / smallest benchmark)")
     parser.add_argument("--storage-dtype", choices=sorted(STORAGE_DTYPES), required=True,
                         help="dtype of the stored singular vectors and deltas (readers upcast to float32)")
+    add_attention_arg(parser)
     parser.add_argument("--out", required=True)
     parser.add_argument("--threads", type=int, required=True)
     args = parser.parse_args()
     set_threads(args.threads)
     tv = TaskVector.from_state_dicts(load_tensors(args.pretrained), load_tensors(args.finetuned))
-    comps = TaskComponents.from_task_vector(tv, args.rank_fraction, device=None, progress=True)
-    comps.save(args.out, {"rank_fraction": str(args.rank_fraction)}, storage_dtype=args.storage_dtype)
+    comps = TaskComponents.from_task_vector(tv, args.rank_fraction, device=None, progress=True,
+                                            attention=args.attention)
+    comps.save(args.out, {"rank_fraction": str(args.rank_fraction), "attention": args.attention},
+               storage_dtype=args.storage_dtype)
     print(f"device {default_device()}: {len(comps.matrices)} matrices, {comps.num_parameters():,} stored parameters "
           f"in {args.storage_dtype}")
 
