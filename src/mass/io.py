@@ -211,10 +211,33 @@ def read_csv(path: str | os.PathLike, **kwargs: Any):
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],
                  metadata: Mapping[str, str] | None = None) -> None:
-    """Save a flat dict of tensors as safetensors (no pickle), atomically."""
+    """Save a flat dict of tensors as safetensors (no pickle), atomically; the same tensors and metadata
+    give the same bytes (:func:`_sort_metadata`)."""
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata=dict(metadata or {}))
+        _sort_metadata(tmp)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors header in place with its metadata keys sorted.
+
+    safetensors (0.8) serialises the metadata from a Rust HashMap, whose order changes from process to
+    process, so two identical runs wrote different bytes and sidecars. The tensors' entries keep their
+    order; the same keys and values in another order take the same bytes, so the header keeps its length.
+    """
+    with open(path, "r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+        if "__metadata__" not in header:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            raise RuntimeError(f"{path}: the re-serialised safetensors header is longer than safetensors' own "
+                               f"({len(text)} > {size} bytes); report this with the metadata written")
+        fh.seek(8)
+        fh.write(text.ljust(size))
 
 
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:

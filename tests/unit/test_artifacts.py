@@ -9,10 +9,13 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from mass.data.store import load_split, save_split
 from mass.forward import FirstPassResult, RoutingFeatures
@@ -33,6 +36,7 @@ from mass.steps.use_published_head import main as use_published_head
 from mass.svd import LowRank, TaskComponents
 
 FIX = "delete it and rerun the rule that makes it"
+SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
 def svd_cache(path, seed=0):
@@ -215,3 +219,20 @@ def test_artifacts_get_the_umask_permissions(tmp_path, umask):
              checksum_path(tmp_path / "a.json")]
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+def test_same_tensors_and_metadata_give_the_same_bytes_in_every_process(tmp_path):
+    """safetensors writes its metadata in a per-process hash order; save_tensors sorts it (issue 31 item 9).
+    Each save runs in a process of its own, as two runs of a rule do."""
+    script = ("import sys, torch; from mass.io import save_tensors; save_tensors(sys.argv[1], {'b': torch.ones(3), "
+              "'a': torch.arange(4.0)}, {k: str(i) for i, k in enumerate(['task', 'epsilon', 'attention', "
+              "'storage_dtype', 'rank_fraction', 'backbone', 'source', 'seed'])})")
+    paths = [tmp_path / f"run{i}.safetensors" for i in range(4)]
+    for path in paths:
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env={**os.environ, "PYTHONPATH": SRC})
+    assert len({path.read_bytes() for path in paths}) == 1
+    assert len({checksum_path(path).read_text().split()[0] for path in paths}) == 1
+    assert load_tensors(paths[0])["a"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    with safe_open(str(paths[0]), framework="pt") as fh:
+        assert fh.metadata() == {k: str(i) for i, k in enumerate(["task", "epsilon", "attention", "storage_dtype",
+                                                                  "rank_fraction", "backbone", "source", "seed"])}
