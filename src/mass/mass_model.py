@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from mass.data.store import RowSubset, make_loader, to_model_input
 from mass.encoder import create_visual, image_size
-from mass.evaluation import fit_to_classes
+from mass.evaluation import correct_published, correct_strict
 from mass.forward import count_forwarded, encode
 from mass.heads import head_logits, load_heads
 from mass.io import load_tensors
@@ -162,20 +162,10 @@ class MassModel:
 
     def is_correct(self, pred: Predictions, true_task: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Strict: correct when the chosen head is the true task's head and the class matches."""
-        names = np.asarray(self.head_names)
-        same_head = torch.from_numpy(names[pred.task.numpy()] == names[true_task.numpy()])
-        return same_head & (pred.cls == labels)
+        return correct_strict(pred.task, pred.cls, true_task, labels, self.head_names)
 
     def is_correct_published(self, pred: Predictions, true_task: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """As both editions' code scores a routed prediction (:func:`mass.evaluation.fit_to_classes`): the
-        chosen head's logits cut to, or zero-padded up to, the true task's class count, and their argmax
-        against the label. Where the chosen head is the true one this is :meth:`is_correct`; a wrong
-        head can also hit, when the index it picks among the first classes equals the label."""
+        """As both editions' code scores a routed prediction (:func:`mass.evaluation.correct_published`)."""
         if pred.features is None:
             raise ValueError("the published scoring needs the second-pass features (Predictions.features)")
-        correct = torch.empty(len(labels), dtype=torch.bool)
-        for head, task in torch.unique(torch.stack([pred.task, true_task], 1), dim=0).tolist():
-            idx = torch.nonzero((pred.task == head) & (true_task == task)).flatten()
-            logits = fit_to_classes(head_logits(pred.features[idx], self.heads[head]), self.heads[task].shape[0])
-            correct[idx] = logits.argmax(1) == labels[idx]
-        return correct
+        return correct_published(pred.features, self.heads, pred.task, true_task, labels)

@@ -1,4 +1,5 @@
-"""What the paper compares: the merging baselines and MASS's routers, one registry entry each.
+"""What the paper compares: the merging baselines, the other MoErging methods and MASS's routers, one
+registry entry each.
 
 An entry names a method once: its result name, its row label in the tables and what the pipeline
 needs to run it. Adding a baseline is one :class:`Baseline` here (its builder in
@@ -59,6 +60,18 @@ class Router:
     learned: bool
 
 
+@dataclass(frozen=True)
+class Moerging:
+    """A MoErging method the final edition compares MASS with: it routes each image without knowing its
+    task and picks the image's head itself. Its rule and step are ``evaluate_<name>``, its options the
+    config block ``moerging.<name>``; ``sees_test_images``: as published it adapts on the unlabelled test
+    images (its label carries a star, which the tables' captions explain)."""
+
+    name: str
+    label: str
+    sees_test_images: bool = False
+
+
 BASELINES: dict[str, Baseline] = {b.name: b for b in (
     Baseline("weight_averaging", "Weight averaging", "mass.baselines:weight_average", alpha_grid=False),
     Baseline("task_arithmetic", "Task Arithmetic", "mass.baselines:task_arithmetic"),
@@ -75,13 +88,23 @@ ROUTERS: dict[str, Router] = {r.name: r for r in (
     Router("proj", "proj$_{TSV-M}$", "selected", learned=False),
 )}
 
-# Table 2's rows, in the paper's order: the endpoints, the baselines with TSV-M among them, MASS.
+MOERGING: dict[str, Moerging] = {m.name: m for m in (
+    Moerging("smile", "SMILE"),
+    Moerging("wemoe", "WEMoE$^\\star$", sees_test_images=True),
+)}
+
+# Table 2's rows, in the paper's order: the endpoints, the baselines with TSV-M among them, the other
+# MoErging methods (final edition), MASS.
 TABLE2_ROWS: dict[str, str] = {
     "zeroshot": "Zero-shot", "finetuned": "Fine-tuned",
     **{n: BASELINES[n].label for n in ("weight_averaging", "task_arithmetic", "consensus")},
     "tsvm": "TSV-M", **{n: BASELINES[n].label for n in ("iso_c", "iso_cts")},
+    **{n: m.label for n, m in MOERGING.items()},
     "mass_proj": "MASS",
 }
+# The routing-accuracy table's rows: every method that picks an image's task itself.
+ROUTING_ROWS: dict[str, str] = {**{f"mass_{r.name}": f"MASS, {r.label}" for r in ROUTERS.values()},
+                                "mass_batched": "MASS, batched", **{n: m.label for n, m in MOERGING.items()}}
 # Table 3's rows: MASS with each router, then the oracle router (TSV-C at the benchmark's k).
 TABLE3_ROWS: dict[str, str] = {**{f"mass_{r.name}": r.label for r in ROUTERS.values()}, "tsvc": "oracle (= TSV-C)"}
 # TSV-C's two settings (results/tables/tsvc.*).

@@ -159,6 +159,11 @@ def test_docs_config_md_is_generated_from_the_schema():
     ({"edition": "second"}, "edition: 'second' is not one of ['first', 'final', 'demo']"),
     ({"backbones": {"tiny": {"routing_layer": "7.mlp.in"}}},
      "backbones.tiny.routing_layer: '7.mlp.in': block 7 does not exist in backbone tiny"),
+    ({"moerging": {"smile": {"gate_k": 2, "k": 30, "top_k": 1}}},
+     "moerging.smile.k: 30 components, but the SVD cache holds 24 per matrix for backbone tiny (width 96 x "
+     "svd.rank_fraction 0.25); lower it to at most 24, or raise svd.rank_fraction to at least 0.3125"),
+    ({"moerging": {"smile": {"gate_k": 2, "k": 4, "top_k": 5}}},
+     "moerging.smile.top_k: 5 experts per token, but the smallest selected benchmark has 4 tasks"),
 ])
 def test_values_are_checked_naming_the_key(overlay, expected):
     assert expected in errors_of(overlay)

@@ -18,6 +18,7 @@ ALL_RULES = {
     "finetune", "evaluate_endpoints", "check_provenance", "svd_cache", "merge", "first_pass", "routing_sweep",
     "select_epsilon", "routing_features", "evaluate_tsvm", "evaluate_tsvc", "evaluate_baseline", "evaluate_mass",
     "evaluate_batched", "collect_results", "make_tables", "make_plots", "download_descriptions", "interpret_tsv",
+    "evaluate_smile", "evaluate_wemoe",
 }
 CI_BENCHMARKS = yaml.safe_load((ROOT / "tests" / "ci_demo.yaml").read_text())["benchmarks"]
 SOURCE_RULES = {"download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned",
@@ -36,7 +37,7 @@ def test_paper_dry_run_plans_the_3x3_grid_and_every_rule(tmp_path):
     counts = job_counts(run.stdout)
     assert ALL_RULES <= set(counts), ALL_RULES - set(counts)
     assert counts["evaluate_tsvm"] == 9 and counts["select_epsilon"] == 9
-    assert counts["evaluate_tsvc"] == 9  # TSV-C (both ks) once per backbone x benchmark
+    assert counts["evaluate_tsvc"] == counts["evaluate_smile"] == counts["evaluate_wemoe"] == 9  # per bb x bench
     assert counts["interpret_tsv"] == 9 and counts["download_descriptions"] == 1  # one pinned pool for all
     assert counts["evaluate_mass"] == 9 * 4 and counts["evaluate_baseline"] == 9 * 5
     assert counts["routing_features"] == 9  # z_l once per benchmark, for both learned routers
@@ -81,12 +82,14 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
         assert (cwd / "figures" / f"{fig}.pdf").stat().st_size > 1000
         assert (cwd / "figures" / f"{fig}.png").stat().st_size > 1000
     per_task = pd.read_csv(cwd / "results/tables/per_task.csv", dtype={"benchmark": str})
-    assert set(per_task.method) >= {"zeroshot", "finetuned", "tsvm", "task_arithmetic", "mass_proj", "mass_nn"}
+    assert set(per_task.method) >= {"zeroshot", "finetuned", "tsvm", "task_arithmetic", "mass_proj", "mass_nn",
+                                    "smile", "wemoe"}
     assert per_task.accuracy.between(0, 1).all()
     # routed methods: scored as the editions' code scores (a wrong head can hit by index) and strictly
     assert (per_task.accuracy >= per_task.strict_accuracy).all()
-    known_task = ~per_task.method.str.startswith("mass_")
-    assert (per_task.accuracy[known_task] == per_task.strict_accuracy[known_task]).all()
+    routed = per_task.method.str.startswith("mass_") | per_task.method.isin(["smile", "wemoe"])
+    assert (per_task.accuracy[~routed] == per_task.strict_accuracy[~routed]).all()
+    assert per_task.routing_accuracy[per_task.method.isin(["smile", "wemoe"])].between(0, 1).all()
     # Table 4: the split sizes as prepared (the demo's generated 32 px images)
     table4 = pd.read_csv(cwd / "results/tables/table4.csv").set_index("task")
     for task in table4.index:

@@ -16,6 +16,7 @@ BENCHMARKS = [str(b) for b in config["run"]["benchmarks"]]
 EPSILONS = [str(e) for e in config["merge"]["epsilon_grid"]]
 ROUTERS = list(config["routers"])
 BASELINES = list(config["baselines"]["methods"])
+MOERGING = list(config["moerging"]["methods"])
 # Which first pass each router reads ("selected" TSV-M merge or "pretrained"); learned ones also need z_l.
 ROUTER_FIRST_PASS = {r: ROUTER_REGISTRY[r].first_pass for r in ROUTERS}
 LEARNED_ROUTERS = [r for r in ROUTERS if ROUTER_REGISTRY[r].learned]
@@ -200,6 +201,7 @@ def method_results(backbone, bench):
         [f"{base}/tsvm.json", f"{base}/mass_batched.json", f"{base}/tsvc.json", f"{base}/tsvc_size.json"]
         + [f"{base}/{m}.json" for m in BASELINES]
         + [f"{base}/mass_{r}.json" for r in ROUTERS]
+        + [f"{base}/{m}.json" for m in MOERGING]
     )
 
 

@@ -171,3 +171,61 @@ rule evaluate_batched:
         "python -m mass.steps.evaluate_batched {params.common} --components {input.components} --test-first-pass {input.test_first_pass} "
         "--mass-result {input.mass_result} --route-batch-size {params.route_batch_size} "
         "--alpha {params.alpha} --attention {params.attention} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule evaluate_smile:
+    input:
+        unpack(bench_inputs),
+    output:
+        "results/{backbone}/{bench}/methods/smile.json",
+    params:
+        common=bench_args,
+        gate_k=config["moerging"]["smile"]["gate_k"],
+        k=config["moerging"]["smile"]["k"],
+        top_k=config["moerging"]["smile"]["top_k"],
+        attention=config["merge"]["attention"],
+    log:
+        "results/logs/evaluate_smile/{backbone}/{bench}.log",
+    benchmark:
+        "results/benchmarks/evaluate_smile/{backbone}/{bench}.tsv"
+    threads: config["compute_threads"]
+    resources:
+        mem_mb=holds_its_inputs_mb,
+        runtime=120,
+        gpu=1,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.steps.evaluate_smile {params.common} --components {input.components} --gate-k {params.gate_k} "
+        "--k {params.k} --top-k {params.top_k} --attention {params.attention} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule evaluate_wemoe:
+    input:
+        unpack(bench_inputs),
+        finetuned=lambda w: [finetuned(w.backbone, t) for t in tasks(w)],
+    output:
+        "results/{backbone}/{bench}/methods/wemoe.json",
+    params:
+        common=bench_args,
+        init_lambda=config["moerging"]["wemoe"]["init_lambda"],
+        steps=config["moerging"]["wemoe"]["steps"],
+        batch_size=config["moerging"]["wemoe"]["batch_size"],
+        lr=config["moerging"]["wemoe"]["lr"],
+        eval_batch_size=config["moerging"]["wemoe"]["eval_batch_size"],
+        adapt_on=config["moerging"]["wemoe"]["adapt_on"],
+    log:
+        "results/logs/evaluate_wemoe/{backbone}/{bench}.log",
+    benchmark:
+        "results/benchmarks/evaluate_wemoe/{backbone}/{bench}.tsv"
+    threads: config["compute_threads"]
+    resources:
+        mem_mb=holds_its_inputs_mb,
+        runtime=360,
+        gpu=1,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.steps.evaluate_wemoe {params.common} --finetuned {input.finetuned} --init-lambda {params.init_lambda} "
+        "--steps {params.steps} --adapt-batch-size {params.batch_size} --lr {params.lr} "
+        "--eval-batch-size {params.eval_batch_size} --adapt-on {params.adapt_on} --threads {threads} --out {output} > {log} 2>&1"

@@ -44,10 +44,13 @@ rule make_tables:
         table4=report(multiext("results/tables/table4", ".tex", ".csv"), caption="../report/table4.rst",
                       category="Tables"),
         tsvc=report(multiext("results/tables/tsvc", ".tex", ".csv"), caption="../report/tsvc.rst", category="Tables"),
+        routing=report(multiext("results/tables/routing_accuracy", ".tex", ".csv"),
+                       caption="../report/routing_accuracy.rst", category="Tables"),
         provenance=report(multiext("results/tables/endpoints_vs_published", ".tex", ".csv"),
                           caption="../report/endpoints_vs_published.rst", category="Tables"),
     params:
         edition=config["edition"],
+        wemoe_adapt_on=config["moerging"]["wemoe"]["adapt_on"],
     log:
         "results/logs/make_tables.log",
     benchmark:
@@ -60,6 +63,7 @@ rule make_tables:
         "../../envs/mass.yaml"
     shell:
         "python -m mass.steps.make_tables --per-task {input.per_task} --edition {params.edition} "
+        "--wemoe-adapt-on {params.wemoe_adapt_on} "
         "--provenance {input.provenance} --task-info {input.task_info} --out-dir results/tables > {log} 2>&1"
 
 

@@ -124,24 +124,26 @@ def model_config_dirs(basedir: str | os.PathLike = ROOT) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def architectures(dirs: Iterable[str | os.PathLike]) -> dict[str, int | None]:
-    """open_clip model name -> number of image-tower blocks (None when not a ViT)."""
-    archs: dict[str, int | None] = {}
+def architectures(dirs: Iterable[str | os.PathLike]) -> dict[str, tuple[int, int] | None]:
+    """open_clip model name -> (blocks, width) of its image tower (None when not a ViT)."""
+    archs: dict[str, tuple[int, int] | None] = {}
     for folder in dirs:
         for path in sorted(Path(folder).glob("*.json")):
             try:
-                layers = json.loads(path.read_text()).get("vision_cfg", {}).get("layers")
+                vision = json.loads(path.read_text()).get("vision_cfg", {})
             except (OSError, ValueError):
                 continue
-            archs[path.stem] = layers if isinstance(layers, int) else None
+            layers, width = vision.get("layers"), vision.get("width")
+            archs[path.stem] = (layers, width) if isinstance(layers, int) and isinstance(width, int) else None
     return archs
 
 
-def value_errors(config: Mapping, archs: Mapping[str, int | None] | None) -> list[str]:
+def value_errors(config: Mapping, archs: Mapping[str, tuple[int, int] | None] | None) -> list[str]:
     """Architectures, blocks, ranges and the routing location, each error naming the key and fix.
     ``archs`` None: open_clip's model configs were not found, architecture names are not checked."""
     errors = []
     depth: dict[str, int] = {}
+    width: dict[str, int] = {}
     for name, bb in (config.get("backbones") or {}).items():
         arch, key = bb.get("arch"), f"backbones.{name}"
         if archs is not None:
@@ -154,7 +156,7 @@ def value_errors(config: Mapping, archs: Mapping[str, int | None] | None) -> lis
             if archs[arch] is None:
                 errors.append(f"{key}.arch: {arch!r} is not a vision transformer; MASS routes on transformer blocks")
                 continue
-            depth[name] = archs[arch]
+            depth[name], width[name] = archs[arch]
         low, high = bb.get("candidate_blocks", [0, 0])
         if low > high:
             errors.append(f"{key}.candidate_blocks: [{low}, {high}] is not ordered; write [{high}, {low}]")
@@ -191,7 +193,32 @@ def value_errors(config: Mapping, archs: Mapping[str, int | None] | None) -> lis
     low, high = routing.get("eta_range", [0, 0])
     if low > high:
         errors.append(f"routing.eta_range: [{low}, {high}] has low > high; write [{high}, {low}]")
-    return list(dict.fromkeys(errors + source_errors(config)))
+    return list(dict.fromkeys(errors + source_errors(config) + smile_errors(config, width)))
+
+
+def smile_errors(config: Mapping, width: Mapping[str, int]) -> list[str]:
+    """SMILE builds its experts and gates from the SVD cache, which holds floor(D * svd.rank_fraction)
+    components of each attention and MLP matrix (D: the tower's width, their smaller side)."""
+    moerging = config.get("moerging") or {}
+    if "smile" not in moerging.get("methods", []):
+        return []
+    smile, fraction = moerging.get("smile") or {}, (config.get("svd") or {}).get("rank_fraction", 1)
+    errors = []
+    for name in (config.get("run") or {}).get("backbones", []):
+        if name not in width:
+            continue
+        cached = int(width[name] * fraction)
+        for key in ("gate_k", "k"):
+            if smile.get(key, 0) > cached:
+                errors.append(f"moerging.smile.{key}: {smile[key]} components, but the SVD cache holds {cached} per "
+                              f"matrix for backbone {name} (width {width[name]} x svd.rank_fraction {fraction}); "
+                              f"lower it to at most {cached}, or raise svd.rank_fraction to at least "
+                              f"{smile[key] / width[name]:.4g}")
+    sizes = [len((config.get("benchmarks") or {}).get(b, [])) for b in (config.get("run") or {}).get("benchmarks", [])]
+    if sizes and smile.get("top_k", 1) > min(sizes):
+        errors.append(f"moerging.smile.top_k: {smile['top_k']} experts per token, but the smallest selected benchmark "
+                      f"has {min(sizes)} tasks; lower it to at most {min(sizes)}")
+    return errors
 
 
 def source_errors(config: Mapping) -> list[str]:

@@ -61,6 +61,8 @@ FORWARD_KIND = {
     "evaluate_tsvc": "plain forward",
     "evaluate_mass": "second pass (own merge)",
     "evaluate_batched": "second pass (own merge)",
+    "evaluate_smile": "forward through every layer's experts",
+    "evaluate_wemoe": "adaptation step (forward + backward) or forward",
 }
 
 
@@ -178,6 +180,12 @@ def plan_jobs(config: Mapping, sizes: Mapping[str, Splits]) -> list[Job]:
                 jobs.append(Job("evaluate_mass", bb, f"{bb}/{bench}/{router}", val_passes * V + S))
             jobs.append(Job("evaluate_batched", bb, f"{bb}/{bench}", S))
             jobs.append(Job("evaluate_tsvc", bb, f"{bb}/{bench}", 2 * S))  # k = floor(r / T) and the size budget
+            moerging = config["moerging"]
+            if "smile" in moerging["methods"]:
+                jobs.append(Job("evaluate_smile", bb, f"{bb}/{bench}", S))
+            if "wemoe" in moerging["methods"]:  # each adaptation step: one batch of every task
+                adapted = int(moerging["wemoe"]["steps"]) * T * int(moerging["wemoe"]["batch_size"])
+                jobs.append(Job("evaluate_wemoe", bb, f"{bb}/{bench}", adapted + S))
     return jobs
 
 

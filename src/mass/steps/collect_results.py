@@ -2,7 +2,7 @@
 
 Columns: backbone, benchmark, method, task, accuracy (test; routed methods scored as the editions' code
 scores them: the chosen head's logits fitted to the true task's class count), strict_accuracy (right head
-and right class; equal to accuracy where the task is known), routing_accuracy (MASS only),
+and right class; equal to accuracy where the task is known), routing_accuracy (routed methods: MASS, SMILE, WEMoE),
 size_fraction (TSV-C only: numbers stored over those of the dense task vector), finetuned (test),
 normalized. Tables and figures are drawn from this file only, so each printed number can be traced
 back. Every hyperparameter chosen on validation (epsilon, routing layer,

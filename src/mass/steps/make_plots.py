@@ -1,6 +1,7 @@
 """Step make_plots: the paper's figures (PDF and PNG) from the per-task CSV and routing sweeps.
 
-- ``radar_<bench>``: per-task normalised accuracy of MASS, backbones overlaid (Figs. 4, 9, 10);
+- ``radar_<bench>``: per-task normalised accuracy of MASS, backbones overlaid (Figs. 4, 9, 10), and of
+  the other MoErging methods run (SMILE, WEMoE), dashed;
 - ``per_layer_<backbone>_<bench>``: routing (task-identification) accuracy per block, attention
   and MLP inputs as separate curves: mean +- std over tasks, then every task's own curve
   (Figs. 3, 7, 8, 11); the layer chosen on validation is marked;
@@ -28,6 +29,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from mass.io import atomic_path, load_arrays, read_csv, read_json  # noqa: E402
+from mass.methods import MOERGING  # noqa: E402
 from mass.routing_analysis import confusion_counts, selection_sizes, top1_counts  # noqa: E402
 from mass.steps._cli import step_parser
 
@@ -43,20 +45,29 @@ def save(fig: plt.Figure, data: pd.DataFrame, stem: Path, dpi: int) -> None:
     plt.close(fig)
 
 
+RADAR = {"mass_proj": ("MASS", "-"), **{n: (m.label, "--") for n, m in MOERGING.items()}}
+
+
 def radar(per_task: pd.DataFrame, bench: str, stem: Path, dpi: int) -> None:
-    data = per_task[(per_task.method == "mass_proj") & (per_task.benchmark == bench)]
+    """Normalised accuracy per task of MASS (solid, filled) and of the other MoErging methods run (dashed),
+    one colour per backbone."""
+    data = per_task[per_task.method.isin(list(RADAR)) & (per_task.benchmark == bench)]
     tasks = list(dict.fromkeys(data.task))
     angles = np.linspace(0, 2 * np.pi, len(tasks), endpoint=False).tolist()
     fig, ax = plt.subplots(figsize=(5.5, 5.5), subplot_kw={"polar": True})
-    for bb, group in data.groupby("backbone", sort=False):
+    colours = dict(zip(dict.fromkeys(data.backbone), sns.color_palette(n_colors=data.backbone.nunique()), strict=True))
+    for (bb, method), group in data.groupby(["backbone", "method"], sort=False):
+        label, style = RADAR[method]
         values = group.set_index("task").loc[tasks, "normalized"].tolist()
-        ax.plot(angles + angles[:1], values + values[:1], marker="o", markersize=3, label=bb)
-        ax.fill(angles + angles[:1], values + values[:1], alpha=0.1)
+        ax.plot(angles + angles[:1], values + values[:1], style, marker="o", markersize=3, color=colours[bb],
+                label=f"{label}, {bb}")
+        if method == "mass_proj":
+            ax.fill(angles + angles[:1], values + values[:1], alpha=0.1, color=colours[bb])
     ax.set_xticks(angles, tasks, fontsize=8)
     ax.set_ylim(0, max(1.05, float(data.normalized.max()) + 0.05))
-    ax.set_title(f"MASS normalised accuracy per task, {bench} tasks")
-    ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
-    save(fig, data[["backbone", "benchmark", "task", "accuracy", "finetuned", "normalized"]], stem, dpi)
+    ax.set_title(f"Normalised accuracy per task, {bench} tasks")
+    ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize=7)
+    save(fig, data[["backbone", "benchmark", "method", "task", "accuracy", "finetuned", "normalized"]], stem, dpi)
 
 
 def per_layer_data(sweep: pd.DataFrame, io: str, token: str) -> pd.DataFrame:

@@ -12,6 +12,8 @@
   train / val / test counts as prepared, beside the ones the edition published (where it did);
 - ``table3.tex``: normalised accuracy of MASS by router, and of MASS with an oracle router (each image
   routed to its true task alone), which is TSV-C at the benchmark's k: the routing ceiling;
+- ``routing_accuracy.tex``: mean task-identification accuracy of every routed method (MASS by router,
+  batched MASS, SMILE, WEMoE);
 - ``tsvc.tex``: TSV-C per task and its mean: accuracy, normalised accuracy and stored size (% of the
   dense task vector) at the benchmark's k and at the size budget (``tsvc.size_fraction``).
 Each table also goes to CSV next to it.
@@ -26,7 +28,7 @@ import pandas as pd
 from mass.data.store import TaskInfo
 from mass.editions import EDITIONS, Edition, load_edition
 from mass.io import atomic_path, read_csv, read_json
-from mass.methods import TABLE2_ROWS, TABLE3_ROWS, TSVC_SETTINGS
+from mass.methods import MOERGING, ROUTING_ROWS, TABLE2_ROWS, TABLE3_ROWS, TSVC_SETTINGS
 from mass.provenance import ACCEPTED, DEVIATION
 from mass.steps._cli import step_parser
 
@@ -35,8 +37,9 @@ SECONDARY_MARK = "$^\\dagger$"
 
 
 def means(per_task: pd.DataFrame) -> pd.DataFrame:
-    """Mean over tasks, in %, per (method, backbone, benchmark)."""
-    grouped = per_task.groupby(["method", "backbone", "benchmark"], sort=False)[["accuracy", "normalized"]].mean()
+    """Mean over tasks, in %, per (method, backbone, benchmark); routing accuracy NaN for unrouted methods."""
+    grouped = per_task.groupby(["method", "backbone", "benchmark"], sort=False)[
+        ["accuracy", "normalized", "routing_accuracy"]].mean()
     return (grouped * 100).reset_index()
 
 
@@ -109,6 +112,16 @@ def endpoints_vs_published(provenance: list[str]) -> pd.DataFrame:
     return pd.concat([read_csv(p) for p in provenance], ignore_index=True) if provenance else pd.DataFrame()
 
 
+def star_note(per_task: pd.DataFrame, args) -> str:
+    """What the star of a method that adapts on unlabelled images (WEMoE) means in this run."""
+    starred = [m for m in MOERGING.values() if m.sees_test_images and m.name in set(per_task.method)]
+    if not starred:
+        return ""
+    images = "test images (as published: the one method here that sees them)" if args.wemoe_adapt_on == "test" \
+        else "validation images (moerging.wemoe.adapt_on: val)"
+    return f" {', '.join(m.label for m in starred)}: routers adapted on the unlabelled {images}."
+
+
 def deviation_note(checks: pd.DataFrame) -> str:
     """Table 2's footnote: the tasks whose fine-tuned endpoint deviates from the edition's and why."""
     if checks.empty:
@@ -121,6 +134,10 @@ def deviation_note(checks: pd.DataFrame) -> str:
 
 def table3(avg: pd.DataFrame, cols: list[tuple[str, str]]) -> pd.DataFrame:
     return _grid(avg, cols, TABLE3_ROWS, lambda c: f"{c.normalized:.1f}")
+
+
+def routing_table(avg: pd.DataFrame, cols: list[tuple[str, str]]) -> pd.DataFrame:
+    return _grid(avg, cols, ROUTING_ROWS, lambda c: "" if pd.isna(c.routing_accuracy) else f"{c.routing_accuracy:.1f}")
 
 
 def tsvc_table(per_task: pd.DataFrame) -> pd.DataFrame:
@@ -184,6 +201,8 @@ def main() -> None:
     parser.add_argument("--edition", required=True, choices=EDITIONS)
     parser.add_argument("--provenance", nargs="*", default=[], help="every backbone's provenance.csv")
     parser.add_argument("--task-info", nargs="*", default=[], help="every task's prepared info.json (Table 4)")
+    parser.add_argument("--wemoe-adapt-on", choices=["test", "val"], required=True,
+                        help="the images WEMoE adapted on (moerging.wemoe.adapt_on), for the tables' captions")
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args()
     per_task = read_csv(args.per_task, dtype={"benchmark": str})
@@ -191,7 +210,7 @@ def main() -> None:
     avg, cols, out = means(per_task), _columns(per_task), Path(args.out_dir)
     checks = endpoints_vs_published(args.provenance)
     write_latex(table2(avg, cols), out / "table2.tex",
-                "Mean absolute test accuracy (\\%), normalised accuracy in parentheses."
+                "Mean absolute test accuracy (\\%), normalised accuracy in parentheses." + star_note(per_task, args)
                 + latex_escape(deviation_note(checks)), "tab:table2")
     vs_paper = table2_vs_paper(avg, cols, edition).set_index(["method", "backbone", "benchmark"])
     write_latex(vs_paper_latex(vs_paper), out / "table2_vs_paper.tex",
@@ -212,6 +231,11 @@ def main() -> None:
     write_latex(table3(avg, cols), out / "table3.tex",
                 "Mean normalised accuracy (\\%) of MASS by router; oracle: each image routed to its true task "
                 "alone, which is TSV-C at the benchmark's k.", "tab:table3")
+    write_latex(routing_table(avg, cols), out / "routing_accuracy.tex",
+                "Mean task-identification accuracy (\\%) of every routed method on the test splits: images whose "
+                "first-ranked task is their own (MASS: lowest residual or the learned router's choice; SMILE, WEMoE: "
+                "the voted head).",
+                "tab:routing-accuracy")
     write_latex(tsvc_table(per_task).set_index(["backbone", "benchmark", "setting", "task"]), out / "tsvc.tex",
                 "TSV-C: each task alone, its task matrices truncated to rank k; test accuracy, normalised "
                 "accuracy and stored size (\\% of the dense task vector), per task and mean.", "tab:tsvc")

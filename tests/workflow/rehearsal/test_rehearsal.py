@@ -62,7 +62,7 @@ DISK_GB = 20  # measured peak of make test's rehearsal (docs/running.md), with a
 MACHINE_MB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
 PAPER_CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
 BENCHMARK_RULES = {"svd_cache", "merge", "first_pass", "routing_sweep", "evaluate_mass", "evaluate_baseline",
-                   "make_tables"}
+                   "evaluate_smile", "evaluate_wemoe", "make_tables"}
 
 
 def job_counts(result) -> dict[str, int]:
@@ -263,3 +263,24 @@ def test_final_edition_runs_whole_on_its_sources(final_run):
     assert (mass.hyperparameters["layer"], mass.hyperparameters["eta"]) == ("10.mlp.in", 0.2)
     vs_paper = (cwd / "results" / "tables" / "table2_vs_paper.csv").read_text()
     assert "en.papernotes.org" in vs_paper and "accs.json" in vs_paper
+
+
+def test_final_edition_stops_before_any_svd_cache_on_checkpoints_that_are_not_the_editions(final_run):
+    """The wrong-checkpoint stop end to end: encoders fetched from the hub in the crisostomi layout, their
+    endpoints evaluated, compared with the final edition's published accuracies, and the DAG stopped before
+    any SVD cache. The rehearsal's random encoders match no published accuracy; its tolerance of 100 points
+    hid that, the default of 1 point stops on it."""
+    state, result = final_run
+    assert result.returncode == 0, "the final edition's run failed (see the test before)"
+    cwd = state["cwd"]
+    shutil.rmtree(cwd / "results" / "ViT-B-32" / "svd")
+    (cwd / "strict.yaml").write_text("provenance: {tolerance: 1.0}\n")
+    stopped = run(state, "--cores", "2", "--configfile", "workflow/presets/final.yaml", "rehearsal.yaml",
+                  "final_eight.yaml", "strict.yaml", name="final edition, provenance stop", measured=30, timeout=900)
+    assert stopped.returncode != 0 and "Error in rule check_provenance" in stopped.stderr, stopped.stderr[-3000:]
+    message = (cwd / "results" / "logs" / "check_provenance" / "ViT-B-32.log").read_text()
+    assert re.search(r"ViT-B-32 SUN397: fine-tuned test accuracy \d+\.\d\d% measured here, 7\d\.\d\d% published",
+                     message), message[-2000:]
+    assert "provenance.accept" in message and "accs.json" in message
+    assert not (cwd / "results" / "ViT-B-32" / "provenance.csv").exists()
+    assert not list((cwd / "results" / "ViT-B-32").glob("svd/*.safetensors")), "an SVD cache was built"
