@@ -162,6 +162,12 @@ def test_docs_config_md_is_generated_from_the_schema():
     ({"moerging": {"smile": {"gate_k": 2, "k": 30, "top_k": 1}}},
      "moerging.smile.k: 30 components, but the SVD cache holds 24 per matrix for backbone tiny (width 96 x "
      "svd.rank_fraction 0.25); lower it to at most 24, or raise svd.rank_fraction to at least 0.3125"),
+    ({"textspan": {"early_block": 99}},
+     "textspan.early_block: block 99 does not exist in backbone tiny (mass-tiny-vit has blocks 0-5); choose one in "
+     "0-5"),
+    ({"tsvc": {"size_fraction": 0.9}},
+     "tsvc.size_fraction: 0.9 keeps 42 components of the 96 x 96 task matrices of backbone tiny, and the SVD cache "
+     "holds 24 (svd.rank_fraction 0.25); lower it to at most 0.502, or raise svd.rank_fraction"),
     ({"moerging": {"smile": {"gate_k": 2, "k": 4, "top_k": 5}}},
      "moerging.smile.top_k: 5 experts per token, but the smallest selected benchmark has 4 tasks"),
 ])
@@ -199,7 +205,8 @@ def workdir(tmp_path_factory):
     ({"routing": {"tok_k": 5}}, "routing.tok_k: unknown key (did you mean 'top_k'?)"),
     ({"rooters": ["proj"]}, "rooters: unknown key (did you mean 'routers'?)"),
     ({"routing": {"layer": "99.mlp.in"}}, "block 99 does not exist in backbone tiny"),
-], ids=["tok_k", "rooters", "layer99"])
+    ({"tsvc": {"size_fraction": 0.9}}, "tsvc.size_fraction: 0.9 keeps 42 components"),
+], ids=["tok_k", "rooters", "layer99", "size_fraction"])
 def test_snakemake_stops_before_planning(workdir, tmp_path, overlay, expected):
     extra = tmp_path / "typo.yaml"
     extra.write_text(yaml.safe_dump(overlay))

@@ -25,6 +25,7 @@ import copy
 import difflib
 import importlib.util
 import json
+import math
 import os
 import re
 import sys
@@ -124,26 +125,35 @@ def model_config_dirs(basedir: str | os.PathLike = ROOT) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
-def architectures(dirs: Iterable[str | os.PathLike]) -> dict[str, tuple[int, int] | None]:
-    """open_clip model name -> (blocks, width) of its image tower (None when not a ViT)."""
-    archs: dict[str, tuple[int, int] | None] = {}
+def architectures(dirs: Iterable[str | os.PathLike]) -> dict[str, tuple[int, list[tuple[int, int]]] | None]:
+    """open_clip model name -> (blocks, shapes of its task matrices) of its image tower (None when not a
+    ViT): attention's in_proj and out_proj, the MLP's c_fc and c_proj, the output projection and the
+    positional embedding. The width, their smaller side but for the last two, comes first."""
+    archs: dict[str, tuple[int, list[tuple[int, int]]] | None] = {}
     for folder in dirs:
         for path in sorted(Path(folder).glob("*.json")):
             try:
-                vision = json.loads(path.read_text()).get("vision_cfg", {})
+                model = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue
+            vision = model.get("vision_cfg", {})
             layers, width = vision.get("layers"), vision.get("width")
-            archs[path.stem] = (layers, width) if isinstance(layers, int) and isinstance(width, int) else None
+            if not (isinstance(layers, int) and isinstance(width, int) and isinstance(vision.get("patch_size"), int)):
+                archs[path.stem] = None
+                continue
+            mlp = int(width * vision.get("mlp_ratio", 4.0))
+            tokens = (vision.get("image_size", 224) // vision["patch_size"]) ** 2 + 1
+            archs[path.stem] = (layers, [(width, width), (3 * width, width), (mlp, width), (width, mlp),
+                                         (width, model.get("embed_dim", width)), (tokens, width)])
     return archs
 
 
-def value_errors(config: Mapping, archs: Mapping[str, tuple[int, int] | None] | None) -> list[str]:
+def value_errors(config: Mapping, archs: Mapping[str, tuple[int, list[tuple[int, int]]] | None] | None) -> list[str]:
     """Architectures, blocks, ranges and the routing location, each error naming the key and fix.
     ``archs`` None: open_clip's model configs were not found, architecture names are not checked."""
     errors = []
     depth: dict[str, int] = {}
-    width: dict[str, int] = {}
+    shapes: dict[str, list[tuple[int, int]]] = {}
     for name, bb in (config.get("backbones") or {}).items():
         arch, key = bb.get("arch"), f"backbones.{name}"
         if archs is not None:
@@ -156,7 +166,7 @@ def value_errors(config: Mapping, archs: Mapping[str, tuple[int, int] | None] | 
             if archs[arch] is None:
                 errors.append(f"{key}.arch: {arch!r} is not a vision transformer; MASS routes on transformer blocks")
                 continue
-            depth[name], width[name] = archs[arch]
+            depth[name], shapes[name] = archs[arch]
         low, high = bb.get("candidate_blocks", [0, 0])
         if low > high:
             errors.append(f"{key}.candidate_blocks: [{low}, {high}] is not ordered; write [{high}, {low}]")
@@ -193,7 +203,32 @@ def value_errors(config: Mapping, archs: Mapping[str, tuple[int, int] | None] | 
     low, high = routing.get("eta_range", [0, 0])
     if low > high:
         errors.append(f"routing.eta_range: [{low}, {high}] has low > high; write [{high}, {low}]")
-    return list(dict.fromkeys(errors + source_errors(config) + smile_errors(config, width)))
+    early = (config.get("textspan") or {}).get("early_block", 0)
+    for name in (config.get("run") or {}).get("backbones", []):
+        if name in depth and early >= depth[name]:
+            errors.append(f"textspan.early_block: block {early} does not exist in backbone {name} "
+                          f"({config['backbones'][name]['arch']} has blocks 0-{depth[name] - 1}); choose one in "
+                          f"0-{depth[name] - 1}")
+    return list(dict.fromkeys(errors + source_errors(config) + cache_errors(config, shapes)))
+
+
+def cache_errors(config: Mapping, shapes: Mapping[str, list[tuple[int, int]]]) -> list[str]:
+    """What reads more components from the SVD cache than it holds, floor(min(m, n) * svd.rank_fraction) per
+    m x n task matrix: TSV-C's size budget and SMILE's experts and gates."""
+    fraction = (config.get("svd") or {}).get("rank_fraction", 1)
+    errors = []
+    budget = (config.get("tsvc") or {}).get("size_fraction", 0)
+    for name in (config.get("run") or {}).get("backbones", []):
+        for m, n in shapes.get(name, []):
+            # mass.tsvc.rank_for_size: the largest k with k (m + n + 1) <= size_fraction m n
+            needed, cached = max(1, min(min(m, n), int(budget * m * n // (m + n + 1)))), int(min(m, n) * fraction)
+            if needed > cached:
+                most = math.floor(1000 * cached * (m + n + 1) / (m * n)) / 1000  # its k is then at most cached
+                errors.append(f"tsvc.size_fraction: {budget} keeps {needed} components of the {m} x {n} task matrices "
+                              f"of backbone {name}, and the SVD cache holds {cached} (svd.rank_fraction {fraction}); "
+                              f"lower it to at most {most:g}, or raise svd.rank_fraction")
+                break
+    return errors + smile_errors(config, {name: s[0][0] for name, s in shapes.items()})
 
 
 def smile_errors(config: Mapping, width: Mapping[str, int]) -> list[str]:
