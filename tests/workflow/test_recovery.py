@@ -12,10 +12,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
 from support.workflow import ROOT, env, snakemake, workflow_copy
+
+from mass.data.store import load_split
+from mass.io import ArtifactError
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +54,19 @@ def small(command: str, target: str | None = TARGET) -> list[str]:
     else:
         args += ["--configfile", *SMALL_FILES]
     return ([target] if target and "--unlock" not in args else []) + args[1:]
+
+
+def runs_alive_in(cwd: Path, check: str) -> list[str]:
+    """The README's liveness check as written, then what it tells a user to look at: the processes it lists
+    whose working directory (``readlink /proc/<PID>/cwd``) is this one."""
+    run = subprocess.run(check, shell=True, cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    alive = []
+    for line in run.stdout.splitlines():
+        pid = line.split()[0]
+        if pid.isdigit() and os.path.realpath(f"/proc/{pid}/cwd") == str(cwd.resolve()):
+            alive.append(line)
+    return alive
 
 
 HOOK = """\
@@ -115,8 +132,9 @@ def test_readme_crash_recovery_after_snakemake_was_killed(built, tmp_path):
     plain = snakemake(TARGET, "--cores", "1", "--configfile", *SMALL_FILES, cwd=cwd, timeout=300)
     assert plain.returncode != 0  # locked, or (once unlocked) incomplete: what the README must handle
 
-    recovery = commands(section("**After a crash**"))
+    alive, *recovery = commands(section("**After a crash**"))
     assert [c.split()[:2] for c in recovery] == [["snakemake", "--unlock"], ["snakemake", "--cores"]]
+    assert not runs_alive_in(cwd, alive)  # the killed run is over
     unlock = snakemake(*small(recovery[0]), cwd=cwd, timeout=300)
     assert unlock.returncode == 0, unlock.stderr[-3000:]
     unlocked_plain = snakemake(TARGET, "--cores", "1", "--configfile", *SMALL_FILES, cwd=cwd, timeout=300)
@@ -137,7 +155,9 @@ def test_readme_crash_recovery_after_a_killed_write_removes_its_part_file(built,
     target = cwd / TARGET
     parts = list(target.parent.glob(f".{target.name}.*.part"))
     assert parts and not target.exists()
-    for command in commands(section("**After a crash**")):
+    alive, *recovery = commands(section("**After a crash**"))
+    assert not runs_alive_in(cwd, alive)
+    for command in recovery:
         run = snakemake(*small(command), cwd=cwd, timeout=600)
         assert run.returncode == 0, run.stderr[-3000:]
     assert target.exists()
@@ -160,6 +180,28 @@ def test_readme_corrupted_file_recovery(built):
     remade = snakemake(*small(rerun), cwd=cwd, timeout=600)
     assert remade.returncode == 0, remade.stderr[-3000:]
     assert target.exists()
+
+
+def test_readme_corrupted_split_recovery_remakes_the_split(built):
+    """A prepared split file (here validation labels) fails its check; the README's two commands delete it
+    and remake it: every split file is a declared output of its preparing rule and an input of its readers."""
+    cwd, split = built, "resources/data/demo/digits/val_labels.npy"
+    made = snakemake(split, "--cores", "1", "--configfile", *SMALL_FILES, cwd=cwd, timeout=600)
+    assert made.returncode == 0, made.stderr[-3000:]
+    (cwd / split).write_bytes((cwd / split).read_bytes()[:-8] + bytes(8))
+    with pytest.raises(ArtifactError, match="val_labels.npy does not match the sha256.*rerun"):
+        load_split(cwd / "resources/data/demo", "digits", "val")
+    verify, rerun = commands(section("**A corrupted file**"))
+    run = subprocess.run([sys.executable, *shlex.split(verify)[1:]], cwd=cwd, env=env(), capture_output=True,
+                         text=True, timeout=300)
+    assert f"DELETED {split}" in run.stdout and not (cwd / split).exists()
+    reader = snakemake("results/tiny/tasks/digits/endpoints.json", "-n", "--cores", "1", "--configfile",
+                       *SMALL_FILES, cwd=cwd, timeout=300)
+    assert "generate_demo_task" in reader.stdout + reader.stderr  # a reader of the split plans its remaking
+    remade = snakemake(*small(rerun, target=split), cwd=cwd, timeout=600)
+    assert remade.returncode == 0, remade.stderr[-3000:]
+    images, labels = load_split(cwd / "resources/data/demo", "digits", "val")
+    assert len(images) == len(labels) > 0
 
 
 def test_readme_bad_download_recovery_plans_the_download_again(tmp_path):

@@ -51,7 +51,7 @@ def test_epsilon_change_reruns_the_merge_and_downstream_only(small_demo, tmp_pat
     jobs = plan(small_demo, tmp_path, {"merge": {"epsilon_grid": [0.5]}})
     assert rules(jobs) == MERGE  # no SVD cache, data, checkpoints, TSV-M (epsilon none) or baselines
     merges = {job["wildcards"] for job in jobs if job["rule"] == "merge"}
-    assert merges == {"backbone=tiny, bench=2, eps=0.5"}
+    assert merges == {"backbone=tiny, bench=2, merge=eps0.5"}
     first_passes = {job["output"] for job in jobs if job["rule"] == "first_pass"}
     assert first_passes == {f"results/tiny/2/first_pass/{m}.npz" for m in ("eps0.5_val", "selected_val",
                                                                             "selected_test")}

@@ -102,12 +102,19 @@ def data_root():
     return f"resources/data/{config['data_source']}"
 
 
+def split_files(task, *splits):
+    """Every file of a task's prepared splits, declared so that a deleted one is remade (read as ancient:
+    remaking them reruns nothing downstream)."""
+    return [ancient(f"{data_root()}/{task}/{split}_{kind}.npy") for split in splits for kind in ("images", "labels")]
+
+
 def data_marker(task):
-    return ancient(f"{data_root()}/{task}/test_images.npy")
+    """The validation and test splits every evaluation of ``task`` reads."""
+    return split_files(task, "val", "test")
 
 
 def train_split(task):
-    return ancient(f"{data_root()}/{task}/train_images.npy")
+    return split_files(task, "train")
 
 
 def pretrained(backbone):
@@ -160,7 +167,7 @@ def bench_head(backbone, task, bench_tasks):
 
 def head_data(task):
     """Prepared data a head is built from: its task's, or every member's for a shared head."""
-    return [data_marker(t) for t in SHARED_HEADS.get(task, [task])]
+    return [f for t in SHARED_HEADS.get(task, [task]) for f in data_marker(t)]
 
 
 def components(backbone, task):
@@ -170,7 +177,7 @@ def components(backbone, task):
 def bench_inputs(w):
     """Files every benchmark-level step needs: data, heads, SVD components of its tasks."""
     return {
-        "data": [data_marker(t) for t in tasks(w)],
+        "data": [f for t in tasks(w) for f in data_marker(t)],
         "heads": [bench_head(w.backbone, t, tasks(w)) for t in tasks(w)],
         "components": [components(w.backbone, t) for t in tasks(w)],
         "pretrained": pretrained(w.backbone),

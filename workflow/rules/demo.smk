@@ -3,7 +3,8 @@
 
 rule generate_demo_task:
     output:
-        images=multiext("resources/data/demo/{task}/", "train_images.npy", "val_images.npy", "test_images.npy"),
+        splits=multiext("resources/data/demo/{task}/", "train_images.npy", "train_labels.npy", "val_images.npy",
+                        "val_labels.npy", "test_images.npy", "test_labels.npy"),
         info="resources/data/demo/{task}/info.json",
     params:
         n_train=config["demo"]["n_train"],

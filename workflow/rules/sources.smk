@@ -55,7 +55,8 @@ rule prepare_dataset:
     input:
         manifest="resources/raw/{task}/manifest.json",
     output:
-        images=multiext("resources/data/hub/{task}/", "val_images.npy", "test_images.npy"),
+        splits=multiext("resources/data/hub/{task}/", "val_images.npy", "val_labels.npy", "test_images.npy",
+                        "test_labels.npy"),
         info="resources/data/hub/{task}/info.json",
     wildcard_constraints:
         task=_HUB_TASK,
@@ -82,7 +83,7 @@ rule prepare_train_split:
     input:
         manifest="resources/raw/{task}/manifest.json",
     output:
-        "resources/data/hub/{task}/train_images.npy",
+        multiext("resources/data/hub/{task}/", "train_images.npy", "train_labels.npy"),
     wildcard_constraints:
         task=_HUB_TASK,
     params:

@@ -70,18 +70,19 @@ def save_split(root: str | Path, task: str, split: str, images: np.ndarray, labe
 
 def load_split(root: str | Path, task: str, split: str, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
     img_path, lab_path = split_paths(root, task, split)
+    remake = ("rerun the same snakemake command: the rule preparing the task's splits declares every split file "
+              "and remakes the missing ones")
     for path in (img_path, lab_path):
         if not path.is_file():
-            raise ArtifactError(f"missing {path}: run the data preparation rule for task {task!r}")
+            raise ArtifactError(f"missing {path}: {remake}")
         verify(path)  # the sha256 recorded when it was written
     try:
         images = np.load(img_path, mmap_mode="r" if mmap else None, allow_pickle=False)
         labels = np.load(lab_path, allow_pickle=False)
     except (ValueError, OSError) as err:
-        raise ArtifactError(f"{img_path} or {lab_path} is corrupt ({err}); delete the task folder "
-                            "and rerun its data preparation rule") from err
+        raise ArtifactError(f"{img_path} or {lab_path} is corrupt ({err}); delete both and {remake}") from err
     if len(images) != len(labels):
-        raise ArtifactError(f"{img_path} and {lab_path} differ in length; delete and regenerate them")
+        raise ArtifactError(f"{img_path} and {lab_path} differ in length; delete both and {remake}")
     return images, labels
 
 
