@@ -56,7 +56,7 @@ def split_paths(root: str | Path, task: str, split: str) -> tuple[Path, Path]:
 
 
 def save_split(root: str | Path, task: str, split: str, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write labels, then images (the file rules declare as output), each atomically."""
+    """Write labels, then images, each atomically (the preparing rules declare both as outputs)."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be uint8 N x H x W x 3, got {images.dtype} {images.shape}")
     if len(images) != len(labels):
