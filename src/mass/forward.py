@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -42,11 +43,19 @@ def log_images_forwarded() -> None:
     print(f"images forwarded: {_forwarded}", file=sys.stderr, flush=True)
 
 
+class BatchRecorder(Protocol):
+    """What :func:`encode` asks after each batch: the per-sample tensors the forward recorded (a probe's
+    residuals, a MoErging model's voted heads), keyed by name."""
+
+    def pop(self) -> dict[str, torch.Tensor]: ...
+
+
 @torch.no_grad()
 def encode(visual: nn.Module, images: np.ndarray, image_size: int, batch_size: int = 256,
            device: str | torch.device = "cpu", workers: int | None = None, desc: str | None = None,
-           probe: FirstPassProbe | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Image features of ``visual`` (N x d, float32 on CPU) and, with a probe, its residuals.
+           probe: BatchRecorder | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Image features of ``visual`` (N x d, float32 on CPU) and, with a probe, what it recorded per sample
+    (e.g. :class:`mass.encoder.FirstPassProbe`: residuals), concatenated over the batches.
 
     A stopping probe ends each forward at its deepest location: then no features (empty tensor).
     """

@@ -31,10 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from mass.data.store import make_loader, to_model_input
-from mass.forward import count_forwarded
+from mass.forward import encode
 from mass.second_pass import check_supported
 from mass.svd import LowRank, TaskComponents
 from mass.task_vectors import StateDict, qkv_names
@@ -162,14 +160,12 @@ class SmileModel:
         per_layer = torch.stack([m.chosen.mode(dim=1).values for m in self.voters])  # (layers, N)
         return per_layer.mode(dim=0).values
 
-    @torch.no_grad()
+    def pop(self) -> dict[str, torch.Tensor]:
+        """The last batch's voted heads, for :func:`mass.forward.encode`."""
+        return {"head": self.head_vote().cpu()}
+
     def predict(self, images: np.ndarray, image_size: int, batch_size: int = 256, workers: int | None = None,
                 desc: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (N x d) and the voted head (N) of every image."""
-        feats, heads = [], []
-        loader = make_loader(images, batch_size=batch_size, workers=workers, device=self.device)
-        for batch in tqdm(loader, desc=desc, disable=desc is None, leave=False):
-            count_forwarded(len(batch))
-            feats.append(self.visual(to_model_input(batch, image_size, self.device)).float().cpu())
-            heads.append(self.head_vote().cpu())
-        return torch.cat(feats), torch.cat(heads)
+        features, recorded = encode(self.visual, images, image_size, batch_size, self.device, workers, desc, self)
+        return features, recorded["head"]

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mass.data.store import make_loader, to_model_input
-from mass.forward import count_forwarded
+from mass.forward import count_forwarded, encode
 from mass.second_pass import check_supported
 from mass.task_vectors import StateDict
 
@@ -117,6 +117,10 @@ class WEMoEModel(nn.Module):
         """Each image's head from the last forward: the most frequent largest-gate task over blocks."""
         return torch.stack([m.chosen for m in self.moe]).mode(dim=0).values
 
+    def pop(self) -> dict[str, torch.Tensor]:
+        """The last batch's voted heads, for :func:`mass.forward.encode`."""
+        return {"head": self.head_vote().cpu()}
+
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of -sum p log(p + 1e-8), p the softmax of ``logits`` (the final code's loss)."""
@@ -156,16 +160,10 @@ def task_batches(images: np.ndarray, image_size: int, batch_size: int,
             yield to_model_input(batch, image_size, device)
 
 
-@torch.no_grad()
 def predict(model: WEMoEModel, images: np.ndarray, image_size: int, batch_size: int,
             device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Features and voted heads of ``images`` in their order, ``batch_size`` at a time: each batch gets one
     merged MLP per block from its mean gate. The final code evaluates each task's test split on its own, so
     its batches hold one task's images; pass one task's images to reproduce that."""
-    model.eval()
-    feats, heads = [], []
-    for batch in make_loader(images, batch_size=batch_size, device=device):
-        count_forwarded(len(batch))
-        feats.append(model(to_model_input(batch, image_size, device)).float().cpu())
-        heads.append(model.head_vote().cpu())
-    return torch.cat(feats), torch.cat(heads)
+    features, recorded = encode(model, images, image_size, batch_size, device, probe=model)
+    return features, recorded["head"]
