@@ -41,9 +41,11 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import moerging
 import numpy as np
 import torch
 
+from mass.cost import count_macs, exact_merge_macs, tokens_per_matrix
 from mass.encoder import all_layers, create_visual, image_size
 from mass.forward import encode, first_pass, layer_bases
 from mass.mass_model import MassModel
@@ -299,11 +301,19 @@ def bench_throughput(args, device, pretrained, comps, images, cases: dict[str, t
     for case, selection in cases.items():
         steps[f"second_pass_{case}"] = lambda sel=selection: model.predict(images, sel, args.batch_size)
         steps[f"mass_{case}"] = lambda sel=selection: (routing_pass(), model.predict(images, sel, args.batch_size))
+    smile, wemoe = (moerging.make_smile(args, device, pretrained, comps), moerging.make_wemoe(args, device, pretrained,
+                                                                                              comps))
+    steps.update(moerging.steps(args, device, smile, wemoe, images))
     best = dict.fromkeys(steps, float("inf"))
     for _ in range(args.repeats):
         for name, step in steps.items():
             best[name] = min(best[name], timed(step, device)[0])
     best.update({f"cores_{case}": t for case, t in t_cores.items()})
+    counted = ("forward", "routing_pass", "smile", "wemoe", *(f"mass_{case}" for case in cases))
+    macs = {name: count_macs(steps[name]) for name in counted}
+    tokens = tokens_per_matrix(visual, size)
+    adaptation = moerging.wemoe_adaptation(args, device, wemoe, images)
+    stored = moerging.storage(pretrained, comps, smile, wemoe)
     official = (bench_official(args, device, pretrained, comps, images, cases, model, best)
                 if args.official_repeats else {})
     rows = []
@@ -322,8 +332,23 @@ def bench_throughput(args, device, pretrained, comps, images, cases: dict[str, t
             "second_pass_over_forward": best[f"second_pass_{case}"] / best["forward"],
             "mass_over_forward": best[f"mass_{case}"] / best["forward"],
             "mass_setup_s": t_setup, "subset_cores_s": t_cores[case], **official.get(case, {}),
+            **floor_items(macs, best, case, exact_merge_macs(comps, selection, tokens)),
+            "smile_over_forward": best["smile"] / best["forward"],
+            "wemoe_over_forward": best["wemoe"] / best["forward"],
+            "smile_macs_over_forward": macs["smile"] / macs["forward"],
+            "wemoe_macs_over_forward": macs["wemoe"] / macs["forward"],
+            **{f"wemoe_adaptation_{k}": v for k, v in adaptation.items()}, **stored,
         })
     return rows
+
+
+def floor_items(macs: dict[str, int], best: dict[str, float], case: str, merge_macs: int) -> dict:
+    """MASS's multiply-adds and its floor of exact per-sample merging (the routing pass, a forward and
+    :func:`mass.cost.exact_merge_macs` for this case's selections), in forwards, and the measured time ratio
+    over the floor."""
+    floor = (macs["routing_pass"] + macs["forward"] + merge_macs) / macs["forward"]
+    return {"mass_macs_over_forward": macs[f"mass_{case}"] / macs["forward"], "floor_macs_over_forward": floor,
+            "mass_time_over_floor": best[f"mass_{case}"] / best["forward"] / floor}
 
 
 def bench_svd(args, device, pretrained, g) -> dict:
@@ -366,10 +391,11 @@ def bench_merge(device, pretrained, comps) -> dict:
     return {"tasks": len(comps), "subset": list(MERGE_SUBSET), "dense_weights_s": t_dense, "factored_core_s": t_core}
 
 
-MEMORY_STEPS = ("forward", "mass_random", "mass_realistic", "merge_dense", "merge_factored")
+MEMORY_STEPS = ("forward", "mass_random", "mass_realistic", "smile", "wemoe", "merge_dense", "merge_factored")
 SVD_MEMORY_STEPS = ("svd_cache", "svd_plain")
 MEMORY_LABELS = {"forward": "plain forward", "mass_random": "MASS, random mix (setup included)",
                  "mass_realistic": "MASS, realistic mix (setup included)",
+                 "smile": "SMILE (model built included)", "wemoe": "WEMoE (model built included)",
                  "merge_dense": "dense TSV-M weights of a 3-task subset",
                  "merge_factored": "factored subset core (Gram blocks included)",
                  "svd_cache": "SVD cache of one task (library path)", "svd_plain": "plain SVD of one task's matrices"}
@@ -419,6 +445,11 @@ def step_memory(step: str, opts: dict, num_tasks: int, threads: int, selection: 
             if step == "forward":
                 def run() -> object:
                     return encode(visual, images, size, args.batch_size, device)
+            elif step in ("smile", "wemoe"):
+                def run() -> object:
+                    model = {"smile": moerging.make_smile, "wemoe": moerging.make_wemoe}[step](
+                        args, device, pretrained, comps)
+                    return moerging.infer(args, device, model, images)
             else:
                 def run() -> object:
                     model = make_mass(args, device, visual, pretrained, comps)
@@ -495,6 +526,7 @@ def markdown(result: dict) -> str:
         lines += [f"| {r['tasks']} | {r['case']} | {r['official_second_pass_s']:.1f} "
                   f"| {r['official_over_this_project']:.1f} | {r['official_over_this_project_with_cores']:.1f} "
                   f"| {r['official_same_predictions']:.3f} |" for r in official]
+    lines += moerging_markdown(result["throughput"])
     if "svd" in result:
         s = result["svd"]
         lines += ["", f"SVD cache: {s['cache_s_per_task']:.1f} s/task (batched library path) vs "
@@ -527,6 +559,24 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def moerging_markdown(rows: list[dict]) -> list[str]:
+    """MASS beside SMILE and WEMoE on the same images and rounds, and MASS over its floor."""
+    lines = ["", "MASS beside the other MoErging methods on the same images, in the same interleaved rounds (time and "
+             "torch-counted multiply-adds per image, in plain forwards; floor: routing pass + forward + exact "
+             "per-sample merging at its cheapest, mass.cost.exact_merge_macs):", "",
+             "| T | case | MASS time | SMILE time | WEMoE time | MASS MACs | floor MACs | MASS time / floor "
+             "| SMILE MACs | WEMoE MACs | storage MASS / SMILE / WEMoE | WEMoE adaptation s/step |",
+             "|" + "---|" * 12]
+    for r in rows:
+        lines.append(f"| {r['tasks']} | {r['case']} | {r['mass_over_forward']:.2f} | {r['smile_over_forward']:.2f} "
+                     f"| {r['wemoe_over_forward']:.2f} | {r['mass_macs_over_forward']:.2f} "
+                     f"| {r['floor_macs_over_forward']:.2f} | {r['mass_time_over_floor']:.2f} "
+                     f"| {r['smile_macs_over_forward']:.2f} | {r['wemoe_macs_over_forward']:.2f} "
+                     f"| {r['mass_storage_over_pretrained']:.2f} / {r['smile_over_pretrained']:.2f} / "
+                     f"{r['wemoe_over_pretrained']:.2f} | {r['wemoe_adaptation_s_per_step']:.1f} |")
+    return lines
+
+
 def _memory(report: dict) -> str:
     """"peak (+rise)" in MiB; a process-wide peak (no per-step reset on this OS) is marked so."""
     text = f"{report['peak_mib']:.0f} (+{report['rise_mib']:.0f})"
@@ -555,6 +605,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="throughput timings: best of this many runs")
     parser.add_argument("--official-repeats", type=int, default=1,
                         help="runs of the official implementation's strategy per case, best kept (0: skip)")
+    parser.add_argument("--wemoe-steps", type=int, default=1,
+                        help="WEMoE adaptation steps timed (after one warm-up step), the best kept")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.quick:

@@ -25,6 +25,13 @@ def test_quick_benchmark_writes_every_item(tmp_path):
         # the official strategy ran on the same work and predicts as this project does
         assert r["official_second_pass_s"] > 0 and r["official_over_this_project"] > 0
         assert r["official_same_predictions"] == 1.0
+        # SMILE and WEMoE on the same images and rounds; MASS's counted multiply-adds never below its floor
+        for key in ("smile_over_forward", "wemoe_over_forward", "mass_time_over_floor",
+                    "wemoe_adaptation_s_per_step", "wemoe_adaptation_published_steps_s_extrapolated"):
+            assert 0 < r[key] < float("inf"), key
+        assert r["mass_macs_over_forward"] >= r["floor_macs_over_forward"] > 1
+        assert r["smile_macs_over_forward"] > 1 and r["wemoe_macs_over_forward"] > 1
+        assert r["wemoe_over_pretrained"] > r["smile_over_pretrained"] > 1
     storage = result["storage"]
     # each task keeps k = floor(r / 4) triplets of every matrix: over all 4 tasks about one
     # r x (m + n) set per matrix, between 1x and 2x the matrices' own size; the total adds the
@@ -34,8 +41,8 @@ def test_quick_benchmark_writes_every_item(tmp_path):
         1 + storage["T4_triplets_over_pretrained"] + storage["T4_dense_deltas_over_pretrained"])
     # every step's memory comes from a process of its own: a peak above what its inputs hold
     memory = result["memory"]
-    assert set(memory) == {"forward", "mass_random", "mass_realistic", "merge_dense", "merge_factored",
-                           "svd_cache", "svd_plain"}
+    assert set(memory) == {"forward", "mass_random", "mass_realistic", "smile", "wemoe", "merge_dense",
+                           "merge_factored", "svd_cache", "svd_plain"}
     for step, by_t in memory.items():
         report = by_t["T4"]
         assert report["scope"] == "step", step
@@ -44,6 +51,7 @@ def test_quick_benchmark_writes_every_item(tmp_path):
     assert "| 4 | random |" in table
     assert "official / this project" in table
     assert "| MASS, random mix (setup included) |" in table
+    assert "| SMILE (model built included) |" in table and "MASS time / floor" in table
 
 
 def test_throughput_only_times_the_passes_and_nothing_else(tmp_path):

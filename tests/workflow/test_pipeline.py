@@ -13,12 +13,14 @@ from support.routing import check_routing_figures
 from support.tables import assert_tables_summarise
 from support.workflow import ROOT, snakemake, workflow_copy
 
+from mass.methods import TABLE2_ROWS
+
 ALL_RULES = {
     "download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned", "build_head",
     "finetune", "evaluate_endpoints", "check_provenance", "svd_cache", "merge", "first_pass", "routing_sweep",
     "select_epsilon", "routing_features", "evaluate_tsvm", "evaluate_tsvc", "evaluate_baseline", "evaluate_mass",
     "evaluate_batched", "collect_results", "make_tables", "make_plots", "download_descriptions", "interpret_tsv",
-    "evaluate_smile", "evaluate_wemoe",
+    "evaluate_smile", "evaluate_wemoe", "measure_cost", "accuracy_vs_cost",
 }
 CI_BENCHMARKS = yaml.safe_load((ROOT / "tests" / "ci_demo.yaml").read_text())["benchmarks"]
 SOURCE_RULES = {"download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned",
@@ -38,6 +40,7 @@ def test_paper_dry_run_plans_the_3x3_grid_and_every_rule(tmp_path):
     assert ALL_RULES <= set(counts), ALL_RULES - set(counts)
     assert counts["evaluate_tsvm"] == 9 and counts["select_epsilon"] == 9
     assert counts["evaluate_tsvc"] == counts["evaluate_smile"] == counts["evaluate_wemoe"] == 9  # per bb x bench
+    assert counts["measure_cost"] == 9 and counts["accuracy_vs_cost"] == 1
     assert counts["interpret_tsv"] == 9 and counts["download_descriptions"] == 1  # one pinned pool for all
     assert counts["evaluate_mass"] == 9 * 4 and counts["evaluate_baseline"] == 9 * 5
     assert counts["routing_features"] == 9  # z_l once per benchmark, for both learned routers
@@ -77,7 +80,7 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
         assert "\\toprule" in (cwd / "results/tables" / name).read_text()
     figs = ("radar_3", "radar_4", "per_layer_tiny_3", "per_layer_tiny_4", "batched", "confusion_tiny_3",
             "confusion_tiny_4", "selection_sizes_tiny_3", "selection_sizes_tiny_4", "textspan_tiny_3",
-            "textspan_tiny_4")
+            "textspan_tiny_4", "accuracy_vs_cost")
     for fig in figs:
         assert (cwd / "figures" / f"{fig}.pdf").stat().st_size > 1000
         assert (cwd / "figures" / f"{fig}.png").stat().st_size > 1000
@@ -126,6 +129,21 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
         assert (picks.groupby(["task", "role"]).explained.sum() <= 1 + 1e-6).all()
         shown = pd.read_csv(cwd / f"figures/textspan_tiny_{bench}.csv")
         pd.testing.assert_frame_equal(shown, picks)
+        # accuracy against cost: every method of Table 2 with Table 2's accuracy; measured where it is not the
+        # plain forward's network; the endpoints keep one encoder per task
+        cost = pd.read_csv(cwd / "results/tables/accuracy_vs_cost.csv", dtype={"benchmark": str})
+        cost = cost[cost.benchmark == bench].set_index("method")
+        assert set(cost.index) == {TABLE2_ROWS[m] for m in set(per_task.method) if m in TABLE2_ROWS}
+        for method, label in TABLE2_ROWS.items():
+            mean = 100 * rows.loc[method].normalized.mean()
+            assert cost.loc[label, "normalized"] == pytest.approx(mean)
+        measured = cost[cost.basis == "measured"]
+        assert set(measured.index) == {TABLE2_ROWS[m] for m in ("mass_proj", "smile", "wemoe")}
+        assert (measured.time_over_forward > 0).all() and (measured.macs_over_forward > 1).all()
+        assert cost.loc["Fine-tuned", "storage"] == len(CI_BENCHMARKS[bench])
+        assert (measured.storage > 1).all() and (cost.drop(measured.index).macs_over_forward == 1).all()
+        mass_cost = json.loads((cwd / f"results/tiny/{bench}/cost.json").read_text())["methods"]["mass_proj"]
+        assert mass_cost["macs_over_forward"] >= mass_cost["floor_macs_over_forward"] > 1
     chosen = json.loads((cwd / "results/tables/selected_hyperparameters.json").read_text())["tiny"]
     for bench in ("3", "4"):
         assert chosen[bench]["epsilon"]["selected_on"] == "val"
@@ -137,7 +155,8 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     assert report.returncode == 0, report.stderr[-4000:]
     html = (cwd / "report.html").read_text()
     items = [f"{t}.{ext}" for t in ("table2", "table2_vs_paper", "table3") for ext in ("tex", "csv")]
-    items += [f"{t}.{ext}" for t in ("tsvc", "endpoints_vs_published", "table4") for ext in ("tex", "csv")]
+    items += [f"{t}.{ext}" for t in ("tsvc", "endpoints_vs_published", "table4", "accuracy_vs_cost")
+              for ext in ("tex", "csv")]
     items += [f"{f}.{ext}" for f in figs for ext in ("pdf", "png")]
     for item in [*items, "per_task.csv", "selected_hyperparameters.json", "backbones tiny"]:
         assert item in html, item

@@ -19,9 +19,9 @@ from mass.io import load_arrays, load_tensors
 PROFILE = ROOT / "workflow/profiles/slurm/config.yaml"
 GPU_RULES = {"pretrain_demo_clip", "build_head", "finetune", "evaluate_endpoints", "first_pass",
              "routing_features", "evaluate_baseline", "evaluate_mass", "evaluate_batched", "evaluate_tsvc",
-             "evaluate_smile", "evaluate_wemoe"}
+             "evaluate_smile", "evaluate_wemoe", "measure_cost"}
 SMALL_JOBS = {"generate_demo_task", "routing_sweep", "select_epsilon", "evaluate_tsvm", "collect_results",
-              "make_tables", "make_plots"}
+              "make_tables", "make_plots", "accuracy_vs_cost"}
 LOCAL_RULES = {"download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned"}
 
 

@@ -217,6 +217,8 @@ def final_outputs():
         "results/tables/table2.tex",
         "results/tables/table2_vs_paper.tex",
         "results/tables/table3.tex",
+        "results/tables/accuracy_vs_cost.tex",
+        "figures/accuracy_vs_cost.pdf",
         *[f"figures/radar_{b}.pdf" for b in BENCHMARKS],
         *[f"figures/per_layer_{bb}_{b}.pdf" for bb in BACKBONES for b in BENCHMARKS],
         "figures/batched.pdf",

@@ -229,3 +229,43 @@ rule evaluate_wemoe:
         "python -m mass.steps.evaluate_wemoe {params.common} --finetuned {input.finetuned} --init-lambda {params.init_lambda} "
         "--steps {params.steps} --adapt-batch-size {params.batch_size} --lr {params.lr} "
         "--eval-batch-size {params.eval_batch_size} --adapt-on {params.adapt_on} --threads {threads} --out {output} > {log} 2>&1"
+
+
+rule measure_cost:
+    input:
+        unpack(bench_inputs),
+        finetuned=lambda w: [finetuned(w.backbone, t) for t in tasks(w)] if "wemoe" in MOERGING else [],
+        mass_result="results/{backbone}/{bench}/methods/mass_proj.json",
+        mass_routing="results/{backbone}/{bench}/methods/mass_proj_routing.npz",
+    output:
+        "results/{backbone}/{bench}/cost.json",
+    params:
+        common=bench_args,
+        finetuned=lambda w, input: f"--finetuned {' '.join(input.finetuned)}" if input.finetuned else "",
+        moerging=" ".join(MOERGING),
+        attention=config["merge"]["attention"],
+        alpha=config["merge"]["alpha"],
+        gate_k=config["moerging"]["smile"]["gate_k"],
+        k=config["moerging"]["smile"]["k"],
+        top_k=config["moerging"]["smile"]["top_k"],
+        init_lambda=config["moerging"]["wemoe"]["init_lambda"],
+        eval_batch_size=config["moerging"]["wemoe"]["eval_batch_size"],
+        images=config["cost"]["images"],
+        repeats=config["cost"]["repeats"],
+    log:
+        "results/logs/measure_cost/{backbone}/{bench}.log",
+    benchmark:
+        "results/benchmarks/measure_cost/{backbone}/{bench}.tsv"
+    threads: config["compute_threads"]
+    resources:
+        mem_mb=holds_its_inputs_mb,
+        runtime=60,
+        gpu=1,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.steps.measure_cost {params.common} --components {input.components} {params.finetuned} "
+        "--moerging {params.moerging} --attention {params.attention} --alpha {params.alpha} "
+        "--mass-result {input.mass_result} --mass-routing {input.mass_routing} --gate-k {params.gate_k} --k {params.k} "
+        "--top-k {params.top_k} --init-lambda {params.init_lambda} --eval-batch-size {params.eval_batch_size} "
+        "--images {params.images} --repeats {params.repeats} --threads {threads} --out {output} > {log} 2>&1"

@@ -122,3 +122,31 @@ rule make_plots:
         "--routing {params.routing} --textspan {params.textspan} --top-k {params.top_k} --io {params.io} --token {params.token} --out-dir figures "
         "--dpi {params.dpi} --style {params.style} "
         "> {log} 2>&1"
+
+
+rule accuracy_vs_cost:
+    input:
+        per_task="results/tables/per_task.csv",
+        costs=[f"results/{bb}/{b}/cost.json" for bb in BACKBONES for b in BENCHMARKS],
+    output:
+        table=report(multiext("results/tables/accuracy_vs_cost", ".tex", ".csv"),
+                     caption="../report/accuracy_vs_cost.rst", category="Tables"),
+        figure=report(multiext("figures/accuracy_vs_cost", ".pdf", ".png"), caption="../report/accuracy_vs_cost.rst",
+                      category="Figures", subcategory="Accuracy against cost"),
+        data="figures/accuracy_vs_cost.csv",
+    params:
+        costs=" ".join(f"{bb}:{b}:results/{bb}/{b}/cost.json" for bb in BACKBONES for b in BENCHMARKS),
+        dpi=config["plots"]["dpi"],
+    log:
+        "results/logs/accuracy_vs_cost.log",
+    benchmark:
+        "results/benchmarks/accuracy_vs_cost.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.steps.accuracy_vs_cost --per-task {input.per_task} --costs {params.costs} "
+        "--table results/tables/accuracy_vs_cost.tex --figure figures/accuracy_vs_cost --dpi {params.dpi} > {log} 2>&1"

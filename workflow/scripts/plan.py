@@ -63,6 +63,7 @@ FORWARD_KIND = {
     "evaluate_batched": "second pass (own merge)",
     "evaluate_smile": "forward through every layer's experts",
     "evaluate_wemoe": "adaptation step (forward + backward) or forward",
+    "measure_cost": "a timed or counted pass of one method",
 }
 
 
@@ -186,6 +187,13 @@ def plan_jobs(config: Mapping, sizes: Mapping[str, Splits]) -> list[Job]:
             if "wemoe" in moerging["methods"]:  # each adaptation step: one batch of every task
                 adapted = int(moerging["wemoe"]["steps"]) * T * int(moerging["wemoe"]["batch_size"])
                 jobs.append(Job("evaluate_wemoe", bb, f"{bb}/{bench}", adapted + S))
+            # measure_cost: ceil(images / T) test images of each task; per round (one counted, then the timed
+            # ones) the forward, the routing pass, MASS (both passes) and each MoErging method; MASS once before
+            per_task = -(-int(config["cost"]["images"]) // T)
+            N = sum(min(per_task, sizes[t].test) for t in tasks)
+            passes = 4 + len(moerging["methods"])
+            rounds = 1 + int(config["cost"]["repeats"])
+            jobs.append(Job("measure_cost", bb, f"{bb}/{bench}", rounds * passes * N + 2 * N))
     return jobs
 
 

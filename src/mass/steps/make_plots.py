@@ -28,21 +28,13 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from mass.io import atomic_path, load_arrays, read_csv, read_json  # noqa: E402
+from mass.io import load_arrays, read_csv, read_json  # noqa: E402
 from mass.methods import MOERGING  # noqa: E402
+from mass.report import save_figure  # noqa: E402
 from mass.routing_analysis import confusion_counts, selection_sizes, top1_counts  # noqa: E402
 from mass.steps._cli import step_parser
 
 MODULES = {"attn": "attention", "mlp": "MLP"}
-
-
-def save(fig: plt.Figure, data: pd.DataFrame, stem: Path, dpi: int) -> None:
-    for ext in ("pdf", "png"):
-        with atomic_path(stem.with_suffix(f".{ext}")) as tmp:
-            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
-    with atomic_path(stem.with_suffix(".csv")) as tmp:
-        data.to_csv(tmp, index=False)
-    plt.close(fig)
 
 
 RADAR = {"mass_proj": ("MASS", "-"), **{n: (m.label, "--") for n, m in MOERGING.items()}}
@@ -67,7 +59,8 @@ def radar(per_task: pd.DataFrame, bench: str, stem: Path, dpi: int) -> None:
     ax.set_ylim(0, max(1.05, float(data.normalized.max()) + 0.05))
     ax.set_title(f"Normalised accuracy per task, {bench} tasks")
     ax.legend(loc="upper right", bbox_to_anchor=(1.35, 1.1), fontsize=7)
-    save(fig, data[["backbone", "benchmark", "method", "task", "accuracy", "finetuned", "normalized"]], stem, dpi)
+    columns = ["backbone", "benchmark", "method", "task", "accuracy", "finetuned", "normalized"]
+    save_figure(fig, data[columns], stem, dpi)
 
 
 def per_layer_data(sweep: pd.DataFrame, io: str, token: str) -> pd.DataFrame:
@@ -105,7 +98,7 @@ def per_layer(data: pd.DataFrame, tasks: list[str], title: str, chosen: str | No
     if chosen:
         axes[0].plot([], [], color="grey", linestyle="--", label=f"selected on val: {chosen}")
     axes[0].legend(fontsize=8, loc="lower right")
-    save(fig, data, stem, dpi)
+    save_figure(fig, data, stem, dpi)
 
 
 def batched(per_task: pd.DataFrame, stem: Path, dpi: int) -> None:
@@ -120,7 +113,7 @@ def batched(per_task: pd.DataFrame, stem: Path, dpi: int) -> None:
     ax.set(ylabel="mean normalised accuracy", xlabel="", ylim=(0, 1.1), title="MASS with batched routing")
     ax.tick_params(axis="x", labelrotation=20)
     ax.legend(title="routing", loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    save(fig, avg, stem, dpi)
+    save_figure(fig, avg, stem, dpi)
 
 
 def _long(counts: pd.DataFrame, matrix: str) -> pd.DataFrame:
@@ -152,7 +145,7 @@ def confusion(routing: dict[str, np.ndarray], title: str, stem: Path, dpi: int) 
     axes[0].set_title(f"{title}: routed alone to / to several tasks")
     axes[1].set_title("task ranked first")
     data = pd.concat([_long(sel, "selection"), _long(top, "top1")], ignore_index=True)
-    save(fig, data, stem, dpi)
+    save_figure(fig, data, stem, dpi)
 
 
 def sizes_figure(routing: dict[str, np.ndarray], title: str, top_k: int, stem: Path, dpi: int) -> None:
@@ -168,7 +161,7 @@ def sizes_figure(routing: dict[str, np.ndarray], title: str, top_k: int, stem: P
     ax.invert_yaxis()
     ax.set(xlabel="share of test images", xlim=(0, 1), title=f"{title}: tasks selected per image")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    save(fig, data, stem, dpi)
+    save_figure(fig, data, stem, dpi)
 
 
 def textspan_figure(picks: pd.DataFrame, images: dict[str, np.ndarray], title: str, stem: Path, dpi: int) -> None:
@@ -200,7 +193,7 @@ def textspan_figure(picks: pd.DataFrame, images: dict[str, np.ndarray], title: s
                 layer = rows.layer.iloc[0] if len(rows) else ""
                 ax.set_title(f"{role} location {layer}", fontsize=9)
     fig.suptitle(f"{title}: task singular vectors decoded by TEXTSPAN", fontsize=10, y=1 - 0.1 / height)
-    save(fig, picks, stem, dpi)
+    save_figure(fig, picks, stem, dpi)
 
 
 def main() -> None:

@@ -27,20 +27,14 @@ import pandas as pd
 
 from mass.data.store import TaskInfo
 from mass.editions import EDITIONS, Edition, load_edition
-from mass.io import atomic_path, read_csv, read_json
+from mass.io import read_csv, read_json
 from mass.methods import MOERGING, ROUTING_ROWS, TABLE2_ROWS, TABLE3_ROWS, TSVC_SETTINGS
 from mass.provenance import ACCEPTED, DEVIATION
+from mass.report import latex_escape, means, write_latex
 from mass.steps._cli import step_parser
 
 # Marks a published number read from a secondary transcription (LaTeX of table2_vs_paper).
 SECONDARY_MARK = "$^\\dagger$"
-
-
-def means(per_task: pd.DataFrame) -> pd.DataFrame:
-    """Mean over tasks, in %, per (method, backbone, benchmark); routing accuracy NaN for unrouted methods."""
-    grouped = per_task.groupby(["method", "backbone", "benchmark"], sort=False)[
-        ["accuracy", "normalized", "routing_accuracy"]].mean()
-    return (grouped * 100).reset_index()
 
 
 def _columns(per_task: pd.DataFrame) -> list[tuple[str, str]]:
@@ -176,23 +170,6 @@ def table4(infos: list[TaskInfo], edition: Edition) -> pd.DataFrame:
                      **{f"published {split}": published.get(split) for split in ("train", "val", "test")}})
     return pd.DataFrame(rows, columns=["task", "image size", "train", "val", "test", "published image size",
                                        "published train", "published val", "published test"])
-
-
-def latex_escape(text: str) -> str:
-    return text.replace("\\", "\\textbackslash{}").replace("%", "\\%").replace("_", "\\_").replace("&", "\\&")
-
-
-def write_latex(frame: pd.DataFrame, path: Path, caption: str, label: str,
-                csv_frame: pd.DataFrame | None = None) -> None:
-    """``frame`` as a booktabs table in ``path`` and as CSV beside it (``csv_frame`` instead, if given)."""
-    latex = frame.style.format(na_rep="--", precision=1).to_latex(
-        hrules=True, caption=caption, label=label,
-        column_format="l" * frame.index.nlevels + "c" * len(frame.columns),
-        multicol_align="c", position="t")
-    with atomic_path(path) as tmp:
-        tmp.write_text(latex)
-    with atomic_path(path.with_suffix(".csv")) as tmp:
-        (frame if csv_frame is None else csv_frame).to_csv(tmp)
 
 
 def main() -> None:

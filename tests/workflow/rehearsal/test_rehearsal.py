@@ -62,7 +62,7 @@ DISK_GB = 20  # measured peak of make test's rehearsal (docs/running.md), with a
 MACHINE_MB = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
 PAPER_CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
 BENCHMARK_RULES = {"svd_cache", "merge", "first_pass", "routing_sweep", "evaluate_mass", "evaluate_baseline",
-                   "evaluate_smile", "evaluate_wemoe", "make_tables"}
+                   "evaluate_smile", "evaluate_wemoe", "measure_cost", "make_tables", "accuracy_vs_cost"}
 
 
 def job_counts(result) -> dict[str, int]:
