@@ -10,9 +10,14 @@ Before the rename, the file's sha256 is recorded next to it in ``.<name>.sha256`
 ``sha256sum``, so ``sha256sum -c`` checks it by hand), and every reader here verifies it first: a
 file changed after it was written (a bad disk, a copy cut short, bytes overwritten in place, which
 safetensors, ``.npy`` and JSON readers would otherwise load as good) raises :class:`ArtifactError`
-naming the file and the fix. Files without a recorded checksum (written before checksums were
-recorded, or placed by hand) are read unverified. ``python -m mass.io verify DIR...`` checks
-every recorded checksum under the given folders.
+naming the file and the fix. A file without its checksum is refused too (a copy with ``cp dir/*``
+leaves the hidden checksum files behind, and a file whose checksum is gone could be anything): the
+message says how to remake it, or how to record the checksum of a file known to be good
+(``python -m mass.io record FILE...``). Files that come from outside the pipeline (a download, a
+checkpoint placed by hand) are checked against the lock or the config by their own readers and go
+through :func:`verify` with ``required=False``. ``python -m mass.io verify DIR...`` checks every
+artifact under the given folders and reports the ones without a checksum (logs and Snakemake's
+benchmark tables are not artifacts).
 """
 
 from __future__ import annotations
@@ -105,7 +110,8 @@ def _writer() -> str:
     return f"python -m {spec.name}" if spec is not None else Path(sys.argv[0]).name or "python"
 
 
-def _record_checksum(target: Path, digest: str) -> None:
+def record_checksum(target: Path, digest: str) -> None:
+    """Write ``target``'s sidecar: the sha256 its readers check (atomically, as every artifact)."""
     sidecar = checksum_path(target)
     tmp = _create_temp(sidecar)
     try:
@@ -129,7 +135,7 @@ def atomic_path(path: str | os.PathLike, checksum: bool = True) -> Iterator[Path
         # the writer may have replaced the file with its own (safetensors creates it 0600)
         os.chmod(tmp_path, 0o666 & ~_umask())
         if checksum:
-            _record_checksum(target, file_sha256(tmp_path))
+            record_checksum(target, file_sha256(tmp_path))
         else:
             checksum_path(target).unlink(missing_ok=True)
         os.replace(tmp_path, target)
@@ -152,9 +158,18 @@ def recorded_checksum(path: str | os.PathLike) -> str | None:
     return entries[0].lower()
 
 
-def verify(path: str | os.PathLike) -> None:
-    """Raise :class:`ArtifactError` when ``path`` is missing or differs from the checksum recorded
-    when it was written; a file without a recorded checksum passes unverified."""
+def missing_checksum_message(path: str | os.PathLike) -> str:
+    """Why a file without its checksum is refused, and the two ways out."""
+    return (f"{path} has no recorded sha256 ({checksum_path(path).name} is missing): it was not written by this "
+            "pipeline, or it was copied without the hidden checksum files next to it (`cp dir/*` skips them; "
+            f"copy whole folders with `cp -a`); {FIX}; or, if you know the file is good, record its checksum with "
+            f"`python -m mass.io record {path}`")
+
+
+def verify(path: str | os.PathLike, required: bool = True) -> None:
+    """Raise :class:`ArtifactError` when ``path`` is missing, differs from the checksum recorded when it
+    was written, or (``required``) has no recorded checksum; with ``required=False`` (files from outside
+    the pipeline, checked by their readers against the lock or config) such a file passes."""
     path = Path(path)
     _require(path)
     stat = path.stat()
@@ -163,6 +178,8 @@ def verify(path: str | os.PathLike) -> None:
         return
     expected = recorded_checksum(path)
     if expected is None:
+        if required:
+            raise ArtifactError(missing_checksum_message(path))
         return
     if file_sha256(path) != expected:
         raise ArtifactError(f"{path} does not match the sha256 recorded when it was written "
@@ -281,14 +298,20 @@ def _require(path: Path) -> None:
         raise ArtifactError(f"missing file {path}: run the pipeline step that produces it first")
 
 
+def is_artifact(path: Path) -> bool:
+    """Whether a file under the pipeline's folders is one of its artifacts: not a hidden file (checksums,
+    part files), a job's log or a Snakemake benchmark table."""
+    return not path.name.startswith(".") and path.suffix not in (".log", ".tsv")
+
+
 def verify_tree(roots: list[str | os.PathLike], delete: bool = False) -> tuple[int, list[tuple[Path, str]]]:
-    """Check every file under ``roots`` that has a recorded checksum; with ``delete``, remove the
-    bad ones (and their checksums) so that the next Snakemake run remakes them. Returns the
-    number checked and the bad files with why."""
+    """Check every artifact under ``roots`` (:func:`is_artifact`) against its recorded checksum, one
+    without a checksum counting as bad; with ``delete``, remove the bad ones (and their checksums) so
+    that the next Snakemake run remakes them. Returns the number checked and the bad files with why."""
     checked, bad = 0, []
     for root in map(Path, roots):
-        for sidecar in sorted(root.rglob(".*.sha256")) if root.is_dir() else [checksum_path(root)]:
-            target = sidecar.parent / sidecar.name[1:-len(".sha256")]
+        targets = sorted(p for p in root.rglob("*") if p.is_file() and is_artifact(p)) if root.is_dir() else [root]
+        for target in targets:
             if not target.is_file():
                 continue
             checked += 1
@@ -298,8 +321,16 @@ def verify_tree(roots: list[str | os.PathLike], delete: bool = False) -> tuple[i
                 bad.append((target, str(err)))
                 if delete:
                     target.unlink()
-                    sidecar.unlink(missing_ok=True)
+                    checksum_path(target).unlink(missing_ok=True)
     return checked, bad
+
+
+def record(paths: list[str | os.PathLike]) -> None:
+    """Record the sha256 of files the user vouches for (placed by hand, or copied without their
+    checksums), so that the pipeline's readers accept them."""
+    for path in map(Path, paths):
+        _require(path)
+        record_checksum(path, file_sha256(path))
 
 
 def copy_artifact(source: str | os.PathLike, target: str | os.PathLike) -> None:
@@ -311,13 +342,19 @@ def copy_artifact(source: str | os.PathLike, target: str | os.PathLike) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mass.io",
-                                     description="Check the recorded sha256 of every artifact under the given folders.")
+                                     description="Check (or record) the sha256 of the pipeline's artifacts.")
     sub = parser.add_subparsers(dest="command", required=True)
     check = sub.add_parser("verify", help="check files against the sha256 recorded when they were written")
     check.add_argument("paths", nargs="+", help="folders (searched recursively) or files")
     check.add_argument("--delete", action="store_true",
                        help="delete every file that fails, so that the next snakemake run remakes it")
+    vouch = sub.add_parser("record", help="record the sha256 of files you know are good (no checksum yet)")
+    vouch.add_argument("paths", nargs="+", help="files")
     args = parser.parse_args(argv)
+    if args.command == "record":
+        record(args.paths)
+        print(f"recorded the sha256 of {len(args.paths)} file(s)")
+        return 0
     checked, bad = verify_tree(args.paths, delete=args.delete)
     for path, why in bad:
         print(f"{'DELETED' if args.delete else 'BAD'} {path}: {why}")

@@ -5,14 +5,14 @@ and figures/ (make_tables, make_plots, accuracy_vs_cost)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
+from mass.io import atomic_path
 
-from mass.io import atomic_path  # noqa: E402
+if TYPE_CHECKING:  # matplotlib is imported by the steps that draw (~1 s): make_tables does not pay for it
+    import matplotlib.pyplot as plt
 
 
 def means(per_task: pd.DataFrame) -> pd.DataFrame:
@@ -42,6 +42,7 @@ def write_latex(frame: pd.DataFrame, path: Path, caption: str, label: str,
 
 def save_figure(fig: plt.Figure, data: pd.DataFrame, stem: Path, dpi: int) -> None:
     """``fig`` as ``stem``.pdf and .png, and the data it plots as ``stem``.csv."""
+    import matplotlib.pyplot as plt
     for ext in ("pdf", "png"):
         with atomic_path(stem.with_suffix(f".{ext}")) as tmp:
             fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 import yaml
-from support.tables import run_cli
+from support.tables import run_cli, write_csv
 from support.workflow import ROOT
 
 from mass.editions import EDITIONS, load_edition
@@ -85,7 +85,7 @@ def test_first_edition_on_todays_dtd_goes_on_and_shows_the_deviation(tmp_path, m
     assert (table.drop(index="DTD").verdict == MATCH).all()
     # the tables: endpoints_vs_published, and the deviation footnoted under Table 2
     from support.tables import hand_written_per_task
-    hand_written_per_task().to_csv(tmp_path / "per_task.csv", index=False)
+    write_csv(hand_written_per_task(), tmp_path / "per_task.csv")
     run_cli(make_tables, ["--per-task", tmp_path / "per_task.csv", "--edition", "first", "--wemoe-adapt-on", "test",
                           "--provenance", tmp_path / "p.csv", "--out-dir", tmp_path], monkeypatch)
     vs = pd.read_csv(tmp_path / "endpoints_vs_published.csv").set_index("task")

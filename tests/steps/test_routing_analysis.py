@@ -3,16 +3,14 @@ that a MASS result's per-task numbers come from."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from support.routing import check_routing_figures
-from support.tables import hand_written_per_task, run_cli
+from support.tables import hand_written_per_task, run_cli, write_csv
 
-from mass.io import save_arrays
+from mass.io import save_arrays, write_json
 from mass.routing import routing_accuracy_per_task
 from mass.routing_analysis import MULTI_WITH_TRUE, MULTI_WITHOUT_TRUE, confusion_counts, selection_sizes, top1_counts
 from mass.steps import make_plots
@@ -53,11 +51,11 @@ def test_confusion_counts_by_hand():
 
 def test_routing_figures_summarise_the_per_sample_routing(tmp_path, monkeypatch):
     per_task = hand_written_per_task()
-    per_task.to_csv(tmp_path / "per_task.csv", index=False)
+    write_csv(per_task, tmp_path / "per_task.csv")
     sweep = pd.DataFrame([dict(layer=f"{b}.mlp.in", label="", block=b, module=m, io="in", token="cls", task=t,
                                accuracy=0.5) for b in range(3) for m in ("attn", "mlp") for t in NAMES])
-    sweep.to_csv(tmp_path / "sweep.csv", index=False)
-    (tmp_path / "hp.json").write_text(json.dumps({}))
+    write_csv(sweep, tmp_path / "sweep.csv")
+    write_json(tmp_path / "hp.json", {})
     routing = hand_routing()
     save_arrays(tmp_path / "routing.npz", **routing)
     run_cli(make_plots, ["--per-task", tmp_path / "per_task.csv", "--hparams", tmp_path / "hp.json",

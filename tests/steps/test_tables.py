@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support.tables import FINETUNED, assert_tables_summarise, hand_written_per_task, run_cli
+from support.tables import FINETUNED, assert_tables_summarise, hand_written_per_task, run_cli, write_csv
 
+from mass.io import write_json
 from mass.methods import TABLE2_ROWS
 from mass.results import Endpoints, EpsilonChoice, MethodResult
 from mass.steps import collect_results, make_plots, make_tables
 
 
 def test_tables_equal_the_means_of_hand_written_per_task_results(tmp_path, monkeypatch):
-    hand_written_per_task().to_csv(tmp_path / "per_task.csv", index=False)
+    write_csv(hand_written_per_task(), tmp_path / "per_task.csv")
     from mass.data.store import TaskInfo, save_info
     save_info(tmp_path / "data", TaskInfo("DTD", ["a"], ["{c}"], split_sizes={"train": 3384, "val": 376, "test": 1880},
                                           source_image_sizes=[[300, 231], [640, 640]]))
@@ -83,13 +84,13 @@ def test_collect_results_records_every_number_and_every_choice(tmp_path, monkeyp
 
 def test_figures_are_drawn_with_their_numbers_beside_them(tmp_path, monkeypatch):
     per_task = hand_written_per_task()
-    per_task.to_csv(tmp_path / "per_task.csv", index=False)
+    write_csv(per_task, tmp_path / "per_task.csv")
     sweep = pd.DataFrame([dict(layer=f"{b}.{m}.{io}", label="", block=b, module=m, io=io, token=tok, task=t,
                                accuracy=(b + 1) / 6 * (0.9 if m == "attn" else 1.0) * (1 - 0.2 * (t == "t2")))
                           for b in range(6) for m in ("attn", "mlp") for io in ("in", "out") for tok in ("cls", "mean")
                           for t in ("t1", "t2")])
-    sweep.to_csv(tmp_path / "sweep.csv", index=False)
-    (tmp_path / "hp.json").write_text(json.dumps({"tiny": {"8": {"mass_proj": {"layer": "4.mlp.in"}}}}))
+    write_csv(sweep, tmp_path / "sweep.csv")
+    write_json(tmp_path / "hp.json", {"tiny": {"8": {"mass_proj": {"layer": "4.mlp.in"}}}})
     run_cli(make_plots, ["--per-task", tmp_path / "per_task.csv", "--hparams", tmp_path / "hp.json",
                          "--sweeps", f"tiny:8:{tmp_path / 'sweep.csv'}", "--out-dir", tmp_path / "figures",
                          "--dpi", 40], monkeypatch)

@@ -14,6 +14,7 @@ from PIL import Image
 from support.hub import COMMIT, HubServer
 
 from mass.data import catalog
+from mass.io import write_json
 
 DIGITS = [str(i) for i in range(10)]
 
@@ -47,7 +48,7 @@ def write_raw(raw: Path, task: str, train: bytes, test: bytes) -> None:
     (raw / "test-00000-of-00001.parquet").write_bytes(test)
     manifest = {"task": task, "repo": catalog.SOURCES[task].repo, "revision": "main", "commit": "c" * 40,
                 "splits": {"train": ["train-00000-of-00001.parquet"], "test": ["test-00000-of-00001.parquet"]}}
-    (raw / "manifest.json").write_text(json.dumps(manifest))
+    write_json(raw / "manifest.json", manifest)  # as the download step writes it, with its checksum
 
 
 def gray(n: int, seed: int, size: int = 28) -> np.ndarray:

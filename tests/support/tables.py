@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from mass.editions import load_edition
+from mass.io import atomic_path
 from mass.methods import ROUTING_ROWS, TABLE2_ROWS, TABLE3_ROWS, TSVC_SETTINGS
 
 METHODS = ["zeroshot", "finetuned", "weight_averaging", "task_arithmetic", "consensus", "tsvm", "iso_c", "iso_cts",
@@ -25,6 +26,12 @@ FINETUNED = {"t1": 0.80, "t2": 0.95, "t3": 0.50}
 def run_cli(module, args: list, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", [module.__name__, *map(str, args)])
     module.main()
+
+
+def write_csv(frame: pd.DataFrame, path: Path) -> None:
+    """A table as the steps write theirs: atomically, with its recorded checksum."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
 
 
 def hand_written_per_task() -> pd.DataFrame:

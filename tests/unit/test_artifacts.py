@@ -33,7 +33,7 @@ from mass.io import (
 )
 from mass.results import MethodResult
 from mass.steps.use_published_head import main as use_published_head
-from mass.svd import LowRank, TaskComponents
+from mass.svd import LowRank, TaskComponents, load_components
 
 FIX = "delete it and rerun the rule that makes it"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -143,11 +143,27 @@ def test_checksum_file_is_sha256sum_format(tmp_path):
         assert check.returncode == 0 and "eps0.3.json: OK" in check.stdout
 
 
-def test_file_without_recorded_checksum_is_read(tmp_path):
-    """Files written before checksums were recorded (or placed by hand) load unverified."""
-    path = tmp_path / "old.json"
-    path.write_text(json.dumps({"a": 1}))
-    assert read_json(path) == {"a": 1}
+def test_artifact_copied_without_its_checksum_is_refused_until_recorded(tmp_path, capsys):
+    """Issue 31 item 1: an SVD cache copied without its hidden sidecar (``cp dir/*``) and then corrupted was
+    read unverified and changed Table 2, and ``verify`` counted 0 bad. Now the reader refuses it with the
+    two fixes, ``verify`` reports it, and ``record`` (a file the user vouches for) makes it readable."""
+    source, copy = tmp_path / "svd" / "A.safetensors", tmp_path / "copy" / "A.safetensors"
+    svd_cache(source)
+    copy.parent.mkdir()
+    shutil.copyfile(source, copy)  # what `cp svd/* copy/` does: the dot file stays behind
+    zero_block(copy)
+    with pytest.raises(ArtifactError, match="has no recorded sha256") as err:
+        load_components([copy])
+    assert str(copy) in str(err.value) and "cp -a" in str(err.value) and "python -m mass.io record" in str(err.value)
+    assert main(["verify", str(tmp_path / "copy")]) == 1
+    out = capsys.readouterr().out
+    assert f"BAD {copy}" in out and "no recorded sha256" in out and "1 files checked, 1 bad" in out
+    plain = tmp_path / "copy" / "B.json"
+    plain.write_text(json.dumps({"a": 1}))  # placed by hand and vouched for
+    assert main(["record", str(plain)]) == 0 and read_json(plain) == {"a": 1}
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "job.log").write_text("a log is not an artifact")
+    assert main(["verify", str(tmp_path / "logs")]) == 0 and "0 files checked, 0 bad" in capsys.readouterr().out
 
 
 def test_rewrite_replaces_the_checksum(tmp_path):

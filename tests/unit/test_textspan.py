@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from support.tables import hand_written_per_task, run_cli
+from support.tables import hand_written_per_task, run_cli, write_csv
 
 from mass.data.demo import DISTRACTORS, FAMILIES, TASKS, description_pool
-from mass.io import save_arrays
+from mass.io import save_arrays, write_json
 from mass.sources.descriptions import fetch_descriptions, lock_key, read_descriptions
 from mass.sources.download import ChecksumMismatch, LockFile
 from mass.steps import make_plots
@@ -101,15 +101,15 @@ def test_pool_on_disk_is_verified_and_pinned_without_network(tmp_path):
 
 def test_textspan_figure_shows_every_pick(tmp_path, monkeypatch):
     per_task = hand_written_per_task()
-    per_task.to_csv(tmp_path / "per_task.csv", index=False)
+    write_csv(per_task, tmp_path / "per_task.csv")
     sweep = pd.DataFrame([dict(layer=f"{b}.mlp.in", label="", block=b, module=m, io="in", token="cls", task="t1",
                                accuracy=0.5) for b in range(3) for m in ("attn", "mlp")])
-    sweep.to_csv(tmp_path / "sweep.csv", index=False)
-    (tmp_path / "hp.json").write_text("{}")
+    write_csv(sweep, tmp_path / "sweep.csv")
+    write_json(tmp_path / "hp.json", {})
     picks = pd.DataFrame([dict(task=t, role=role, layer=f"{b}.mlp.in", block=b, k=2, rank=i + 1,
                                text=f"{t} {role} {i}", explained=0.5 / (i + 1))
                           for t in ("t1", "t2") for role, b in (("routing", 4), ("early", 1)) for i in range(3)])
-    picks.to_csv(tmp_path / "picks.csv", index=False)
+    write_csv(picks, tmp_path / "picks.csv")
     images = np.random.default_rng(0).integers(0, 256, size=(4, 8, 8, 3), dtype=np.uint8)
     save_arrays(tmp_path / "images.npz", images=images, task=np.array([0, 0, 1, 1]), tasks=np.array(["t1", "t2"]))
     run_cli(make_plots, ["--per-task", tmp_path / "per_task.csv", "--hparams", tmp_path / "hp.json",

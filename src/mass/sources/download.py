@@ -53,7 +53,7 @@ import urllib3
 from huggingface_hub import hf_hub_url
 from tqdm import tqdm
 
-from mass.io import ArtifactError
+from mass.io import ArtifactError, record_checksum
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -228,6 +228,7 @@ def download(url: str, target: str | os.PathLike, *, lock: LockFile | None = Non
                 f"(a rerun downloads {url}) or replace it with the correct file.") from None
         if lock and not known:
             lock.record_file(key, record)
+        record_checksum(target, record.sha256)  # its readers check it as they check every artifact
         _say(f"{target}: already present, verified ({_size(record.size)}, sha256 {record.sha256[:16]}...)")
         return record
 
@@ -267,6 +268,7 @@ def download(url: str, target: str | os.PathLike, *, lock: LockFile | None = Non
             f"{_lock_name(lock)} and the download was deleted. The server sent something else (an error or login "
             "page, a transfer cut short, a proxy's answer): check the URL or HF_ENDPOINT and rerun, or place the "
             f"correct file at {target} yourself.") from None
+    record_checksum(target, record.sha256)  # first: a kill in between leaves a checksum no file matches
     os.replace(part, target)
     if lock and not known:
         lock.record_file(key, record)

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import pandas as pd
+import matplotlib
 
-from mass.io import read_csv, read_json
-from mass.methods import TABLE2_ROWS
-from mass.report import means, save_figure, write_latex
-from mass.steps._cli import step_parser
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from mass.io import read_csv, read_json  # noqa: E402
+from mass.methods import TABLE2_ROWS  # noqa: E402
+from mass.report import means, save_figure, write_latex  # noqa: E402
+from mass.steps._cli import step_parser  # noqa: E402
 
 COSTS = {"storage": "storage (x pretrained encoder)", "macs_over_forward": "multiply-adds (forwards)",
          "time_over_forward": "wall time (forwards)"}
