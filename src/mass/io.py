@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -121,15 +122,51 @@ def record_checksum(target: Path, digest: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# How writers that are not Python's own file objects report a full disk: safetensors' Rust IoError, torch's
+# and numpy's wrapped messages.
+_NO_SPACE_TEXT = ("No space left on device", "Disk quota exceeded", "File too large", "StorageFull", "os error 28")
+
+
+def is_no_space(err: BaseException) -> bool:
+    """Whether ``err`` (or what it wraps) says the disk or the quota is full, or the file size limit hit."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _NO_SPACE or any(t in str(err) for t in _NO_SPACE_TEXT):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def no_space_error(err: BaseException, path: str | os.PathLike, needed: int | None = None) -> ArtifactError:
+    """The one message of a write that ran out of space: which file, the disk's free space, the fix."""
+    path = Path(path)
+    amount = f" (it needs {needed / 2**30:.2f} GiB)" if needed else ""
+    code = errno.errorcode.get(getattr(err, "errno", None) or 0, "") or "ENOSPC"
+    try:
+        free = f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = ""
+    return ArtifactError(f"cannot write {path}{amount}: {code} no space left on the disk holding {path.parent}{free}. "
+                         "Free space on that disk (or move results/ and resources/ to a bigger one) and rerun the "
+                         "same command; nothing incomplete was kept.")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, checksum: bool = True) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success, record its sha256 (unless
     ``checksum`` is false) and rename it onto ``path``. The checksum is recorded first, so a write
-    killed in between leaves a checksum that no file matches, never a file without its checksum."""
+    killed in between leaves a checksum that no file matches, never a file without its checksum.
+    A write that runs out of disk space (in the writer or here) ends in one :class:`ArtifactError`
+    naming the file, with nothing left behind."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_parts(target)
-    tmp_path = _create_temp(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_parts(target)
+        tmp_path = _create_temp(target)
+    except OSError as err:
+        if is_no_space(err):
+            raise no_space_error(err, target) from None
+        raise
     try:
         yield tmp_path
         # the writer may have replaced the file with its own (safetensors creates it 0600)
@@ -139,6 +176,11 @@ def atomic_path(path: str | os.PathLike, checksum: bool = True) -> Iterator[Path
         else:
             checksum_path(target).unlink(missing_ok=True)
         os.replace(tmp_path, target)
+    except Exception as err:
+        if is_no_space(err):
+            checksum_path(target).unlink(missing_ok=True)
+            raise no_space_error(err, target) from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

@@ -249,6 +249,69 @@ def test_trickling_server_is_given_up_and_what_arrived_is_kept(hostile, tmp_path
     assert target.read_bytes() == data and hostile.requests[-1] == ("/file.bin", f"bytes={kept}-")
 
 
+def trickle(handler, head: bytes, body: bytes, pause: float = 0.3) -> None:
+    """Status line and ``head`` (header lines), then ``body``, one byte every ``pause`` s (until the client
+    hangs up): each read returns long before a read timeout, so only a deadline ends the request."""
+    for i in range(len(head)):
+        handler.wfile.write(head[i:i + 1])
+        handler.wfile.flush()
+        time.sleep(pause)
+    for i in range(len(body)):
+        handler.wfile.write(body[i:i + 1])
+        handler.wfile.flush()
+        time.sleep(pause)
+
+
+def finishes(fn, limit: float = 120.0):
+    """``fn``'s exception (None if it returned); fails if it is still running after ``limit`` s (a hang)."""
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception as err:  # noqa: BLE001
+            result["error"] = err
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout=limit)
+    assert not thread.is_alive(), "the request hung"
+    return result.get("error")
+
+
+def test_response_headers_trickled_before_any_body_end_the_download(hostile, tmp_path):
+    """Issue 31 item 3: the minimum rate covered file bodies only; a server trickling its response headers
+    hung the fetch with no output (still hanging after 200 s). Now the headers have a deadline (timeout)."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Padding: " + b"x" * 400 + b"\r\n\r\n"
+    hostile.routes["/file.bin"] = lambda handler: trickle(handler, head, b"0123456789")
+    url = f"{hostile.url}/file.bin"
+    error = finishes(lambda: download(url, tmp_path / "file.bin", retries=0, backoff=0.0, timeout=2.0))
+    assert isinstance(error, DownloadInterrupted) and url in str(error) and "headers" in str(error), error
+    assert not (tmp_path / "file.bin").exists()
+
+
+def test_hub_api_trickling_its_json_ends_with_one_message_naming_the_url(hostile, tmp_path):
+    """The hub API answering its listing one byte at a time (1.5 s each in the probe) hung resolve_revision."""
+    listing = json.dumps({"sha": COMMIT, "siblings": [{"rfilename": "weights.bin"}]}).encode()
+    api = "/api/models/org/model/revision/main"
+
+    def route(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(listing)))
+        handler.end_headers()
+        trickle(handler, b"", listing)
+
+    hostile.routes[api] = route
+    lock = LockFile(tmp_path / "lock.json")
+    error = finishes(lambda: resolve_revision(HubRepo("org/model"), None, lock, endpoint=hostile.url, timeout=2.0))
+    assert isinstance(error, DownloadError) and f"{hostile.url}{api}" in str(error), error
+    assert "slower than" in str(error) and lock.revision("org/model@main") is None
+    hostile.routes[api] = lambda handler: trickle(handler, b"HTTP/1.1 200 OK\r\nX-Padding: " + b"x" * 400, b"")
+    error = finishes(lambda: resolve_revision(HubRepo("org/model"), None, lock, endpoint=hostile.url, timeout=2.0))
+    assert isinstance(error, DownloadError) and "headers" in str(error) and api in str(error), error
+
+
 # --------------------------------------------------------------------------- item 6: one message, not a traceback
 
 
@@ -277,6 +340,42 @@ def test_disk_full_during_a_download_is_one_message(hub, small_disk):  # noqa: F
     assert "ENOSPC" in message and "disk full" in message and "Free space" in message
     assert str(target.with_name("weights.bin.part")) in message and hub.url in message
     assert lock.file(f"hf://org/model@{COMMIT}/weights.bin") is None
+
+
+def test_disk_full_in_a_pipeline_step_is_one_message(tiny_clip, tmp_path, small_disk):
+    """Issue 31 item 7: a step whose output fills the disk (svd_cache's safetensors, written by Rust) ended in
+    chained tracebacks ending "OSError: [Errno 28] No space left on device" without the path. Now: one
+    ArtifactError naming the file and the fix, no chained traceback, nothing left that looks complete."""
+    from support.synthetic import perturbed_encoders
+
+    from mass.io import save_tensors
+
+    pre, fts = perturbed_encoders(tiny_clip, 1)
+    save_tensors(tmp_path / "pre.safetensors", pre)
+    save_tensors(tmp_path / "ft.safetensors", fts[0])
+    out = small_disk / "svd" / "A.safetensors"
+    done = subprocess.run([sys.executable, "-m", "mass.steps.svd_cache", "--pretrained",
+                           str(tmp_path / "pre.safetensors"), "--finetuned", str(tmp_path / "ft.safetensors"),
+                           "--rank-fraction", "1.0",
+                           "--storage-dtype", "float32", "--attention", "in_proj", "--out", str(out), "--threads", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, (done.returncode, done.stderr[-2000:])
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("mass.io.ArtifactError") and "ENOSPC" in last and "Free space" in last, last
+    assert str(out) in last and "During handling" not in done.stderr
+    assert list(out.parent.iterdir()) == []  # no output, no sidecar, no part file
+
+
+@pytest.mark.parametrize("writer", ["npz", "json"])
+def test_disk_full_in_any_writer_is_the_same_message(small_disk, writer):
+    from mass.io import save_arrays, write_json
+
+    target = small_disk / f"big.{writer}"
+    big = np.zeros(400_000)
+    with pytest.raises(ArtifactError, match="ENOSPC no space left on the disk holding") as err:
+        save_arrays(target, a=big) if writer == "npz" else write_json(target, {"a": big.tolist()})
+    assert str(target) in str(err.value) and err.value.__cause__ is None
+    assert list(small_disk.iterdir()) == []
 
 
 FSIZE_SCRIPT = """

@@ -40,7 +40,7 @@ from tqdm import tqdm
 from mass.data import catalog
 from mass.data.store import TaskInfo, carve_validation, save_info, save_split
 from mass.editions import ClassSpace, Edition, load_edition
-from mass.io import ArtifactError, read_json
+from mass.io import ArtifactError, no_space_error, read_json
 
 MANIFEST = "manifest.json"
 
@@ -215,16 +215,8 @@ def _scratch(folder: Path, split: str, count: int, size: int) -> np.ndarray:
                     raise
     except OSError as err:
         path.unlink(missing_ok=True)
-        raise _no_space(err, path, count * size * size * 3) from None
+        raise no_space_error(err, path, count * size * size * 3) from None
     return array
-
-
-def _no_space(err: OSError, path: Path, needed: int | None = None) -> ArtifactError:
-    amount = f" (it needs {needed / 2**30:.2f} GiB)" if needed else ""
-    why = f"{errno.errorcode.get(err.errno or 0, '')} {err.strerror or err}"
-    return ArtifactError(f"cannot write {path}{amount}: {why}. "
-                         f"Free space on that disk (or point resources/ at a bigger one) and rerun the rule; what was "
-                         "written is removed.")
 
 
 def check_label_names(task: str, classnames: Sequence, source_names: Sequence[str] | None,
@@ -340,7 +332,7 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
                 try:
                     save_split(out, task, name, arrays[name], split_labels[idx])
                 except OSError as err:
-                    raise _no_space(err, folder / f"{name}_images.npy", arrays[name].nbytes) from None
+                    raise no_space_error(err, folder / f"{name}_images.npy", arrays[name].nbytes) from None
                 print(f"wrote {folder / f'{name}_images.npy'} and {name}_labels.npy ({len(idx)} images, "
                       f"{image_size} px)", file=sys.stderr, flush=True)
         finally:

@@ -41,6 +41,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -78,6 +79,50 @@ class _Transient(Exception):
 
 class _Slow(_Transient):
     """The server sends too slowly; counts as a failed attempt even though bytes arrived."""
+
+
+class _NoHeaders(_Transient):
+    """The status line and headers did not arrive within the deadline."""
+
+
+class _RateRule:
+    """Fail (:class:`_Slow`) when fewer than ``min_rate * window`` bytes arrive in any ``window`` seconds."""
+
+    def __init__(self, min_rate: float, window: float) -> None:
+        self.min_rate, self.window = min_rate, window
+        self.start, self.bytes = time.monotonic(), 0
+
+    def update(self, received: int) -> None:
+        self.bytes += received
+        now = time.monotonic()
+        if now - self.start >= self.window:
+            if self.bytes < self.min_rate * (now - self.start):
+                raise _Slow(f"the server sent {self.bytes} bytes in {now - self.start:.0f} s, slower than the "
+                            f"minimum of {self.min_rate:.0f} bytes/s")
+            self.start, self.bytes = now, 0
+
+
+def _get_within(session: requests.Session, url: str, deadline: float, **kwargs: Any) -> requests.Response:
+    """``session.get(url, stream=True, **kwargs)`` whose status line and headers must all arrive within
+    ``deadline`` seconds. A read timeout bounds each read only, so a server trickling its headers a byte at
+    a time never trips it; the request runs in a daemon thread, abandoned past the deadline."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            box["response"] = session.get(url, stream=True, **kwargs)
+        except BaseException as err:  # noqa: BLE001  (re-raised in the caller's thread)
+            box["error"] = err
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name=f"GET {url}").start()
+    if not done.wait(deadline):
+        raise _NoHeaders(f"no complete response headers within {deadline:.0f} s")
+    if "error" in box:
+        raise box["error"]
+    return box["response"]
 
 
 class _NotTheFile(Exception):
@@ -366,7 +411,7 @@ def _stream_once(session: requests.Session, url: str, target: Path, part: Path, 
     if offset:
         headers["Range"] = f"bytes={offset}-"
     try:
-        with session.get(url, headers=headers, stream=True, timeout=timeout) as resp:
+        with _get_within(session, url, timeout, headers=headers, timeout=timeout) as resp:
             status = resp.status_code
             if status == 416 and offset:
                 if _range_total(resp.headers.get("Content-Range")) == offset:
@@ -416,7 +461,7 @@ def _receive(resp: requests.Response, url: str, target: Path, part: Path, mode: 
     bar = tqdm(total=total, initial=offset, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name,
                file=sys.stderr, disable=False, mininterval=0.5 if tty else 10.0, dynamic_ncols=tty,
                ascii=not tty)
-    window_start, window_bytes = time.monotonic(), 0
+    rate = _RateRule(min_rate, rate_window)
     try:
         try:
             fh = open(part, mode, buffering=0)  # noqa: SIM115  (unbuffered: what arrived is in the file)
@@ -435,13 +480,7 @@ def _receive(resp: requests.Response, url: str, target: Path, part: Path, mode: 
                     raise _write_error(err, url, target, part) from None
                 written += len(chunk)
                 bar.update(len(chunk))
-                window_bytes += len(chunk)
-                now = time.monotonic()
-                if now - window_start >= rate_window:
-                    if window_bytes < min_rate * (now - window_start):
-                        raise _Slow(f"the server sent {window_bytes} bytes in {now - window_start:.0f} s, slower than "
-                                    f"the minimum of {min_rate:.0f} bytes/s")
-                    window_start, window_bytes = now, 0
+                rate.update(len(chunk))
     finally:
         bar.close()
     if total is not None and offset + written < total:
@@ -513,7 +552,7 @@ class Snapshot:
 
 def resolve_revision(repo: HubRepo, revision: str | None, lock: LockFile, *, endpoint: str | None = None,
                      keep_listing: Callable[[str], bool] | None = None, session: requests.Session | None = None,
-                     timeout: float = 60.0) -> Snapshot:
+                     timeout: float = 60.0, min_rate: float = 4096.0) -> Snapshot:
     """Pin ``revision`` (None: the default branch) of ``repo`` to a commit, recorded in ``lock``.
 
     A revision already pinned in the lock file is used without any network access. Otherwise
@@ -522,7 +561,8 @@ def resolve_revision(repo: HubRepo, revision: str | None, lock: LockFile, *, end
     the names ``keep_listing`` selects (None: all files; e.g. the parquet files of a dataset) and,
     under ``records``, the hub's size and sha256 of each, so later runs need no listing and every
     download is still checked against the hub's own checksums. A commit sha is listed once too. An
-    answer without a listing pins nothing.
+    answer without a listing pins nothing. The answer's headers must arrive within ``timeout`` seconds
+    and its body at ``min_rate`` bytes/s or more over every ``timeout`` seconds.
     """
     requested = revision or "main"
     pin_key = f"{repo.path}@{requested}"
@@ -533,8 +573,14 @@ def resolve_revision(repo: HubRepo, revision: str | None, lock: LockFile, *, end
     at = pinned["commit"] if pinned else requested  # a pin without listing: list that commit, not the branch
     kind = "datasets" if repo.repo_type == "dataset" else "models"
     url = f"{hub_endpoint(endpoint)}/api/{kind}/{repo.repo_id}/revision/{quote(at, safe='')}"
+    stalled = (f"Retry later, set HF_ENDPOINT to a working hub or mirror, or use a lock file ({lock.path}) that "
+               f"already pins {pin_key}.")
     try:
-        resp = (session or requests.Session()).get(url, params={"blobs": "true"}, timeout=timeout)
+        resp = _get_within(session or requests.Session(), url, timeout, params={"blobs": "true"}, timeout=timeout)
+        body = _read_answer(resp, min_rate, timeout)
+    except _Transient as err:
+        raise DownloadError(f"{url} stalled while resolving revision {requested!r} of {repo.path}: {err}. "
+                            f"{stalled}") from None
     except requests.TooManyRedirects as err:
         raise DownloadError(
             f"{url} redirects in a loop ({err}) while resolving revision {requested!r} of {repo.path}: the hub or a "
@@ -551,11 +597,11 @@ def resolve_revision(repo: HubRepo, revision: str | None, lock: LockFile, *, end
     not_hub = (f"Is {hub_endpoint(endpoint)} a Hugging Face hub or mirror? Set HF_ENDPOINT to one (or unset it for "
                "huggingface.co) and rerun; nothing was pinned.")
     try:
-        info = resp.json()
+        info = json.loads(body)
     except ValueError:
         raise DownloadError(
             f"{url} did not answer JSON (Content-Type {resp.headers.get('Content-Type', 'none')}, starting "
-            f"{resp.content[:60]!r}): a login or error page, a proxy's answer, or not a hub API. {not_hub}") from None
+            f"{body[:60]!r}): a login or error page, a proxy's answer, or not a hub API. {not_hub}") from None
     commit = info.get("sha") if isinstance(info, dict) else None
     if not commit or not _COMMIT.match(commit):
         raise DownloadError(f"{url} did not return a commit sha for {pin_key}. {not_hub}")
@@ -568,6 +614,20 @@ def resolve_revision(repo: HubRepo, revision: str | None, lock: LockFile, *, end
                              "records": {name: files[name].to_json() for name in kept if files[name]}}
     lock.record_revision(pin_key, entry)
     return Snapshot(repo, commit, files)
+
+
+def _read_answer(resp: requests.Response, min_rate: float, window: float) -> bytes:
+    """A (small) API answer's whole body, under the rate rule; the connection is released either way."""
+    rate, parts = _RateRule(min_rate, window), []
+    try:
+        while chunk := resp.raw.read1(1 << 16, decode_content=True):
+            parts.append(chunk)
+            rate.update(len(chunk))
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as err:
+        raise _Transient(f"{type(err).__name__}: {err}") from err
+    finally:
+        resp.close()
+    return b"".join(parts)
 
 
 def _sibling_record(sibling: dict[str, Any]) -> FileRecord | None:
