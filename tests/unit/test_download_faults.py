@@ -107,6 +107,42 @@ def test_html_page_served_with_200_is_refused_and_never_pinned(hub, tmp_path, co
     assert lock.file(f"hf://org/model@{COMMIT}/weights.bin") == FileRecord(len(data), sha(data))
 
 
+def test_body_without_its_size_or_a_known_checksum_is_never_pinned(hostile, tmp_path):
+    """Issue 31 item 4: a response without Content-Length cut off at 300 KB was accepted and pinned (the
+    description pool too, while its sha256 was null). Now such a body is refused unless a checksum is known."""
+    data = payload(600_000)
+
+    def route(handler) -> None:
+        handler.send_response(200)
+        handler.send_header("Connection", "close")  # no Content-Length: the body ends when the connection does
+        handler.end_headers()
+        handler.wfile.write(data[:300_000])
+        handler.close_connection = True
+
+    hostile.routes["/pool.txt"] = route
+    url, target, lock = f"{hostile.url}/pool.txt", tmp_path / "pool.txt", LockFile(tmp_path / "lock.json")
+    with pytest.raises(DownloadError, match="without announcing its size") as err:
+        download(url, target, lock=lock, retries=0, timeout=5.0)
+    assert "sha256 and size in the config" in str(err.value) and url in str(err.value)
+    assert not target.exists() and not target.with_name("pool.txt.part").exists() and lock.file(url) is None
+    sent = data[:300_000]  # with its checksum known (the config's), the same answer is checked by it instead
+    assert download(url, target, lock=lock, expected=FileRecord(len(sent), sha(sent)), retries=0,
+                    timeout=5.0) == FileRecord(len(sent), sha(sent))
+
+
+@pytest.mark.parametrize("page", [b"<!-- served by the proxy -->\n<!DOCTYPE html><html><body>502</body></html>",
+                                  b"\xef\xbb\xbf \r\n<!-- a --> <!--\nb\n-->\n<html><head><title>Login</title>",
+                                  b"<!-- " + b"x" * 5000])
+def test_html_page_opening_with_comments_is_refused_and_never_pinned(hostile, tmp_path, page):
+    """An HTML error page that began with a comment passed the HTML check and became a 2-line description
+    pool; served as text/plain, only its bytes tell."""
+    hostile.routes["/pool.txt"] = lambda handler: send(handler, 200, page, {"Content-Type": "text/plain"})
+    url, target, lock = f"{hostile.url}/pool.txt", tmp_path / "pool.txt", LockFile(tmp_path / "lock.json")
+    with pytest.raises(DownloadError, match="HTML/XML page"):
+        download(url, target, lock=lock, retries=0, timeout=5.0)
+    assert not target.exists() and lock.file(url) is None
+
+
 def test_dataset_file_cut_short_without_length_is_refused_and_never_pinned(hub, tmp_path):  # noqa: F811
     train, test = mnist_on_hub(hub, 1)
     names = [f"mnist/{s}-00000-of-00001.parquet" for s in ("train", "test")]
@@ -114,9 +150,9 @@ def test_dataset_file_cut_short_without_length_is_refused_and_never_pinned(hub, 
     hub.cut_without_length[names[0]] = len(train) // 2
     lock = LockFile(tmp_path / "sources.lock.json")
     raw = tmp_path / "raw" / "MNIST"
-    with pytest.raises(DownloadError, match="format check failed") as err:
+    with pytest.raises(DownloadError, match="without announcing its size") as err:  # before: its format check
         fetch_dataset("MNIST", raw, lock, endpoint=hub.url, retries=0)
-    assert str(raw / names[0]) in str(err.value) and "Nothing was pinned" in str(err.value)
+    assert names[0].split("/")[-1] in str(err.value) and "nothing was kept or pinned" in str(err.value)
     assert json.loads(lock.path.read_text())["files"] == {}
     assert not (raw / names[0]).exists() and not (raw / "manifest.json").exists()
     del hub.cut_without_length[names[0]]

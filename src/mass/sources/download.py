@@ -285,8 +285,15 @@ def download(url: str, target: str | os.PathLike, *, lock: LockFile | None = Non
     resumed = part.exists() and part.stat().st_size > 0
     started = time.monotonic()
     while True:
-        _fill(session, url, target, part, want.size if want else None, retries, timeout, backoff, chunk_size,
-              min_rate, rate_window)
+        sized = _fill(session, url, target, part, want.size if want else None, retries, timeout, backoff,
+                      chunk_size, min_rate, rate_window)
+        if want is None and not sized:
+            part.unlink(missing_ok=True)
+            raise DownloadError(
+                f"{url} sent {target.name} without announcing its size (no Content-Length), and no checksum of it is "
+                f"known (lock file, hub listing or config): a transfer cut short could not be told from the whole "
+                f"file, so nothing was kept or pinned. Give the file's sha256 and size in the config where it asks "
+                f"for them (e.g. textspan.descriptions), or place the verified file at {target} yourself.")
         record = file_record(part)
         if want is None or want.matches(record):
             break
@@ -326,11 +333,10 @@ def download(url: str, target: str | os.PathLike, *, lock: LockFile | None = Non
 def _check_file(path: Path, target: Path, want: FileRecord | None, check: Callable[[Path], Any] | None) -> None:
     """Raise :class:`_NotTheFile` (saying why) unless ``path`` passes the format checks."""
     with open(path, "rb") as fh:
-        head = fh.read(1024)
+        head = fh.read(4096)
     if not head and not (want and want.size == 0):
         raise _NotTheFile("it is empty")
-    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    if start.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")):
+    if _is_markup(head):
         raise _NotTheFile(f"it is an HTML/XML page, not the file (it starts with {head[:60]!r})")
     if check is None:
         return
@@ -339,6 +345,18 @@ def _check_file(path: Path, target: Path, want: FileRecord | None, check: Callab
             check(named)
     except Exception as err:  # noqa: BLE001  (any failure of the format check means: not the file)
         raise _NotTheFile(f"its format check failed ({type(err).__name__}: {err})") from err
+
+
+def _is_markup(head: bytes) -> bool:
+    """Whether a file's first bytes are an HTML/XML page: after a byte-order mark, whitespace and any
+    leading comments (an error page may open with ``<!-- ... -->``); an unterminated comment counts."""
+    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    while start.startswith(b"<!--"):
+        end = start.find(b"-->")
+        if end < 0:
+            return True
+        start = start[end + 3:].lstrip(b" \t\r\n")
+    return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<title", b"<?xml"))
 
 
 @contextlib.contextmanager
@@ -383,16 +401,17 @@ def _lock_name(lock: LockFile | None) -> str:
 
 
 def _fill(session: requests.Session, url: str, target: Path, part: Path, size: int | None, retries: int,
-          timeout: float, backoff: float, chunk_size: int, min_rate: float, rate_window: float) -> None:
-    """Grow ``part`` until the server says it is complete, retrying and resuming on transient errors."""
+          timeout: float, backoff: float, chunk_size: int, min_rate: float, rate_window: float) -> bool:
+    """Grow ``part`` until the server says it is complete, retrying and resuming on transient errors.
+    Returns whether the file's full size was known (``size``, or announced by the server)."""
     failures = 0
     while True:
         before = part.stat().st_size if part.exists() else 0
         if size is not None and before == size:
-            return
+            return True
         try:
-            _stream_once(session, url, target, part, before, timeout, chunk_size, min_rate, rate_window)
-            return
+            return _stream_once(session, url, target, part, before, timeout, chunk_size, min_rate,
+                                rate_window) or size is not None
         except _Transient as err:
             now = part.stat().st_size if part.exists() else 0
             # an attempt that made progress starts a new streak, unless it was too slow
@@ -406,7 +425,8 @@ def _fill(session: requests.Session, url: str, target: Path, part: Path, size: i
 
 
 def _stream_once(session: requests.Session, url: str, target: Path, part: Path, offset: int, timeout: float,
-                 chunk_size: int, min_rate: float = 0.0, rate_window: float = 60.0) -> None:
+                 chunk_size: int, min_rate: float = 0.0, rate_window: float = 60.0) -> bool:
+    """One attempt; returns whether the server announced the file's full size (Content-Length)."""
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
@@ -415,7 +435,7 @@ def _stream_once(session: requests.Session, url: str, target: Path, part: Path, 
             status = resp.status_code
             if status == 416 and offset:
                 if _range_total(resp.headers.get("Content-Range")) == offset:
-                    return
+                    return True
                 part.unlink()
                 raise _Transient("the server refused to resume the partial file; starting over")
             if status in _PERMANENT:
@@ -444,6 +464,7 @@ def _stream_once(session: requests.Session, url: str, target: Path, part: Path, 
             length = resp.headers.get("Content-Length")
             total = offset + int(length) if length is not None else None
             _receive(resp, url, target, part, mode, offset, total, chunk_size, min_rate, rate_window)
+            return total is not None
     except requests.TooManyRedirects as err:
         raise DownloadError(
             f"{url} redirects in a loop ({err}) while downloading {target}: the server or a proxy is misconfigured. "
