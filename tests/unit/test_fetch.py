@@ -19,7 +19,7 @@ from support.hub import COMMIT, pickled_head
 
 from mass.encoder import create_clip
 from mass.io import ArtifactError, load_tensors, save_tensors
-from mass.sources.download import LockFile
+from mass.sources.download import ChecksumMismatch, HubRepo, LockFile, file_record
 from mass.sources.fetch import (
     fetch_finetuned,
     fetch_head,
@@ -97,6 +97,28 @@ def test_fetch_head_and_finetuned_from_the_hub(hub, tmp_path, monkeypatch):  # n
     out.unlink()
     fetch_finetuned("mass-tiny-vit", "MNIST", "nik-dim/tall_masks", out, lock, endpoint=hub.url, retries=0)
     assert all(torch.equal(load_tensors(out)[k], visual[k] + 1) for k in visual)
+
+
+def test_placed_checkpoint_at_a_pinned_commit_verifies_with_no_network(tmp_path):
+    """Issue 31 item 5: with a commit sha as the revision, a checkpoint the user placed on disk (its size
+    and sha256 in the lock) was looked up on the hub first, so "data already on disk" needed the network.
+    Now it is verified on disk; no server is running here (the endpoint is a closed port)."""
+    torch.manual_seed(0)
+    visual = create_clip("mass-tiny-vit").visual.state_dict()
+    raw = tmp_path / "ckpt" / "MNIST.pt"
+    raw.parent.mkdir(parents=True)
+    torch.save(OrderedDict((f"model.visual.{k}", v + 1) for k, v in visual.items()), raw)
+    commit, name = "c" * 40, "single_task/mass-tiny-vit/MNISTVal/nonlinear_finetuned.pt"
+    lock = LockFile(tmp_path / "lock.json")
+    lock.record_file(HubRepo("nik-dim/tall_masks").file_key(commit, name), file_record(raw))
+    out, dead = tmp_path / "ckpt" / "MNIST.safetensors", "http://127.0.0.1:9"
+    fetch_finetuned("mass-tiny-vit", "MNIST", "nik-dim/tall_masks", out, lock, revision=commit, endpoint=dead,
+                    raw=raw, retries=0)
+    assert all(torch.equal(load_tensors(out)[k], visual[k] + 1) for k in visual) and raw.exists()  # placed: kept
+    raw.write_bytes(raw.read_bytes()[:-10])  # a placed file that is not the pinned one is refused, still offline
+    with pytest.raises(ChecksumMismatch, match="is not the file"):
+        fetch_finetuned("mass-tiny-vit", "MNIST", "nik-dim/tall_masks", out, lock, revision=commit, endpoint=dead,
+                        raw=raw, retries=0)
 
 
 def test_checkpoint_folder_spelled_differently_is_found_on_every_fetch(hub, tmp_path, monkeypatch):  # noqa: F811

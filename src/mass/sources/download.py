@@ -571,6 +571,11 @@ class Snapshot:
         return matches[0] if len(matches) == 1 else filename
 
 
+def is_commit(revision: str) -> bool:
+    """Whether ``revision`` is a full commit sha (which no push can move)."""
+    return bool(_COMMIT.match(revision))
+
+
 def resolve_revision(repo: HubRepo, revision: str | None, lock: LockFile, *, endpoint: str | None = None,
                      keep_listing: Callable[[str], bool] | None = None, session: requests.Session | None = None,
                      timeout: float = 60.0, min_rate: float = 4096.0) -> Snapshot:

@@ -45,7 +45,7 @@ import torch
 from mass.data import catalog
 from mass.io import ArtifactError, load_tensors, save_tensors, write_json
 from mass.sources import layouts
-from mass.sources.download import HubRepo, LockFile, download_hub_file, resolve_revision
+from mass.sources.download import HubRepo, LockFile, download, download_hub_file, is_commit, resolve_revision
 from mass.sources.layouts import CheckpointLayout, HubFile
 from mass.task_vectors import visual_state_dict
 
@@ -221,7 +221,13 @@ def _hub_checkpoint(file: HubFile, layout: CheckpointLayout, revision: str | Non
     before it is pinned); True if it was downloaded now (not already on disk)."""
     repo, filename = file.repo, file.filename
     existed = raw.exists()
-    snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint, keep_listing=layout.keeps_in_listing)
+    hub = HubRepo(repo)
+    if existed and revision and is_commit(revision) and lock.file(hub.file_key(revision, filename)):
+        # placed on disk, its commit and checksum known: verified (and converted) here, with no network
+        download(hub.file_url(revision, filename, endpoint), raw, lock=lock, key=hub.file_key(revision, filename),
+                 **download_kwargs)
+        return False
+    snapshot = resolve_revision(hub, revision, lock, endpoint=endpoint, keep_listing=layout.keeps_in_listing)
     if snapshot.files and snapshot.find(filename) not in snapshot.files:
         raise ArtifactError(f"{repo} at commit {snapshot.commit} has no file {filename} (case-insensitive); its "
                             f"listing in {lock.path} has e.g. {sorted(snapshot.files)[:4]}. Set "
