@@ -308,6 +308,27 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         raise ArtifactError(f"{path} is not a readable safetensors file ({err}); {FIX}") from err
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """A safetensors file's metadata (what it holds: task, model, source, ...), from its header alone."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except (SafetensorError, OSError) as err:
+        raise ArtifactError(f"{path} is not a readable safetensors file ({err}); {FIX}") from err
+
+
+def check_task(path: str | os.PathLike, task: str) -> None:
+    """Refuse a per-task artifact (SVD cache, fine-tuned encoder) whose metadata names another task: a file
+    of one task copied over another's, with its sidecar, passes every checksum but is the wrong file.
+    Files written before the task was recorded pass."""
+    held = read_metadata(path).get("task")
+    if held is not None and held != task:
+        raise ArtifactError(f"{path} holds task {held!r}, not {task!r}: another task's file was copied over it (its "
+                            f"checksum matches its own bytes); {FIX}")
+
+
 def save_arrays(path: str | os.PathLike, **arrays: np.ndarray) -> None:
     """Save numpy arrays to an uncompressed .npz, atomically."""
     with atomic_path(path) as tmp:

@@ -79,14 +79,14 @@ class MassModel:
     @classmethod
     def from_files(cls, model: str, pretrained: str, components: Sequence[str], heads: Sequence[str],
                    alpha: float = 1.0, device: str | torch.device | None = None,
-                   attention: str = "in_proj") -> MassModel:
+                   attention: str = "in_proj", tasks: Sequence[str] | None = None) -> MassModel:
         """The model from the pipeline's files: open_clip architecture ``model``, theta_pre (CLIP or
         image-tower safetensors), each task's SVD cache and head, in benchmark order; ``attention``: q, k
         and v merged as one matrix or three (:meth:`mass.svd.TaskComponents.for_attention`)."""
         device = device or default_device()
         pre = visual_state_dict(load_tensors(pretrained))
         head_weights, head_names = load_heads(heads)
-        return cls(create_visual(model, pre, device), pre, load_components(components, attention), head_weights,
+        return cls(create_visual(model, pre, device), pre, load_components(components, attention, tasks), head_weights,
                    head_names, image_size(model), device, alpha)
 
     @property

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from mass.io import load_tensors, save_tensors, verify
+from mass.io import check_task, load_tensors, save_tensors, verify
 from mass.task_vectors import (
     ATTENTION_LAYOUTS,
     StateDict,
@@ -215,7 +215,12 @@ def stored_dtype(path) -> str:
         return (fh.metadata() or {}).get("storage_dtype", "float32")
 
 
-def load_components(paths: Sequence[str], attention: str = "in_proj") -> list[TaskComponents]:
+def load_components(paths: Sequence[str], attention: str = "in_proj",
+                    tasks: Sequence[str] | None = None) -> list[TaskComponents]:
     """Every task's SVD cache, in the order given (benchmark order), with attention laid out as
-    ``attention`` (:meth:`TaskComponents.for_attention`)."""
+    ``attention`` (:meth:`TaskComponents.for_attention`); with ``tasks``, each file must hold that task
+    (:func:`mass.io.check_task`)."""
+    if tasks is not None:
+        for path, task in zip(paths, tasks, strict=True):
+            check_task(path, task)
     return [TaskComponents.load(p).for_attention(attention, p) for p in paths]

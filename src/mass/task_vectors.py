@@ -187,16 +187,20 @@ class TaskVectorFiles(Sequence[TaskVector]):
     of the model (Consensus TA at ViT-L/14 with 20 tasks would need ~60 GB).
     """
 
-    def __init__(self, pretrained: Mapping[str, torch.Tensor], paths: Sequence[str | os.PathLike]):
+    def __init__(self, pretrained: Mapping[str, torch.Tensor], paths: Sequence[str | os.PathLike],
+                 tasks: Sequence[str] | None = None):
+        """``tasks``: the task each file must hold (:func:`mass.io.check_task`)."""
         from safetensors import safe_open
 
-        from mass.io import verify
+        from mass.io import check_task, verify
 
         self.pretrained = visual_state_dict(pretrained)
         self.keys = [k for k, v in self.pretrained.items() if v.is_floating_point()]
         self.paths, self._names = [str(p) for p in paths], []
-        for path in self.paths:
+        for t, path in enumerate(self.paths):
             verify(path)
+            if tasks is not None:
+                check_task(path, tasks[t])
             with safe_open(path, framework="pt") as fh:
                 names = visual_keys(fh.keys())
             extra = sorted(set(names) ^ set(self.pretrained))

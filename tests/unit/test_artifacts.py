@@ -166,6 +166,38 @@ def test_artifact_copied_without_its_checksum_is_refused_until_recorded(tmp_path
     assert main(["verify", str(tmp_path / "logs")]) == 0 and "0 files checked, 0 bad" in capsys.readouterr().out
 
 
+def test_another_tasks_file_copied_over_with_its_checksum_is_refused(tiny_clip, tmp_path):
+    """Issue 31 item 2: one task's SVD cache copied with its sidecar over another's passed verify and
+    sha256sum -c, and 8-task MASS silently dropped. The cache now records the task of the fine-tuned encoder
+    it decomposes (svd_cache), and the readers given the benchmark's tasks refuse a file of another task."""
+    from support.synthetic import perturbed_encoders
+
+    from mass.io import read_metadata, save_tensors
+    from mass.task_vectors import TaskVectorFiles
+
+    pre, fts = perturbed_encoders(tiny_clip, 2)
+    save_tensors(tmp_path / "pre.safetensors", pre)
+    for task, ft in zip(("A", "B"), fts, strict=True):
+        save_tensors(tmp_path / f"ft_{task}.safetensors", ft, {"task": task, "source": "test"})
+        subprocess.run([sys.executable, "-m", "mass.steps.svd_cache", "--pretrained", str(tmp_path / "pre.safetensors"),
+                        "--finetuned", str(tmp_path / f"ft_{task}.safetensors"), "--rank-fraction", "0.5",
+                        "--storage-dtype", "float32", "--attention", "in_proj", "--out",
+                        str(tmp_path / "svd" / f"{task}.safetensors"), "--threads", "1"], check=True, timeout=300)
+    svd = {t: tmp_path / "svd" / f"{t}.safetensors" for t in "AB"}
+    assert read_metadata(svd["B"])["task"] == "B"
+    assert len(load_components(list(svd.values()), tasks=["A", "B"])) == 2
+    for path in (svd["B"], tmp_path / "ft_B.safetensors"):  # what `cp -a A... B...` with the sidecar does
+        source = path.with_name(path.name.replace("B", "A"))
+        shutil.copyfile(source, path)
+        shutil.copyfile(checksum_path(source), checksum_path(path))
+    assert main(["verify", str(tmp_path / "svd")]) == 0  # every checksum matches: only the task tells
+    with pytest.raises(ArtifactError, match="holds task 'A', not 'B'") as err:
+        load_components(list(svd.values()), tasks=["A", "B"])
+    assert str(svd["B"]) in str(err.value)
+    with pytest.raises(ArtifactError, match="holds task 'A', not 'B'"):
+        TaskVectorFiles(pre, [tmp_path / "ft_A.safetensors", tmp_path / "ft_B.safetensors"], ["A", "B"])
+
+
 def test_rewrite_replaces_the_checksum(tmp_path):
     path = tmp_path / "r.json"
     write_json(path, {"a": 1})

@@ -81,7 +81,8 @@ def test_tsvm_matches_float64_re_derivation_in_both_layouts(tasks, attention):
     delta, accepted = tsv_merge([c.for_attention(attention) for c in comps])
     assert IN_PROJ in delta and not set(qkv_names(IN_PROJ)) & set(delta)
     expected = reference(tvs, IN_PROJ, attention)
-    assert float((delta[IN_PROJ].double() - expected).norm() / expected.norm()) < 1e-5
+    # float32 round-off, which depends on the BLAS's blocking: 9.4e-6 (in_proj) with 2 threads, 1.2e-5 with 1
+    assert float((delta[IN_PROJ].double() - expected).norm() / expected.norm()) < 5e-5
     other = reference(tvs, IN_PROJ, "qkv" if attention == "in_proj" else "in_proj")
     assert float((delta[IN_PROJ].double() - other).norm() / other.norm()) > 0.1  # the layouts differ
     assert (qkv_names(IN_PROJ)[1] in accepted) == (attention == "qkv")

@@ -88,7 +88,7 @@ def mass_model(args: argparse.Namespace) -> MassModel:
     from mass.mass_model import MassModel
 
     return MassModel.from_files(args.model, args.pretrained, args.components, args.heads, args.alpha,
-                                attention=args.attention)
+                                attention=args.attention, tasks=args.tasks)
 
 
 def add_candidate_location_args(parser: argparse.ArgumentParser) -> None:

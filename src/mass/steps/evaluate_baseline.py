@@ -47,7 +47,7 @@ def main() -> None:
     build_merge = method.builder()
 
     pre = visual_state_dict(load_tensors(args.pretrained))
-    tvs = TaskVectorFiles(pre, args.finetuned)  # read layer by layer or task by task, never all T at once
+    tvs = TaskVectorFiles(pre, args.finetuned, args.tasks)  # read layer by layer or task by task, never all T at once
     heads, _ = load_heads(args.heads)
     val = load_benchmark_split(args.data_dirs, args.tasks, "val")
     visual = create_visual(args.model, pre, default_device())

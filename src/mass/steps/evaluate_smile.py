@@ -39,8 +39,8 @@ def main() -> None:
     setup(args)
     pre = visual_state_dict(load_tensors(args.pretrained))
     device = default_device()
-    model = SmileModel(create_visual(args.model, pre, device), pre, load_components(args.components, args.attention),
-                       args.gate_k, args.k, args.top_k, device)
+    components = load_components(args.components, args.attention, args.tasks)
+    model = SmileModel(create_visual(args.model, pre, device), pre, components, args.gate_k, args.k, args.top_k, device)
     heads, names = load_heads(args.heads)
     test = load_benchmark_split(args.data_dirs, args.tasks, "test")
     features, head = model.predict(test.images, image_size(args.model), args.batch_size, desc="SMILE")

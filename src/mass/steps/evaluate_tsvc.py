@@ -40,7 +40,7 @@ def main() -> None:
     test = load_benchmark_split(args.data_dirs, tasks, "test")
     results = {setting: {"test": {}, "size_fraction": {}, "ranks": {}} for setting in ("benchmark", "size")}
     visual = create_visual(args.model, pre, default_device())  # one tower; each model's weights are copied into it
-    for t, (name, comp) in enumerate(zip(tasks, load_components(args.components), strict=True)):
+    for t, (name, comp) in enumerate(zip(tasks, load_components(args.components, tasks=tasks), strict=True)):
         idx = test.indices_of(t)
         for setting, result in results.items():
             ranks = ranks_for(setting, comp, T, args.size_fraction)

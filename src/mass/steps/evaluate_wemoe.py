@@ -47,7 +47,7 @@ def main() -> None:
     setup(args)
     device, size, T = default_device(), image_size(args.model), len(args.tasks)
     pre = visual_state_dict(load_tensors(args.pretrained))
-    tvs = TaskVectorFiles(pre, args.finetuned)
+    tvs = TaskVectorFiles(pre, args.finetuned, args.tasks)
     alpha = ta_alpha(T)
     visual = create_visual(args.model, apply_delta(pre, task_arithmetic(tvs, alpha)), device)
     model = WEMoEModel(visual, pre, tvs.stack, T, args.init_lambda, args.seed)

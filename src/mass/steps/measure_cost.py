@@ -66,7 +66,7 @@ def main() -> None:
     setup(args)
     device, size, T = default_device(), image_size(args.model), len(args.tasks)
     pre = visual_state_dict(load_tensors(args.pretrained))
-    comps = load_components(args.components, args.attention)
+    comps = load_components(args.components, args.attention, args.tasks)
     heads, names = load_heads(args.heads)
     test = load_benchmark_split(args.data_dirs, args.tasks, "test")
     rows = sample_rows(test.task, T, args.images)
@@ -98,7 +98,7 @@ def main() -> None:
         steps["smile"] = lambda: smile.predict(images, size, args.batch_size)
         storage["smile"] = held_parameters(smile.visual)
     if "wemoe" in args.moerging:
-        tvs = TaskVectorFiles(pre, args.finetuned)
+        tvs = TaskVectorFiles(pre, args.finetuned, args.tasks)
         wemoe = WEMoEModel(create_visual(args.model, apply_delta(pre, task_arithmetic(tvs, ta_alpha(T))), device),
                            pre, tvs.stack, T, args.init_lambda, args.seed)
         steps["wemoe"] = lambda: [predict(wemoe, part, size, args.eval_batch_size, device) for part in per_task]

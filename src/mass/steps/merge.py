@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
     epsilon = None if args.epsilon == "none" else float(args.epsilon)
-    components = load_components(args.components, args.attention)
+    components = load_components(args.components, args.attention, args.tasks)
     delta, accepted = tsv_merge(components, epsilon=epsilon, device=default_device())
     save_tensors(args.out, delta, {"epsilon": args.epsilon, "attention": args.attention})
     dropped = {name: [args.tasks[i] for i in range(len(args.tasks)) if i not in keep]

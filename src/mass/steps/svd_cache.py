@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from mass.io import load_tensors
+from mass.io import load_tensors, read_metadata
 from mass.steps._cli import add_attention_arg, step_parser
 from mass.svd import STORAGE_DTYPES, TaskComponents
 from mass.task_vectors import TaskVector
@@ -26,7 +26,8 @@ def main() -> None:
     tv = TaskVector.from_state_dicts(load_tensors(args.pretrained), load_tensors(args.finetuned))
     comps = TaskComponents.from_task_vector(tv, args.rank_fraction, device=None, progress=True,
                                             attention=args.attention)
-    comps.save(args.out, {"rank_fraction": str(args.rank_fraction), "attention": args.attention},
+    held = {k: v for k, v in read_metadata(args.finetuned).items() if k in ("task", "model", "source")}
+    comps.save(args.out, {"rank_fraction": str(args.rank_fraction), "attention": args.attention, **held},
                storage_dtype=args.storage_dtype)
     print(f"device {default_device()}: {len(comps.matrices)} matrices, {comps.num_parameters():,} stored parameters "
           f"in {args.storage_dtype}")
