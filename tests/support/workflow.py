@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # The smallest demo: the demo preset plus tests/slurm_demo.yaml (copied next to the Snakefile).
 SMALL = ("--configfile", "workflow/presets/demo.yaml", "slurm_demo.yaml")
 # Rules that gather every backbone and benchmark: they rerun whenever anything upstream changes.
-AGGREGATES = {"collect_results", "make_tables", "make_plots", "all"}
+AGGREGATES = {"collect_results", "make_tables", "make_plots", "accuracy_vs_cost", "all"}
 # Rules that gather every task of a backbone (the provenance check): a new task reruns them, and
 # nothing downstream reruns for that (the SVD cache reads their output as ancient).
 BACKBONE_GATHERS = {"check_provenance"}

@@ -20,8 +20,9 @@ from mass.methods import BASELINES
 
 pytestmark = pytest.mark.slow
 
-# interpret_tsv decodes at the routing layer that evaluate_mass records, so it follows evaluate_mass
-ROUTING = {"evaluate_mass", "evaluate_batched", "interpret_tsv"} | AGGREGATES
+# interpret_tsv decodes at the routing layer that evaluate_mass records, and measure_cost times MASS with the
+# selections it made, so both follow evaluate_mass
+ROUTING = {"evaluate_mass", "evaluate_batched", "interpret_tsv", "measure_cost"} | AGGREGATES
 MERGE = {"merge", "first_pass", "routing_sweep", "select_epsilon"} | ROUTING
 
 
@@ -65,7 +66,8 @@ def test_storage_dtype_change_reruns_the_svd_cache_not_the_checkpoints(small_dem
 
 @pytest.mark.parametrize("overrides", [{"plots": {"dpi": 72}}, {"plots": {"style": "ticks"}}], ids=["dpi", "style"])
 def test_plot_option_reruns_only_plots(small_demo, tmp_path, overrides):
-    assert rules(plan(small_demo, tmp_path, overrides)) == {"make_plots", "all"}
+    drawn = {"make_plots", "accuracy_vs_cost"} if "dpi" in overrides["plots"] else {"make_plots"}
+    assert rules(plan(small_demo, tmp_path, overrides)) == drawn | {"all"}
 
 
 def test_provenance_tolerance_reruns_only_the_check_and_the_tables(small_demo, tmp_path):
