@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from mass.cost import held_parameters, mass_parameters
+from mass.cost import held_parameters, mass_parameters, sync
 from mass.data.store import to_model_input
 from mass.encoder import create_visual, image_size
 from mass.heads import head_logits
@@ -85,8 +85,7 @@ def wemoe_adaptation(args, device, model: WEMoEModel, images: np.ndarray) -> dic
     for _ in range(args.wemoe_steps):
         start = time.perf_counter()
         adapt(model, sources, heads, 1, WEMOE["lr"], head_logits)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return {"images_per_task_and_step": len(batch), "steps_timed": args.wemoe_steps, "s_per_step": best,
             "published_steps": WEMOE["published_steps"],

@@ -45,7 +45,7 @@ import moerging
 import numpy as np
 import torch
 
-from mass.cost import count_macs, exact_merge_macs, tokens_per_matrix
+from mass.cost import best_times, count_macs, exact_merge_macs, sync, tokens_per_matrix
 from mass.encoder import all_layers, create_visual, image_size
 from mass.forward import encode, first_pass, layer_bases
 from mass.mass_model import MassModel
@@ -57,11 +57,6 @@ from mass.training import default_device
 from mass.tsv import apply_delta, tsv_merge
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class PeakMemory:
@@ -304,10 +299,7 @@ def bench_throughput(args, device, pretrained, comps, images, cases: dict[str, t
     smile, wemoe = (moerging.make_smile(args, device, pretrained, comps), moerging.make_wemoe(args, device, pretrained,
                                                                                               comps))
     steps.update(moerging.steps(args, device, smile, wemoe, images))
-    best = dict.fromkeys(steps, float("inf"))
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            best[name] = min(best[name], timed(step, device)[0])
+    best = best_times(steps, args.repeats, device)
     best.update({f"cores_{case}": t for case, t in t_cores.items()})
     counted = ("forward", "routing_pass", "smile", "wemoe", *(f"mass_{case}" for case in cases))
     macs = {name: count_macs(steps[name]) for name in counted}

@@ -13,9 +13,8 @@ safetensors, ``.npy`` and JSON readers would otherwise load as good) raises :cla
 naming the file and the fix. A file without its checksum is refused too (a copy with ``cp dir/*``
 leaves the hidden checksum files behind, and a file whose checksum is gone could be anything): the
 message says how to remake it, or how to record the checksum of a file known to be good
-(``python -m mass.io record FILE...``). Files that come from outside the pipeline (a download, a
-checkpoint placed by hand) are checked against the lock or the config by their own readers and go
-through :func:`verify` with ``required=False``. ``python -m mass.io verify DIR...`` checks every
+(``python -m mass.io record FILE...``). Downloads and files placed by hand get theirs when they are
+verified against the lock (:mod:`mass.sources.download`). ``python -m mass.io verify DIR...`` checks every
 artifact under the given folders and reports the ones without a checksum (logs and Snakemake's
 benchmark tables are not artifacts).
 """
@@ -200,18 +199,9 @@ def recorded_checksum(path: str | os.PathLike) -> str | None:
     return entries[0].lower()
 
 
-def missing_checksum_message(path: str | os.PathLike) -> str:
-    """Why a file without its checksum is refused, and the two ways out."""
-    return (f"{path} has no recorded sha256 ({checksum_path(path).name} is missing): it was not written by this "
-            "pipeline, or it was copied without the hidden checksum files next to it (`cp dir/*` skips them; "
-            f"copy whole folders with `cp -a`); {FIX}; or, if you know the file is good, record its checksum with "
-            f"`python -m mass.io record {path}`")
-
-
-def verify(path: str | os.PathLike, required: bool = True) -> None:
-    """Raise :class:`ArtifactError` when ``path`` is missing, differs from the checksum recorded when it
-    was written, or (``required``) has no recorded checksum; with ``required=False`` (files from outside
-    the pipeline, checked by their readers against the lock or config) such a file passes."""
+def verify(path: str | os.PathLike) -> None:
+    """Raise :class:`ArtifactError` when ``path`` is missing, has no recorded checksum, or differs from the
+    checksum recorded when it was written."""
     path = Path(path)
     _require(path)
     stat = path.stat()
@@ -220,9 +210,11 @@ def verify(path: str | os.PathLike, required: bool = True) -> None:
         return
     expected = recorded_checksum(path)
     if expected is None:
-        if required:
-            raise ArtifactError(missing_checksum_message(path))
-        return
+        raise ArtifactError(
+            f"{path} has no recorded sha256 ({checksum_path(path).name} is missing): it was not written by this "
+            "pipeline, or it was copied without the hidden checksum files next to it (`cp dir/*` skips them; "
+            f"copy whole folders with `cp -a`); {FIX}; or, if you know the file is good, record its checksum with "
+            f"`python -m mass.io record {path}`")
     if file_sha256(path) != expected:
         raise ArtifactError(f"{path} does not match the sha256 recorded when it was written "
                             f"({checksum_path(path).name}): it was changed or corrupted since; {FIX}")

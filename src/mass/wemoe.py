@@ -30,7 +30,7 @@ from torch import nn
 from mass.data.store import make_loader, to_model_input
 from mass.forward import count_forwarded, encode
 from mass.second_pass import check_supported
-from mass.task_vectors import StateDict
+from mass.task_vectors import StateDict, TaskVectorFiles
 
 MLP_KEYS = ("c_fc.weight", "c_fc.bias", "c_proj.weight", "c_proj.bias")
 # Task Arithmetic's alpha by number of tasks in the final code (conf/merger/ta.yaml @ 2cfd42d, with 1 and 3
@@ -120,6 +120,19 @@ class WEMoEModel(nn.Module):
     def pop(self) -> dict[str, torch.Tensor]:
         """The last batch's voted heads, for :func:`mass.forward.encode`."""
         return {"head": self.head_vote().cpu()}
+
+
+def from_task_vectors(model: str, pretrained: StateDict, task_vectors: TaskVectorFiles, init_lambda: float,
+                      seed: int, device: str | torch.device = "cpu") -> WEMoEModel:
+    """WEMoE as the pipeline evaluates it: the image tower ``model`` at the Task Arithmetic base
+    (:func:`ta_alpha` of the number of tasks) with every MLP a weight-ensembling MoE over ``task_vectors``."""
+    from mass.baselines import task_arithmetic
+    from mass.encoder import create_visual
+    from mass.tsv import apply_delta
+
+    T = len(task_vectors)
+    base = apply_delta(pretrained, task_arithmetic(task_vectors, ta_alpha(T)))
+    return WEMoEModel(create_visual(model, base, device), pretrained, task_vectors.stack, T, init_lambda, seed)
 
 
 def entropy(logits: torch.Tensor) -> torch.Tensor:

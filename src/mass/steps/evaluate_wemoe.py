@@ -14,10 +14,9 @@ import time
 
 import torch
 
-from mass.baselines import task_arithmetic
 from mass.data.benchmark import load_benchmark_split
 from mass.data.store import RowSubset
-from mass.encoder import create_visual, image_size
+from mass.encoder import image_size
 from mass.evaluation import voted_head_scores
 from mass.forward import log_images_forwarded
 from mass.heads import head_logits, load_heads
@@ -26,8 +25,7 @@ from mass.results import MethodResult
 from mass.steps._cli import benchmark_parser, setup
 from mass.task_vectors import TaskVectorFiles, visual_state_dict
 from mass.training import default_device
-from mass.tsv import apply_delta
-from mass.wemoe import WEMoEModel, adapt, predict, ta_alpha, task_batches
+from mass.wemoe import adapt, from_task_vectors, predict, ta_alpha, task_batches
 
 
 def main() -> None:
@@ -49,8 +47,7 @@ def main() -> None:
     pre = visual_state_dict(load_tensors(args.pretrained))
     tvs = TaskVectorFiles(pre, args.finetuned, args.tasks)
     alpha = ta_alpha(T)
-    visual = create_visual(args.model, apply_delta(pre, task_arithmetic(tvs, alpha)), device)
-    model = WEMoEModel(visual, pre, tvs.stack, T, args.init_lambda, args.seed)
+    model = from_task_vectors(args.model, pre, tvs, args.init_lambda, args.seed, device)
     heads, names = load_heads(args.heads)
     heads = [h.to(device) for h in heads]
     adapt_split = load_benchmark_split(args.data_dirs, args.tasks, args.adapt_on)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mass.baselines import task_arithmetic
 from mass.cost import best_times, count_macs, exact_merge_macs, held_parameters, mass_parameters, tokens_per_matrix
 from mass.data.benchmark import load_benchmark_split
 from mass.data.store import RowSubset
@@ -33,8 +32,7 @@ from mass.steps._cli import add_attention_arg, benchmark_parser, setup
 from mass.svd import load_components
 from mass.task_vectors import Location, TaskVectorFiles, visual_state_dict
 from mass.training import default_device
-from mass.tsv import apply_delta
-from mass.wemoe import WEMoEModel, predict, ta_alpha
+from mass.wemoe import from_task_vectors, predict
 
 
 def sample_rows(task: torch.Tensor, num_tasks: int, images: int) -> np.ndarray:
@@ -98,9 +96,8 @@ def main() -> None:
         steps["smile"] = lambda: smile.predict(images, size, args.batch_size)
         storage["smile"] = held_parameters(smile.visual)
     if "wemoe" in args.moerging:
-        tvs = TaskVectorFiles(pre, args.finetuned, args.tasks)
-        wemoe = WEMoEModel(create_visual(args.model, apply_delta(pre, task_arithmetic(tvs, ta_alpha(T))), device),
-                           pre, tvs.stack, T, args.init_lambda, args.seed)
+        wemoe = from_task_vectors(args.model, pre, TaskVectorFiles(pre, args.finetuned, args.tasks), args.init_lambda,
+                                  args.seed, device)
         steps["wemoe"] = lambda: [predict(wemoe, part, size, args.eval_batch_size, device) for part in per_task]
         storage["wemoe"] = held_parameters(wemoe)
     steps["mass_proj"]()  # the subset factors MASS caches across batches are built before it is timed
