@@ -8,6 +8,7 @@ tensor and is stored as safetensors: nothing is ever unpickled.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 
 from mass.encoder import register_model_configs
-from mass.io import load_tensors
+from mass.io import FIX, ArtifactError, check_holds, held_by, load_tensors
 
 
 def class_text(name: str | Sequence[str]) -> str:
@@ -75,18 +76,32 @@ def tokenizer_for(model_name: str):
     return open_clip.get_tokenizer(model_name)
 
 
-def load_heads(paths: Sequence[str]) -> tuple[list[torch.Tensor], list[str]]:
-    """Head matrices and head names (tasks sharing a head, like STL10/CIFAR10, share the name)."""
+def load_heads(paths: Sequence[str], tasks: Sequence[str] | None = None,
+               model: str | None = None) -> tuple[list[torch.Tensor], list[str]]:
+    """Head matrices and head names (tasks sharing a head, like STL10/CIFAR10, share the name); with
+    ``tasks`` (and ``model``), each file must be a head of that task (for that open_clip architecture:
+    :func:`check_head`)."""
     heads, names = [], []
-    for path in paths:
+    for t, path in enumerate(paths):
+        check_head(path, None if tasks is None else tasks[t], model)
         heads.append(load_tensors(path)["weight"])
         names.append(_head_name(path))
     return heads, names
 
 
-def _head_name(path: str) -> str:
-    from safetensors import safe_open
+def check_head(path: str | os.PathLike, task: str | None, model: str | None) -> None:
+    """Refuse a head file that serves other tasks than ``task`` or another architecture than ``model``: a
+    head copied over another's with its checksum file passes every checksum, and heads of ViT-B/32 and
+    ViT-B/16 even have the same shape. A head records the tasks it serves (``tasks``, comma-separated: a
+    shared head serves several) or, written before that was recorded, its ``task``."""
+    held = held_by(path)
+    serves = held.get("tasks", held.get("task"))
+    if task is not None and serves is not None and task not in serves.split(","):
+        raise ArtifactError(f"{path} is the head of {serves}, not of {task!r}: another head was copied over it "
+                            f"with its checksum (the checksum matches its own bytes); {FIX}")
+    check_holds(path, model=model)
 
-    with safe_open(path, "pt") as fh:
-        meta = fh.metadata() or {}
+
+def _head_name(path: str) -> str:
+    meta = held_by(path)
     return meta.get("head") or meta.get("task") or Path(path).stem

@@ -110,12 +110,18 @@ def _writer() -> str:
     return f"python -m {spec.name}" if spec is not None else Path(sys.argv[0]).name or "python"
 
 
-def record_checksum(target: Path, digest: str) -> None:
-    """Write ``target``'s sidecar: the sha256 its readers check (atomically, as every artifact)."""
+_HOLDS = "# holds: "
+
+
+def record_checksum(target: Path, digest: str, holds: Mapping[str, str] | None = None) -> None:
+    """Write ``target``'s sidecar: the sha256 its readers check (atomically, as every artifact), and, for a
+    format without metadata of its own (``.npy``), what the file holds (:func:`held_by`) as a comment line
+    (``sha256sum -c`` skips comments)."""
     sidecar = checksum_path(target)
     tmp = _create_temp(sidecar)
+    held = f"{_HOLDS}{json.dumps(dict(sorted(holds.items())))}\n" if holds else ""
     try:
-        tmp.write_text(f"# written by {_writer()}\n{digest}  {target.name}\n")
+        tmp.write_text(f"# written by {_writer()}\n{held}{digest}  {target.name}\n")
         os.replace(tmp, sidecar)
     finally:
         tmp.unlink(missing_ok=True)
@@ -151,9 +157,11 @@ def no_space_error(err: BaseException, path: str | os.PathLike, needed: int | No
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, checksum: bool = True) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success, record its sha256 (unless
-    ``checksum`` is false) and rename it onto ``path``. The checksum is recorded first, so a write
+def atomic_path(path: str | os.PathLike, checksum: bool = True,
+                holds: Mapping[str, str] | None = None) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success, record its sha256 (unless ``checksum``
+    is false; with ``holds``, what it holds: :func:`record_checksum`) and rename it onto ``path``. The
+    checksum is recorded first, so a write
     killed in between leaves a checksum that no file matches, never a file without its checksum.
     A write that runs out of disk space (in the writer or here) ends in one :class:`ArtifactError`
     naming the file, with nothing left behind."""
@@ -171,7 +179,7 @@ def atomic_path(path: str | os.PathLike, checksum: bool = True) -> Iterator[Path
         # the writer may have replaced the file with its own (safetensors creates it 0600)
         os.chmod(tmp_path, 0o666 & ~_umask())
         if checksum:
-            record_checksum(target, file_sha256(tmp_path))
+            record_checksum(target, file_sha256(tmp_path), holds)
         else:
             checksum_path(target).unlink(missing_ok=True)
         os.replace(tmp_path, target)
@@ -311,14 +319,47 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise ArtifactError(f"{path} is not a readable safetensors file ({err}); {FIX}") from err
 
 
-def check_task(path: str | os.PathLike, task: str) -> None:
-    """Refuse a per-task artifact (SVD cache, fine-tuned encoder) whose metadata names another task: a file
-    of one task copied over another's, with its sidecar, passes every checksum but is the wrong file.
-    Files written before the task was recorded pass."""
-    held = read_metadata(path).get("task")
-    if held is not None and held != task:
-        raise ArtifactError(f"{path} holds task {held!r}, not {task!r}: another task's file was copied over it (its "
-                            f"checksum matches its own bytes); {FIX}")
+def held_by(path: str | os.PathLike) -> dict[str, str]:
+    """What an artifact says it holds (task, model, split, ...): a safetensors file's metadata, or the
+    ``# holds:`` line its checksum file got when it was written (formats without metadata, ``.npy``)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_metadata(path)
+    try:
+        lines = checksum_path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"cannot read {checksum_path(path)}, the checksum of {path} ({err}); {FIX}") from err
+    for line in lines:
+        if line.startswith(_HOLDS):
+            try:
+                held = json.loads(line[len(_HOLDS):])
+            except json.JSONDecodeError as err:
+                raise ArtifactError(f"{checksum_path(path)}, the checksum of {path}, is damaged; {FIX}") from err
+            return {str(k): str(v) for k, v in held.items()}
+    return {}
+
+
+def check_holds(path: str | os.PathLike, **expected: str | None) -> None:
+    """Refuse a per-task artifact (SVD cache, fine-tuned encoder, head, split) that says it holds another
+    task, model or split than the one asked for: a file copied over another's with its checksum file
+    passes every checksum but is the wrong file. ``expected`` maps a key to the value asked for; None skips
+    the key. Files written before a key was recorded pass on it. Models compare by their weights' layout:
+    open_clip's ``-quickgelu`` variant holds the same weights as its base (the hub fetches record the
+    backbone, ``ViT-B-32``; the steps ask with its architecture, ``ViT-B-32-quickgelu``)."""
+    held = held_by(path)
+    for key, wanted in expected.items():
+        if wanted is None or key not in held:
+            continue
+        same = (_weights_of(held[key]) == _weights_of(wanted)) if key == "model" else held[key] == wanted
+        if not same:
+            raise ArtifactError(f"{path} holds {key} {held[key]!r}, not {wanted!r}: another file was copied over "
+                                f"it with its checksum (the checksum matches its own bytes); {FIX}")
+
+
+def _weights_of(model: str) -> str:
+    return model.removesuffix("-quickgelu")
 
 
 def save_arrays(path: str | os.PathLike, **arrays: np.ndarray) -> None:

@@ -85,9 +85,9 @@ class MassModel:
         and v merged as one matrix or three (:meth:`mass.svd.TaskComponents.for_attention`)."""
         device = device or default_device()
         pre = visual_state_dict(load_tensors(pretrained))
-        head_weights, head_names = load_heads(heads)
-        return cls(create_visual(model, pre, device), pre, load_components(components, attention, tasks), head_weights,
-                   head_names, image_size(model), device, alpha)
+        head_weights, head_names = load_heads(heads, tasks, model)
+        return cls(create_visual(model, pre, device), pre, load_components(components, attention, tasks, model),
+                   head_weights, head_names, image_size(model), device, alpha)
 
     @property
     def num_tasks(self) -> int:

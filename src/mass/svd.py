@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from mass.io import check_task, load_tensors, save_tensors, verify
+from mass.io import check_holds, load_tensors, save_tensors, verify
 from mass.task_vectors import (
     ATTENTION_LAYOUTS,
     StateDict,
@@ -216,11 +216,11 @@ def stored_dtype(path) -> str:
 
 
 def load_components(paths: Sequence[str], attention: str = "in_proj",
-                    tasks: Sequence[str] | None = None) -> list[TaskComponents]:
+                    tasks: Sequence[str] | None = None, model: str | None = None) -> list[TaskComponents]:
     """Every task's SVD cache, in the order given (benchmark order), with attention laid out as
-    ``attention`` (:meth:`TaskComponents.for_attention`); with ``tasks``, each file must hold that task
-    (:func:`mass.io.check_task`)."""
-    if tasks is not None:
-        for path, task in zip(paths, tasks, strict=True):
-            check_task(path, task)
+    ``attention`` (:meth:`TaskComponents.for_attention`); with ``tasks`` (and ``model``), each file must hold
+    that task (of that open_clip architecture: :func:`mass.io.check_holds`)."""
+    if tasks is not None or model is not None:
+        for path, task in zip(paths, tasks or [None] * len(paths), strict=True):
+            check_holds(path, task=task, model=model)
     return [TaskComponents.load(p).for_attention(attention, p) for p in paths]

@@ -188,19 +188,19 @@ class TaskVectorFiles(Sequence[TaskVector]):
     """
 
     def __init__(self, pretrained: Mapping[str, torch.Tensor], paths: Sequence[str | os.PathLike],
-                 tasks: Sequence[str] | None = None):
-        """``tasks``: the task each file must hold (:func:`mass.io.check_task`)."""
+                 tasks: Sequence[str] | None = None, model: str | None = None):
+        """``tasks``, ``model``: the task each file must hold, and its open_clip architecture
+        (:func:`mass.io.check_holds`)."""
         from safetensors import safe_open
 
-        from mass.io import check_task, verify
+        from mass.io import check_holds, verify
 
         self.pretrained = visual_state_dict(pretrained)
         self.keys = [k for k, v in self.pretrained.items() if v.is_floating_point()]
         self.paths, self._names = [str(p) for p in paths], []
         for t, path in enumerate(self.paths):
             verify(path)
-            if tasks is not None:
-                check_task(path, tasks[t])
+            check_holds(path, task=None if tasks is None else tasks[t], model=model)
             with safe_open(path, framework="pt") as fh:
                 names = visual_keys(fh.keys())
             extra = sorted(set(names) ^ set(self.pretrained))

@@ -312,6 +312,6 @@ def test_batched_mass_and_tsvm_use_and_record_the_configured_alpha(bench, first_
                                "--route-batch-size", 8, "--out", tmp_path / "batched.json"], monkeypatch)
     assert built == [0.5]
     assert read_json(tmp_path / "batched.json")["hyperparameters"]["alpha"] == 0.5
-    run_cli(evaluate_tsvm, ["--tasks", *TASKS, "--heads", *bench["heads"], "--first-pass", first_passes["test"],
-                            "--alpha", 0.7, "--out", tmp_path / "tsvm.json"], monkeypatch)
+    run_cli(evaluate_tsvm, ["--model", "mass-tiny-vit", "--tasks", *TASKS, "--heads", *bench["heads"], "--first-pass",
+                            first_passes["test"], "--alpha", 0.7, "--out", tmp_path / "tsvm.json"], monkeypatch)
     assert read_json(tmp_path / "tsvm.json")["hyperparameters"]["alpha"] == 0.7

@@ -39,13 +39,13 @@ FIX = "delete it and rerun the rule that makes it"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def svd_cache(path, seed=0):
+def svd_cache(path, seed=0, metadata=None):
     """A TaskComponents file of ~1 MB, like one task's SVD cache."""
     g = torch.Generator().manual_seed(seed)
     matrices = {f"blocks.{i}.mlp.c_fc.weight": LowRank(torch.randn(256, 16, generator=g), torch.rand(16, generator=g),
                                                        torch.randn(64, 16, generator=g)) for i in range(24)}
     comps = TaskComponents(matrices, {"ln_post.weight": torch.randn(64, generator=g)})
-    comps.save(path, {"rank_fraction": "0.25"})
+    comps.save(path, {"rank_fraction": "0.25", **(metadata or {})})
     return comps
 
 
@@ -196,6 +196,63 @@ def test_another_tasks_file_copied_over_with_its_checksum_is_refused(tiny_clip, 
     assert str(svd["B"]) in str(err.value)
     with pytest.raises(ArtifactError, match="holds task 'A', not 'B'"):
         TaskVectorFiles(pre, [tmp_path / "ft_A.safetensors", tmp_path / "ft_B.safetensors"], ["A", "B"])
+
+
+def _copy_over(source: Path, target: Path) -> None:
+    """What `cp -a` of one task's file over another's does: the file and its checksum file."""
+    shutil.copyfile(source, target)
+    shutil.copyfile(checksum_path(source), checksum_path(target))
+
+
+def test_another_tasks_head_split_or_backbones_file_is_refused(tmp_path):
+    """Issue 31 item 2, the rest: heads record the tasks they serve and their architecture (ViT-B/32 and
+    ViT-B/16 heads, and SVD caches, have the same shapes), split files record task and split in their
+    checksum file (.npy has no metadata), info.json names its task. Each swap below passes verify."""
+    from mass.data.store import TaskInfo, load_info, save_info
+    from mass.heads import load_heads
+
+    heads = tmp_path / "heads"
+    for name, served in (("A", "A"), ("B", "B"), ("CIFAR10_STL10", "CIFAR10,STL10")):
+        save_tensors(heads / f"{name}.safetensors", {"weight": torch.randn(3, 4)},
+                     {"task": name, "tasks": served, "head": name, "model": "ViT-B-32-quickgelu"})
+    shared = str(heads / "CIFAR10_STL10.safetensors")
+    _, names = load_heads([str(heads / "A.safetensors"), shared, shared], ["A", "CIFAR10", "STL10"], "ViT-B-32")
+    assert names == ["A", "CIFAR10_STL10", "CIFAR10_STL10"]  # -quickgelu holds the same weights as its base
+    with pytest.raises(ArtifactError, match="is the head of CIFAR10,STL10, not of 'A'"):
+        load_heads([shared], ["A"])
+    with pytest.raises(ArtifactError, match="holds model 'ViT-B-32-quickgelu', not 'ViT-B-16-quickgelu'"):
+        load_heads([str(heads / "A.safetensors")], ["A"], "ViT-B-16-quickgelu")
+    _copy_over(heads / "A.safetensors", heads / "B.safetensors")
+    assert main(["verify", str(heads)]) == 0
+    with pytest.raises(ArtifactError, match="B.safetensors is the head of A, not of 'B'"):
+        load_heads([str(heads / "A.safetensors"), str(heads / "B.safetensors")], ["A", "B"])
+
+    rng = np.random.default_rng(0)
+    for task in ("A", "B"):
+        for split in ("val", "test"):
+            save_split(tmp_path, task, split, rng.integers(0, 255, (2, 4, 4, 3), dtype=np.uint8), np.arange(2))
+        save_info(tmp_path, TaskInfo(task, ["x", "y"], ["{c}"]))
+    check = subprocess.run(["sha256sum", "-c", checksum_path(tmp_path / "A" / "val_images.npy").name],
+                           cwd=tmp_path / "A", capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout == "val_images.npy: OK\n"  # the holds line is a comment
+    _copy_over(tmp_path / "A" / "test_images.npy", tmp_path / "B" / "test_images.npy")
+    _copy_over(tmp_path / "B" / "val_labels.npy", tmp_path / "B" / "test_labels.npy")
+    _copy_over(tmp_path / "A" / "info.json", tmp_path / "B" / "info.json")
+    assert main(["verify", str(tmp_path / "B")]) == 0
+    with pytest.raises(ArtifactError, match="test_images.npy holds task 'A', not 'B'"):
+        load_split(tmp_path, "B", "test")
+    _copy_over(tmp_path / "B" / "val_images.npy", tmp_path / "B" / "test_images.npy")
+    with pytest.raises(ArtifactError, match="test_images.npy holds split 'val', not 'test'"):
+        load_split(tmp_path, "B", "test")
+    assert load_split(tmp_path, "A", "test")[1].tolist() == [0, 1]
+    with pytest.raises(ArtifactError, match="B/info.json describes task 'A', not 'B'"):
+        load_info(tmp_path, "B")
+
+    cache = tmp_path / "svd" / "A.safetensors"
+    svd_cache(cache, metadata={"task": "A", "model": "ViT-B-16"})
+    with pytest.raises(ArtifactError, match="holds model 'ViT-B-16', not 'ViT-B-32-quickgelu'"):
+        load_components([str(cache)], tasks=["A"], model="ViT-B-32-quickgelu")
+    assert len(load_components([str(cache)], tasks=["A"], model="ViT-B-16-quickgelu")) == 1
 
 
 def test_rewrite_replaces_the_checksum(tmp_path):

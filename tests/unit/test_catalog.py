@@ -90,6 +90,6 @@ def test_stl10_and_cifar10_share_a_head_only_when_both_are_in_the_benchmark(tmp_
     np.testing.assert_array_equal(both.labels[both.indices_of(1)].numpy(), labels[10:])
     assert catalog.benchmark_head("STL10", catalog.BENCHMARKS[14]) is None
     assert catalog.benchmark_head("CIFAR10", catalog.BENCHMARKS[20]) == head
-    classnames, templates, name = head_prompts(root, "CIFAR10_STL10")
+    classnames, templates, name, served = head_prompts(root, "CIFAR10_STL10")
     assert name == "CIFAR10_STL10" and classnames == list(head.classnames) and len(classnames) == 11
     assert head_prompts(root, "STL10")[:2] == catalog.task_prompts("STL10")

@@ -8,6 +8,7 @@ rule evaluate_tsvm:
     output:
         "results/{backbone}/{bench}/methods/tsvm.json",
     params:
+        arch=arch,
         tasks=lambda w: " ".join(tasks(w)),
         alpha=config["merge"]["alpha"],
     log:
@@ -21,7 +22,7 @@ rule evaluate_tsvm:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.evaluate_tsvm --tasks {params.tasks} --heads {input.heads} --first-pass {input.first_pass} "
+        "python -m mass.steps.evaluate_tsvm --model {params.arch} --tasks {params.tasks} --heads {input.heads} --first-pass {input.first_pass} "
         "--alpha {params.alpha} --out {output} > {log} 2>&1"
 
 

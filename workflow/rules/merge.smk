@@ -10,6 +10,7 @@ rule merge:
         merged="results/{backbone}/{bench}/merge/{merge}.safetensors",
         accepted="results/{backbone}/{bench}/merge/{merge}.json",
     params:
+        arch=arch,
         tasks=lambda w: " ".join(tasks(w)),
         epsilon=lambda w: w.merge.removeprefix("eps") if w.merge != "static" else "none",
         attention=lambda w: "in_proj" if w.merge == "static" else config["merge"]["attention"],
@@ -24,7 +25,7 @@ rule merge:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.merge --tasks {params.tasks} --components {input.components} --epsilon {params.epsilon} "
+        "python -m mass.steps.merge --model {params.arch} --tasks {params.tasks} --components {input.components} --epsilon {params.epsilon} "
         "--attention {params.attention} --out {output.merged} --accepted {output.accepted} --threads {threads} > {log} 2>&1"
 
 

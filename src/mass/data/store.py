@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, SequentialSampler
 
-from mass.io import ArtifactError, atomic_path, read_json, verify, write_json
+from mass.io import ArtifactError, atomic_path, check_holds, read_json, verify, write_json
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -47,7 +47,13 @@ def save_info(root: str | Path, info: TaskInfo) -> None:
 
 
 def load_info(root: str | Path, task: str) -> TaskInfo:
-    return TaskInfo(**read_json(Path(root) / task / "info.json"))
+    path = Path(root) / task / "info.json"
+    info = TaskInfo(**read_json(path))
+    if info.name != task:
+        raise ArtifactError(f"{path} describes task {info.name!r}, not {task!r}: another task's info.json was copied "
+                            "over it with its checksum; delete the task's folder and rerun the same snakemake command "
+                            "(it prepares the task again)")
+    return info
 
 
 def split_paths(root: str | Path, task: str, split: str) -> tuple[Path, Path]:
@@ -56,14 +62,15 @@ def split_paths(root: str | Path, task: str, split: str) -> tuple[Path, Path]:
 
 
 def save_split(root: str | Path, task: str, split: str, images: np.ndarray, labels: np.ndarray) -> None:
-    """Write labels, then images, each atomically (the preparing rules declare both as outputs)."""
+    """Write labels, then images, each atomically (the preparing rules declare both as outputs); each
+    file's checksum records the task and split it holds (:func:`mass.io.check_holds`)."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be uint8 N x H x W x 3, got {images.dtype} {images.shape}")
     if len(images) != len(labels):
         raise ValueError("images and labels differ in length")
     img_path, lab_path = split_paths(root, task, split)
     for path, array in ((lab_path, labels.astype(np.int64)), (img_path, images)):
-        with atomic_path(path) as tmp:
+        with atomic_path(path, holds={"task": task, "split": split}) as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, array)
 
@@ -76,6 +83,7 @@ def load_split(root: str | Path, task: str, split: str, mmap: bool = True) -> tu
         if not path.is_file():
             raise ArtifactError(f"missing {path}: {remake}")
         verify(path)  # the sha256 recorded when it was written
+        check_holds(path, task=task, split=split)  # not another task's or split's file copied over it
     try:
         images = np.load(img_path, mmap_mode="r" if mmap else None, allow_pickle=False)
         labels = np.load(lab_path, allow_pickle=False)

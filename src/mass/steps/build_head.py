@@ -15,13 +15,13 @@ from mass.steps._cli import step_parser
 from mass.training import set_threads
 
 
-def head_prompts(data: str, name: str) -> tuple[list[str], list[str], str]:
-    """Class names, templates and head name of a task's own head or of a shared head."""
+def head_prompts(data: str, name: str) -> tuple[list[str], list[str], str, list[str]]:
+    """Class names, templates, head name and the tasks served, of a task's own head or of a shared head."""
     shared = catalog.named_shared_head(name)
     if shared is not None:
-        return list(shared.classnames), list(shared.templates), shared.name
+        return list(shared.classnames), list(shared.templates), shared.name, sorted(shared.label_maps)
     info = load_info(data, name)
-    return info.classnames, info.templates, info.head
+    return info.classnames, info.templates, info.head, [name]
 
 
 def main() -> None:
@@ -36,9 +36,10 @@ def main() -> None:
     set_threads(args.threads)
     clip = create_clip(args.model)
     clip.load_state_dict(load_tensors(args.pretrained))
-    classnames, templates, name = head_prompts(args.data, args.task)
+    classnames, templates, name, served = head_prompts(args.data, args.task)
     head = build_zero_shot_head(clip, tokenizer_for(args.model), classnames, templates)
-    save_tensors(args.out, {"weight": head}, {"task": args.task, "head": name})
+    save_tensors(args.out, {"weight": head}, {"task": args.task, "tasks": ",".join(served), "head": name,
+                                              "model": args.model})
 
 
 if __name__ == "__main__":

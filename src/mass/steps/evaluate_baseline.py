@@ -47,8 +47,9 @@ def main() -> None:
     build_merge = method.builder()
 
     pre = visual_state_dict(load_tensors(args.pretrained))
-    tvs = TaskVectorFiles(pre, args.finetuned, args.tasks)  # read layer by layer or task by task, never all T at once
-    heads, _ = load_heads(args.heads)
+    # read layer by layer or task by task, never all T at once
+    tvs = TaskVectorFiles(pre, args.finetuned, args.tasks, args.model)
+    heads, _ = load_heads(args.heads, args.tasks, args.model)
     val = load_benchmark_split(args.data_dirs, args.tasks, "val")
     visual = create_visual(args.model, pre, default_device())
     size = image_size(args.model)

@@ -10,7 +10,7 @@ from mass.encoder import create_visual, image_size
 from mass.evaluation import evaluate_encoder
 from mass.forward import log_images_forwarded
 from mass.heads import load_heads
-from mass.io import load_tensors
+from mass.io import check_holds, load_tensors
 from mass.results import Endpoints
 from mass.steps._cli import step_parser
 from mass.task_vectors import visual_state_dict
@@ -30,7 +30,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     set_threads(args.threads)
-    heads, _ = load_heads([args.head])
+    heads, _ = load_heads([args.head], [args.task], args.model)
+    check_holds(args.finetuned, task=args.task, model=args.model)
     result = {"task": args.task}
     for name, path in (("zeroshot", args.pretrained), ("finetuned", args.finetuned)):
         visual = create_visual(args.model, visual_state_dict(load_tensors(path)), default_device())

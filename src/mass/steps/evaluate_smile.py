@@ -39,9 +39,9 @@ def main() -> None:
     setup(args)
     pre = visual_state_dict(load_tensors(args.pretrained))
     device = default_device()
-    components = load_components(args.components, args.attention, args.tasks)
+    components = load_components(args.components, args.attention, args.tasks, args.model)
     model = SmileModel(create_visual(args.model, pre, device), pre, components, args.gate_k, args.k, args.top_k, device)
-    heads, names = load_heads(args.heads)
+    heads, names = load_heads(args.heads, args.tasks, args.model)
     test = load_benchmark_split(args.data_dirs, args.tasks, "test")
     features, head = model.predict(test.images, image_size(args.model), args.batch_size, desc="SMILE")
     MethodResult(method="smile", **voted_head_scores(features, head, heads, names, test),

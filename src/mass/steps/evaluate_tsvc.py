@@ -36,11 +36,12 @@ def main() -> None:
     setup(args)
     tasks, T = args.tasks, len(args.tasks)
     pre = visual_state_dict(load_tensors(args.pretrained))
-    heads, _ = load_heads(args.heads)
+    heads, _ = load_heads(args.heads, args.tasks, args.model)
     test = load_benchmark_split(args.data_dirs, tasks, "test")
     results = {setting: {"test": {}, "size_fraction": {}, "ranks": {}} for setting in ("benchmark", "size")}
     visual = create_visual(args.model, pre, default_device())  # one tower; each model's weights are copied into it
-    for t, (name, comp) in enumerate(zip(tasks, load_components(args.components, tasks=tasks), strict=True)):
+    components = load_components(args.components, tasks=tasks, model=args.model)
+    for t, (name, comp) in enumerate(zip(tasks, components, strict=True)):
         idx = test.indices_of(t)
         for setting, result in results.items():
             ranks = ranks_for(setting, comp, T, args.size_fraction)

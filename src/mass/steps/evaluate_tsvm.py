@@ -12,6 +12,7 @@ from mass.steps._cli import step_parser
 
 def main() -> None:
     parser = step_parser(__doc__)
+    parser.add_argument("--model", required=True, help="open_clip architecture the heads must be of")
     parser.add_argument("--tasks", nargs="+", required=True)
     parser.add_argument("--heads", nargs="+", required=True)
     parser.add_argument("--first-pass", required=True, help="test-split first pass of the unfiltered merge")
@@ -20,7 +21,7 @@ def main() -> None:
     args = parser.parse_args()
     fp = FirstPassResult.load(args.first_pass)
     data = SplitData(None, fp.labels, fp.task, args.tasks)
-    heads, _ = load_heads(args.heads)
+    heads, _ = load_heads(args.heads, args.tasks, args.model)
     MethodResult(method="tsvm", test=accuracy_with_oracle_heads(fp.features, data, heads),
                  hyperparameters={"alpha": args.alpha, "epsilon": None}).save(args.out)
 

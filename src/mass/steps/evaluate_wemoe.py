@@ -45,10 +45,10 @@ def main() -> None:
     setup(args)
     device, size, T = default_device(), image_size(args.model), len(args.tasks)
     pre = visual_state_dict(load_tensors(args.pretrained))
-    tvs = TaskVectorFiles(pre, args.finetuned, args.tasks)
+    tvs = TaskVectorFiles(pre, args.finetuned, args.tasks, args.model)
     alpha = ta_alpha(T)
     model = from_task_vectors(args.model, pre, tvs, args.init_lambda, args.seed, device)
-    heads, names = load_heads(args.heads)
+    heads, names = load_heads(args.heads, args.tasks, args.model)
     heads = [h.to(device) for h in heads]
     adapt_split = load_benchmark_split(args.data_dirs, args.tasks, args.adapt_on)
     sources = [task_batches(RowSubset(adapt_split.images, adapt_split.indices_of(t)), size, args.adapt_batch_size,

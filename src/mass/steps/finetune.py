@@ -15,7 +15,7 @@ from tqdm import tqdm
 from mass.data.store import load_split, to_model_input
 from mass.encoder import create_visual, image_size
 from mass.forward import count_forwarded, log_images_forwarded
-from mass.heads import head_logits
+from mass.heads import check_head, head_logits
 from mass.io import load_tensors, save_tensors
 from mass.steps._cli import step_parser
 from mass.task_vectors import StateDict, visual_state_dict
@@ -64,6 +64,7 @@ def main() -> None:
     set_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     images, labels = load_split(args.data, args.task, "train", mmap=False)
+    check_head(args.head, args.task, args.model)
     weights = finetune(args.model, load_tensors(args.pretrained), load_tensors(args.head)["weight"], images, labels,
                        args.steps, args.batch_size, args.lr, args.warmup, args.weight_decay, args.seed, device,
                        desc=f"finetune {args.task}")

@@ -32,7 +32,8 @@ def main() -> None:
     pre = visual_state_dict(load_tensors(args.pretrained))
     data = load_benchmark_split(args.data_dirs, args.tasks, args.split)
     layers = all_layers(num_blocks(pre), args.ios)
-    bases = layer_bases(load_components(args.components, tasks=args.tasks), layers, num_tasks=len(args.tasks))
+    components = load_components(args.components, tasks=args.tasks, model=args.model)
+    bases = layer_bases(components, layers, num_tasks=len(args.tasks))
     visual = create_visual(args.model, first_pass_model(pre, args), default_device())
     feats, residuals = first_pass(visual, data.images, image_size(args.model), bases, args.tokens,
                                   args.batch_size, default_device(), desc=f"first pass {args.split}")

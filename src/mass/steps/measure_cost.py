@@ -64,8 +64,8 @@ def main() -> None:
     setup(args)
     device, size, T = default_device(), image_size(args.model), len(args.tasks)
     pre = visual_state_dict(load_tensors(args.pretrained))
-    comps = load_components(args.components, args.attention, args.tasks)
-    heads, names = load_heads(args.heads)
+    comps = load_components(args.components, args.attention, args.tasks, args.model)
+    heads, names = load_heads(args.heads, args.tasks, args.model)
     test = load_benchmark_split(args.data_dirs, args.tasks, "test")
     rows = sample_rows(test.task, T, args.images)
     images = RowSubset(test.images, rows)
@@ -96,8 +96,8 @@ def main() -> None:
         steps["smile"] = lambda: smile.predict(images, size, args.batch_size)
         storage["smile"] = held_parameters(smile.visual)
     if "wemoe" in args.moerging:
-        wemoe = from_task_vectors(args.model, pre, TaskVectorFiles(pre, args.finetuned, args.tasks), args.init_lambda,
-                                  args.seed, device)
+        task_vectors = TaskVectorFiles(pre, args.finetuned, args.tasks, args.model)
+        wemoe = from_task_vectors(args.model, pre, task_vectors, args.init_lambda, args.seed, device)
         steps["wemoe"] = lambda: [predict(wemoe, part, size, args.eval_batch_size, device) for part in per_task]
         storage["wemoe"] = held_parameters(wemoe)
     steps["mass_proj"]()  # the subset factors MASS caches across batches are built before it is timed

@@ -15,6 +15,7 @@ from mass.tsv import tsv_merge
 
 def main() -> None:
     parser = step_parser(__doc__)
+    parser.add_argument("--model", required=True, help="open_clip architecture the caches must be of")
     parser.add_argument("--tasks", nargs="+", required=True)
     parser.add_argument("--components", nargs="+", required=True)
     parser.add_argument("--epsilon", default="none", help="cosine threshold, or 'none' for plain TSV-M")
@@ -25,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     set_threads(args.threads)
     epsilon = None if args.epsilon == "none" else float(args.epsilon)
-    components = load_components(args.components, args.attention, args.tasks)
+    components = load_components(args.components, args.attention, args.tasks, args.model)
     delta, accepted = tsv_merge(components, epsilon=epsilon, device=default_device())
     save_tensors(args.out, delta, {"epsilon": args.epsilon, "attention": args.attention})
     dropped = {name: [args.tasks[i] for i in range(len(args.tasks)) if i not in keep]
