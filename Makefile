@@ -9,10 +9,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 # The exact versions come from the lock files (pipeline + dev tools); the project goes on top without
 # resolving anything, and pip check fails the install if the lock no longer satisfies pyproject.toml.
+# Bytecode is compiled on all cores afterwards (pip compiles on one: 61 s against 34 s on 2 cores); like
+# pip, compileall skips the few files of the dependencies that are not Python 3 (their tests and templates).
 $(VENV)/.installed: pyproject.toml requirements/pipeline.lock requirements/dev.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements/dev.lock
+	$(PY) -m pip install -q --no-compile -r requirements/dev.lock
+	$(PY) -m compileall -qq -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_path('purelib'))") || true
 	$(PY) -m pip install -q --no-deps -e .
 	$(PY) -m pip check
 	touch $@

@@ -161,10 +161,9 @@ def atomic_path(path: str | os.PathLike, checksum: bool = True,
                 holds: Mapping[str, str] | None = None) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; on success, record its sha256 (unless ``checksum``
     is false; with ``holds``, what it holds: :func:`record_checksum`) and rename it onto ``path``. The
-    checksum is recorded first, so a write
-    killed in between leaves a checksum that no file matches, never a file without its checksum.
-    A write that runs out of disk space (in the writer or here) ends in one :class:`ArtifactError`
-    naming the file, with nothing left behind."""
+    checksum is recorded first, so a write killed in between leaves a checksum that no file matches, never a
+    file without its checksum. A write that runs out of disk space (in the writer or here) ends in one
+    :class:`ArtifactError` naming the file, with nothing left behind."""
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
