@@ -3,6 +3,7 @@
 The library behind the reproduction pipeline; usable on its own checkpoints:
 
 - :mod:`mass.task_vectors`: task vectors / task matrices of open_clip image encoders
+- :mod:`mass.hf_vision`: transformers CLIP image towers (FusionBench's checkpoints) in open_clip's layout
 - :mod:`mass.svd`: truncated SVDs and the per-task SVD cache (:class:`TaskComponents`)
 - :mod:`mass.tsv`: TSV-M and the epsilon filter
 - :mod:`mass.baselines`: weight averaging, Task Arithmetic, Consensus TA, Iso-C, Iso-CTS

@@ -221,7 +221,7 @@ def test_rules_pass_config_pins_and_pick_the_shared_head(tmp_path):
     # theta_pre: the zero-shot encoder of the fine-tuned checkpoints' repository, at the same revision
     assert (f"--zeroshot-repo nik-dim/tall_masks --zeroshot-layout tall_masks --zeroshot-revision {'2' * 40}"
             in commands["fetch_pretrained"])
-    assert "--layout tall_masks" in commands["fetch_finetuned"]
+    assert "--layout tall_masks" in commands["fetch_finetuned"] and "--pretrained" not in commands["fetch_finetuned"]
     assert "--report results/ViT-B-32/theta_pre.json" in commands["fetch_pretrained"]
     # hub tasks use the published head; check_head compares it with the text-built one
     assert "--compare-with resources/checkpoints/ViT-B-32/built_heads/" in commands["check_head"]
@@ -246,6 +246,21 @@ def test_crisostomi_layout_fetches_per_task_repositories_and_builds_every_head_f
     built = {m for line in lines if line.startswith("python -m mass.steps.build_head ")
              for m in re.findall(r"--out resources/checkpoints/ViT-B-32/heads/(\w+)\.safetensors", line)}
     assert built == {"Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SVHN", "SUN397"}
+
+
+def test_fusionbench_layout_completes_its_encoders_with_theta_pres_projection(tmp_path):
+    """FusionBench's encoders lack the projection: fetch_finetuned reads theta_pre (the backbone's OpenAI
+    weights; its base is not fetched), heads are built from text, and EMNIST is fine-tuned here."""
+    overlay = {"sources": {"finetuned_repo": "tanganke", "finetuned_layout": "fusionbench"},
+               "run": {"backbones": ["ViT-B-32"], "benchmarks": ["20"]}}
+    stdout, lines, commands = _planned_commands(tmp_path, overlay, ["results/ViT-B-32/20/methods/tsvm.json"])
+    fetches = [line for line in lines if line.startswith("python -m mass.steps.fetch_finetuned ")]
+    assert len(fetches) == 19 and not any("--task EMNIST" in line for line in fetches)
+    assert all("--layout fusionbench --pretrained resources/checkpoints/ViT-B-32/pretrained_openai.safetensors"
+               in line for line in fetches)
+    assert "--zeroshot-repo" not in commands["fetch_pretrained"]
+    assert "check_head" not in commands and "rule use_published_head:" not in stdout
+    assert any(line.startswith("python -m mass.steps.finetune ") and "--task EMNIST" in line for line in lines)
 
 
 def test_final_edition_preset_plans_its_sources_heads_order_and_routing(tmp_path):

@@ -175,6 +175,22 @@ def test_values_are_checked_naming_the_key(overlay, expected):
     assert expected in errors_of(overlay)
 
 
+def test_fusionbench_source_needs_emnist_fine_tuned_here():
+    """FusionBench's EMNIST encoder is EMNIST letters (tests/fixtures/sources/fusionbench.json): with its layout,
+    the catalog's EMNIST (digits) must be fine-tuned here (config.yaml does, as the paper did), and the per-task
+    repositories take no one revision."""
+    fusion = {"sources": {"finetuned_layout": "fusionbench", "finetuned_repo": "tanganke"},
+              "run": {"backbones": ["ViT-B-32"], "benchmarks": ["20"]}, "finetuned": {"refinetune": []}}
+    message = errors_of(fusion, base=PAPER)
+    assert ("finetuned.refinetune: the fusionbench source has no encoder for ['EMNIST'] (fusionbench's EMNIST is "
+            "EMNIST letters, not the paper's digits)") in message
+    configcheck.check_config(configcheck.merge(PAPER, {**fusion, "finetuned": {"refinetune": ["EMNIST"]}}))
+    configcheck.check_config(configcheck.merge(PAPER, {**fusion, "run": {"backbones": ["ViT-B-32"],
+                                                                         "benchmarks": ["8"]}}))
+    pinned = errors_of({"sources": {**fusion["sources"], "finetuned_revision": "b" * 40}}, base=PAPER)
+    assert "names one commit, but the fusionbench layout has one repository per backbone and task" in pinned
+
+
 def test_paper_backbones_are_checked_against_open_clip():
     message = errors_of({"backbones": {"ViT-L-14": {"candidate_blocks": [19, 24]}},
                          "routing": {"layer": "13.attn.in"}}, base=PAPER)

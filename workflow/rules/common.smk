@@ -232,6 +232,11 @@ def publishes_heads():
     return checkpoint_layout(_SOURCES["finetuned_layout"]).publishes_heads
 
 
+def projection_source(w):
+    """theta_pre, for a source whose encoders lack the output projection (fusionbench: mass.hf_vision)."""
+    return [pretrained(w.backbone)] if checkpoint_layout(_SOURCES["finetuned_layout"]).needs_projection else []
+
+
 def head_checks():
     """Agreement of the heads built from text with the published ones (hub data only)."""
     if config["data_source"] != "hub" or not publishes_heads():
@@ -256,8 +261,9 @@ def _opt(flag, value):
 
 
 def zeroshot_options(w):
-    """theta_pre from the fine-tuned checkpoints' repository and revision when they come from the hub."""
-    if config["finetuned"]["source"] != "hub":
+    """theta_pre from the fine-tuned checkpoints' repository and revision when they come from the hub (and
+    the source's base is fetched: fusionbench's is the backbone's own OpenAI weights)."""
+    if config["finetuned"]["source"] != "hub" or not checkpoint_layout(_SOURCES["finetuned_layout"]).publishes_zeroshot:
         return ""
     revision = _opt("--zeroshot-revision", _SOURCES["finetuned_revision"])
     model_dir = _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone))

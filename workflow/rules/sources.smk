@@ -133,6 +133,8 @@ rule fetch_pretrained:
 
 
 rule fetch_finetuned:
+    input:
+        pretrained=projection_source,
     output:
         "resources/checkpoints/{backbone}/hub/{task}.safetensors",
     wildcard_constraints:
@@ -144,7 +146,9 @@ rule fetch_finetuned:
         repo=_SOURCES["finetuned_repo"],
         revision=_opt("--revision", _SOURCES["finetuned_revision"]),
         model_dir=lambda w: _opt("--hub-model-dir", (_SOURCES.get("finetuned_model_dirs") or {}).get(w.backbone)),
-        layout=_SOURCES["finetuned_layout"],
+        # with theta_pre's projection where the source's encoders have none; the command and params of the other
+        # sources stay as they were, so existing downloads are not redone
+        layout=lambda w, input: f"{_SOURCES['finetuned_layout']} {_opt('--pretrained', input.pretrained)}".strip(),
     log:
         "results/logs/sources/fetch_finetuned/{backbone}/{task}.log",
     benchmark:

@@ -260,12 +260,24 @@ def source_errors(config: Mapping) -> list[str]:
     """Keys about the checkpoints' source and provenance that depend on each other or on the run."""
     errors = []
     sources = config.get("sources") or {}
-    if sources.get("finetuned_layout") == "crisostomi" and sources.get("finetuned_revision"):
+    layout = sources.get("finetuned_layout")
+    if layout in ("crisostomi", "fusionbench") and sources.get("finetuned_revision"):
         errors.append(f"sources.finetuned_revision: {sources['finetuned_revision']!r} names one commit, but the "
-                      "crisostomi layout has one repository per backbone and task; set it to null (each repository's "
+                      f"{layout} layout has one repository per backbone and task; set it to null (each repository's "
                       "commit is pinned in sources.lock_file on first download)")
     run_tasks = {t for b in (config.get("run") or {}).get("benchmarks", [])
                  for t in (config.get("benchmarks") or {}).get(b, [])}
+    finetuned = config.get("finetuned") or {}
+    if layout is not None and finetuned.get("source") == "hub":
+        from mass.sources.layouts import LAYOUTS  # plain data: no torch
+
+        source = LAYOUTS.get(layout)
+        missing = sorted(t for t in run_tasks - set(finetuned.get("refinetune") or [])
+                         if source is not None and not source.has_task(t))
+        if missing:
+            errors.append(f"finetuned.refinetune: the {layout} source has no encoder for {missing} (fusionbench's "
+                          "EMNIST is EMNIST letters, not the paper's digits); add them to finetuned.refinetune to "
+                          "fine-tune them here, or leave them out of the run's benchmarks")
     unknown = [t for t in (config.get("provenance") or {}).get("accept", []) if t not in run_tasks]
     if unknown:
         errors.append(f"provenance.accept: {unknown} are not tasks of the selected benchmarks "

@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 import torch
 
 from mass.data import catalog
+from mass.hf_vision import from_transformers, is_transformers_layout
 from mass.io import ArtifactError, load_tensors, save_tensors, write_json
 from mass.sources import layouts
 from mass.sources.download import HubRepo, LockFile, download, download_hub_file, is_commit, resolve_revision
@@ -145,6 +146,30 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
                             "yourself (torch.save(obj.state_dict())) and place that file there instead.") from err
     except Exception as err:  # noqa: BLE001  (anything else: the pickle itself is damaged)
         raise _corrupt(path, err) from err
+
+
+def read_encoder(path: str | os.PathLike, projection: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """An image encoder in any layout the sources publish, as open_clip's ``visual`` state dict: a torch
+    checkpoint (open_clip CLIP or image tower, the task-vector code's pickled ``ImageEncoder``, the final
+    code's ``ImageEncoder`` state dict) or a safetensors file, each possibly a transformers CLIP
+    (``CLIPVisionModel`` / ``CLIPModel``: :mod:`mass.hf_vision`; ``projection`` for one without its own)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except (SafetensorError, OSError) as err:
+            raise _corrupt(path, err) from err
+    else:
+        state = state_dict_of(safe_torch_load(path), path)
+    if is_transformers_layout(state):
+        try:
+            return from_transformers(state, projection)
+        except ValueError as err:
+            raise ArtifactError(f"{path}: {err}") from err
+    return visual_state_dict(state)
 
 
 def state_dict_of(obj: Any, path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -251,17 +276,20 @@ def _check_visual(model: str, tensors: Mapping[str, torch.Tensor], path: Path) -
 def fetch_finetuned(model: str, task: str, repo: str, out: str | os.PathLike, lock: LockFile,
                     revision: str | None = None, endpoint: str | None = None, raw: str | os.PathLike | None = None,
                     keep_raw: bool = False, hub_model_dir: str | None = None, layout: str = "tall_masks",
-                    **download_kwargs: Any) -> None:
+                    projection: torch.Tensor | None = None, **download_kwargs: Any) -> None:
     """Published fine-tuned encoder of ``task`` -> visual-relative safetensors at ``out``; ``layout``
-    names where the source keeps it (:mod:`mass.sources.layouts`)."""
+    names where the source keeps it (:mod:`mass.sources.layouts`); ``projection``: theta_pre's, for a
+    source whose encoders have none (:func:`read_encoder`)."""
     out = Path(out)
-    raw = Path(raw) if raw else out.with_suffix(".pt")
     source = layouts.layout(layout)
     file = source.finetuned(repo, hub_model_dir or model, task)
+    # the download keeps the source's suffix (read_encoder tells safetensors from pickles by it), beside ``out``
+    safetensors = Path(file.filename).suffix == ".safetensors"
+    raw = Path(raw) if raw else out.with_suffix(".hub.safetensors" if safetensors else ".pt")
     converted: dict[str, Any] = {}
 
     def convert(path: Path) -> None:
-        tensors = visual_state_dict(state_dict_of(safe_torch_load(path), path))
+        tensors = read_encoder(path, projection)
         _check_visual(model, tensors, path)
         converted["tensors"] = tensors
 
@@ -421,12 +449,14 @@ def adopt_zeroshot(model: str, state: dict[str, torch.Tensor], repo: str, lock: 
     source = layouts.layout(layout)
     file = source.zeroshot(repo, hub_model_dir or model)
     repo, filename = file.repo, file.filename
+    if Path(filename).suffix == ".safetensors":  # read_encoder tells safetensors from pickles by the suffix
+        raw = raw.with_suffix(".safetensors")
     snapshot = resolve_revision(HubRepo(repo), revision, lock, endpoint=endpoint, keep_listing=source.keeps_in_listing)
     ours = {k.removeprefix("visual."): v for k, v in state.items() if k.startswith("visual.")}
     converted: dict[str, Any] = {}
 
     def convert(path: Path) -> None:
-        visual = visual_state_dict(state_dict_of(safe_torch_load(path), path))
+        visual = read_encoder(path, ours.get("proj"))
         missing, unexpected = sorted(set(ours) - set(visual)), sorted(set(visual) - set(ours))
         wrong = sorted(k for k in set(ours) & set(visual) if ours[k].shape != visual[k].shape)
         if missing or unexpected or wrong:
