@@ -16,7 +16,10 @@ hub replaced the DTD one in December 2024, the final one (ICLR 2026) on the auth
 * ``class_spaces``: how its heads' classes follow from the sources (the final edition: each source's
   own names and order, with a few remaps and overrides), if not as the first edition's published heads.
 
-The ``demo`` edition publishes nothing: its check reports that there is nothing to compare with.
+The ``demo`` edition publishes nothing: its check reports that there is nothing to compare with. The
+``fusionbench`` entry is no edition of the MASS paper but the same mechanism for another source of
+encoders: FusionBench's published accuracies of its own fine-tuned CLIP models (``sources.finetuned_layout:
+fusionbench``), per task and for the merges its docs report on 8 tasks.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import json
 from dataclasses import dataclass, field
 from importlib import resources
 
-EDITIONS = ("first", "final", "demo")
+EDITIONS = ("first", "final", "fusionbench", "demo")
 # Benchmarks of the published tables, in the order of each value list.
 TABLE_BENCHMARKS = ("8", "14", "20")
 

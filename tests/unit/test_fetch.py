@@ -251,7 +251,7 @@ def test_crisostomi_layout_fetches_per_task_repositories_and_builds_every_head_f
 def test_fusionbench_layout_completes_its_encoders_with_theta_pres_projection(tmp_path):
     """FusionBench's encoders lack the projection: fetch_finetuned reads theta_pre (the backbone's OpenAI
     weights; its base is not fetched), heads are built from text, and EMNIST is fine-tuned here."""
-    overlay = {"sources": {"finetuned_repo": "tanganke", "finetuned_layout": "fusionbench"},
+    overlay = {"sources": {"finetuned_repo": "tanganke", "finetuned_layout": "fusionbench"}, "edition": "fusionbench",
                "run": {"backbones": ["ViT-B-32"], "benchmarks": ["20"]}}
     stdout, lines, commands = _planned_commands(tmp_path, overlay, ["results/ViT-B-32/20/methods/tsvm.json"])
     fetches = [line for line in lines if line.startswith("python -m mass.steps.fetch_finetuned ")]
@@ -261,6 +261,7 @@ def test_fusionbench_layout_completes_its_encoders_with_theta_pres_projection(tm
     assert "--zeroshot-repo" not in commands["fetch_pretrained"]
     assert "check_head" not in commands and "rule use_published_head:" not in stdout
     assert any(line.startswith("python -m mass.steps.finetune ") and "--task EMNIST" in line for line in lines)
+    assert "--edition fusionbench" in next(line for line in lines if "check_provenance" in line)
 
 
 def test_final_edition_preset_plans_its_sources_heads_order_and_routing(tmp_path):

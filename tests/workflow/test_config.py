@@ -156,7 +156,7 @@ def test_docs_config_md_is_generated_from_the_schema():
     ({"sources": {"finetuned_layout": "crisostomi", "finetuned_revision": "a" * 40}},
      "sources.finetuned_revision: '" + "a" * 40 + "' names one commit, but the crisostomi layout has one repository"),
     ({"provenance": {"accept": ["DTDD"]}}, "provenance.accept: ['DTDD'] are not tasks of the selected benchmarks"),
-    ({"edition": "second"}, "edition: 'second' is not one of ['first', 'final', 'demo']"),
+    ({"edition": "second"}, "edition: 'second' is not one of ['first', 'final', 'fusionbench', 'demo']"),
     ({"backbones": {"tiny": {"routing_layer": "7.mlp.in"}}},
      "backbones.tiny.routing_layer: '7.mlp.in': block 7 does not exist in backbone tiny"),
     ({"moerging": {"smile": {"gate_k": 2, "k": 30, "top_k": 1}}},
