@@ -19,6 +19,7 @@ MISMATCH = "mismatch"
 DEVIATION = "documented deviation"
 ACCEPTED = "accepted deviation"
 TRAINED_HERE = "fine-tuned here"
+OWN_FILE = "your file"
 UNPUBLISHED = "not published"
 MATCH = "match"
 
@@ -40,12 +41,13 @@ class Comparison:
 
 
 def compare(edition: Edition, backbone: str, measured: dict[str, float], tolerance: float,
-            accepted: frozenset[str] = frozenset(), trained_here: frozenset[str] = frozenset()) -> list[Comparison]:
+            accepted: frozenset[str] = frozenset(), trained_here: frozenset[str] = frozenset(),
+            own: frozenset[str] = frozenset()) -> list[Comparison]:
     """Every task of ``measured`` (fractions) against ``edition``'s published accuracy; ``tolerance`` in points.
 
-    Tasks fine-tuned by this run (``trained_here``) are not the edition's checkpoints: their difference
-    is reported, never held against the run. A documented or accepted deviation is reported whatever
-    its size.
+    Tasks fine-tuned by this run (``trained_here``) and encoders the user gave (``own``:
+    ``finetuned.files``) are not the edition's checkpoints: their difference is reported, never held
+    against the run. A documented or accepted deviation is reported whatever its size.
     """
     out = []
     for task, value in measured.items():
@@ -57,7 +59,9 @@ def compare(edition: Edition, backbone: str, measured: dict[str, float], toleran
             continue
         paper = round(100 * published, 2)
         diff = round(ours - paper, 2)
-        if task in trained_here:
+        if task in own:
+            verdict, note = OWN_FILE, "the encoder given in finetuned.files, not the edition's checkpoint"
+        elif task in trained_here:
             verdict, note = TRAINED_HERE, "fine-tuned by this run (finetuned.refinetune or source finetune)"
         elif task in edition.deviations:
             verdict, note = DEVIATION, edition.deviations[task]

@@ -3,6 +3,7 @@ rerun and killed-job tests)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -76,3 +77,23 @@ def dry_run(cwd: Path, *configfiles: str, targets: tuple[str, ...] = ()) -> list
     run = snakemake(*targets, "-n", "--cores", "2", *SMALL, *configfiles, cwd=cwd, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     return planned_jobs(run.stdout + run.stderr)
+
+
+def planned_commands(tmp_path: Path, overlay: dict, targets: list[str]) -> tuple[str, list[str], dict[str, str]]:
+    """Dry run of a copy of the workflow (the catalog's data file is then found through the installed package)
+    with ``overlay`` on config.yaml: its output, its shell commands, and the fetch / check_head ones by step."""
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for name in ("workflow", "envs"):
+        shutil.copytree(ROOT / name, tmp_path / name)
+    (tmp_path / "overlay.yaml").write_text(json.dumps(overlay))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    command = [sys.executable, "-m", "snakemake", *targets, "-n", "-p", "--cores", "2",
+               "--configfile", "config.yaml", "overlay.yaml"]
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [" ".join(line.removeprefix("Shell command:").split()) for line in run.stdout.splitlines()
+             if line.startswith("Shell command: python -m mass.")]
+    commands = {line.split()[2].removeprefix("mass.steps."): line for line in lines
+                if line.startswith(("python -m mass.steps.fetch_", "python -m mass.steps.check_head"))}
+    return run.stdout, lines, commands

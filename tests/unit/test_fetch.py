@@ -7,8 +7,6 @@ import io
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -16,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from support.hub import COMMIT, pickled_head
+from support.workflow import planned_commands
 
 from mass.encoder import create_clip
 from mass.io import ArtifactError, load_tensors, save_tensors
@@ -185,26 +184,6 @@ def test_fetch_pretrained_from_file_and_from_hub(hub, tmp_path):  # noqa: F811
         "pretrained_openai.safetensors"]
 
 
-def _planned_commands(tmp_path: Path, overlay: dict, targets: list[str]) -> tuple[str, list[str], dict[str, str]]:
-    """Dry run of a copy of the workflow (the catalog's data file is then found through the installed package)
-    with ``overlay`` on config.yaml: its output, its shell commands, and the fetch / check_head ones by step."""
-    for name in ("Snakefile", "config.yaml"):
-        shutil.copy(REPO / name, tmp_path / name)
-    for name in ("workflow", "envs"):
-        shutil.copytree(REPO / name, tmp_path / name)
-    (tmp_path / "overlay.yaml").write_text(json.dumps(overlay))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    command = [sys.executable, "-m", "snakemake", *targets, "-n", "-p", "--cores", "2",
-               "--configfile", "config.yaml", "overlay.yaml"]
-    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
-    lines = [" ".join(line.removeprefix("Shell command:").split()) for line in run.stdout.splitlines()
-             if line.startswith("Shell command: python -m mass.")]
-    commands = {line.split()[2].removeprefix("mass.steps."): line for line in lines
-                if line.startswith(("python -m mass.steps.fetch_", "python -m mass.steps.check_head"))}
-    return run.stdout, lines, commands
-
-
 def test_rules_pass_config_pins_and_pick_the_shared_head(tmp_path):
     pins = {"datasets": {"MNIST": {"revision": "1" * 40}, "EMNIST": {"source_orientation": "mnist"}},
             "sources": {"finetuned_revision": "2" * 40, "pretrained_revisions": {"ViT-B-32": "3" * 40}}}
@@ -212,7 +191,7 @@ def test_rules_pass_config_pins_and_pick_the_shared_head(tmp_path):
                "resources/checkpoints/ViT-B-32/hub/MNIST.safetensors",
                "resources/checkpoints/ViT-B-32/pretrained_openai.safetensors",
                "results/ViT-B-32/14/methods/tsvm.json", "results/ViT-B-32/20/methods/tsvm.json"]
-    stdout, lines, commands = _planned_commands(tmp_path, pins, targets)
+    stdout, lines, commands = planned_commands(tmp_path, pins, targets)
     mnist = (f"download_dataset --task MNIST --out resources/raw/MNIST --lock workflow/sources.lock.json "
              f"--revision {'1' * 40}")
     assert any(mnist in line for line in lines)
@@ -239,7 +218,7 @@ def test_rules_pass_config_pins_and_pick_the_shared_head(tmp_path):
 def test_crisostomi_layout_fetches_per_task_repositories_and_builds_every_head_from_text(tmp_path):
     overlay = {"sources": {"finetuned_repo": "crisostomi", "finetuned_layout": "crisostomi"},
                "run": {"backbones": ["ViT-B-32"], "benchmarks": ["8"]}}
-    stdout, lines, commands = _planned_commands(tmp_path, overlay, ["results/ViT-B-32/8/methods/tsvm.json"])
+    stdout, lines, commands = planned_commands(tmp_path, overlay, ["results/ViT-B-32/8/methods/tsvm.json"])
     assert "--repo crisostomi" in commands["fetch_finetuned"] and "--layout crisostomi" in commands["fetch_finetuned"]
     assert "--zeroshot-repo crisostomi --zeroshot-layout crisostomi" in commands["fetch_pretrained"]
     assert "check_head" not in commands and "rule use_published_head:" not in stdout
@@ -253,7 +232,7 @@ def test_fusionbench_layout_completes_its_encoders_with_theta_pres_projection(tm
     weights; its base is not fetched), heads are built from text, and EMNIST is fine-tuned here."""
     overlay = {"sources": {"finetuned_repo": "tanganke", "finetuned_layout": "fusionbench"}, "edition": "fusionbench",
                "run": {"backbones": ["ViT-B-32"], "benchmarks": ["20"]}}
-    stdout, lines, commands = _planned_commands(tmp_path, overlay, ["results/ViT-B-32/20/methods/tsvm.json"])
+    stdout, lines, commands = planned_commands(tmp_path, overlay, ["results/ViT-B-32/20/methods/tsvm.json"])
     fetches = [line for line in lines if line.startswith("python -m mass.steps.fetch_finetuned ")]
     assert len(fetches) == 19 and not any("--task EMNIST" in line for line in fetches)
     assert all("--layout fusionbench --pretrained resources/checkpoints/ViT-B-32/pretrained_openai.safetensors"
@@ -271,7 +250,7 @@ def test_final_edition_preset_plans_its_sources_heads_order_and_routing(tmp_path
     import yaml
 
     final = yaml.safe_load((REPO / "workflow" / "presets" / "final.yaml").read_text())
-    stdout, lines, commands = _planned_commands(tmp_path, final, ["results/ViT-B-32/20/methods/mass_proj.json"])
+    stdout, lines, commands = planned_commands(tmp_path, final, ["results/ViT-B-32/20/methods/mass_proj.json"])
     fetch = re.compile(r"fetch_finetuned --model ViT-B-32 --task (\w+) --repo crisostomi")
     fetched = {m for line in lines for m in fetch.findall(line)}
     assert len(fetched) == 20 and "EMNIST" in fetched and "rule finetune:" not in stdout

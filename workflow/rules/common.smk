@@ -122,16 +122,28 @@ def pretrained(backbone):
     return ancient(f"resources/checkpoints/{backbone}/pretrained_{tag}.safetensors")
 
 
+def own_file(backbone, task):
+    """The encoder file the config gives for ``task`` on ``backbone`` (finetuned.files), or None."""
+    path = (config["finetuned"].get("files") or {}).get(backbone, {}).get(task)
+    return os.path.expanduser(path) if path else None
+
+
+def own_tasks(backbone):
+    return [t for t in all_tasks() if own_file(backbone, t)]
+
+
 def fetched(task):
     """Whether a task's fine-tuned encoder comes from the edition's source (else it is fine-tuned here)."""
     return config["finetuned"]["source"] == "hub" and task not in config["finetuned"]["refinetune"]
 
 
-def trained_here():
-    return [t for t in all_tasks() if not fetched(t)]
+def trained_here(backbone):
+    return [t for t in all_tasks() if not fetched(t) and not own_file(backbone, t)]
 
 
 def finetuned(backbone, task):
+    if own_file(backbone, task):
+        return ancient(f"resources/checkpoints/{backbone}/files/{task}.safetensors")
     from_hub = fetched(task)
     path = f"resources/checkpoints/{backbone}/{'hub' if from_hub else 'trained'}/{task}.safetensors"
     return ancient(path) if from_hub else path

@@ -5,10 +5,13 @@
 # (head_<Task>Val.pt, read tensors-only and stored as safetensors by check_head). Every other head
 # (tasks fine-tuned here, heads several tasks share, the demo) is built from the CLIP text tower
 # with the published code's class names and templates; build_head also builds the text head of a
-# hub task, under built_heads/, for check_head's comparison.
+# hub task, under built_heads/, for check_head's comparison. A task with an encoder of its own on any
+# backbone (finetuned.files) gets heads built from text on every backbone.
 
+_OWN = {t for files in (config["finetuned"].get("files") or {}).values() for t in files}
 _TASKS_WITH_PUBLISHED_HEADS = (
-    sorted({t for names in config["benchmarks"].values() for t in names} - set(config["finetuned"]["refinetune"]))
+    sorted({t for names in config["benchmarks"].values() for t in names} - set(config["finetuned"]["refinetune"])
+           - _OWN)
     if config["data_source"] == "hub" and config["finetuned"]["source"] == "hub" and publishes_heads() else []
 )
 _PUBLISHED = "|".join(sorted(_TASKS_WITH_PUBLISHED_HEADS))
@@ -106,6 +109,30 @@ rule finetune:
         "--weight-decay {params.weight_decay} --seed {params.seed} --threads {threads} > {log} 2>&1"
 
 
+rule import_finetuned:
+    input:
+        file=lambda w: own_file(w.backbone, w.task),
+        clip=lambda w: pretrained(w.backbone),
+    output:
+        "resources/checkpoints/{backbone}/files/{task}.safetensors",
+    params:
+        arch=arch,
+    log:
+        "results/logs/import_finetuned/{backbone}/{task}.log",
+    benchmark:
+        "results/benchmarks/import_finetuned/{backbone}/{task}.tsv"
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=20,
+    localrule: True  # the file may sit where only the submitting machine sees it
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.steps.import_finetuned --model {params.arch} --task {wildcards.task} --file {input.file:q} "
+        "--pretrained {input.clip} --out {output} > {log} 2>&1"
+
+
 rule evaluate_endpoints:
     input:
         clip=lambda w: pretrained(w.backbone),
@@ -144,7 +171,8 @@ rule check_provenance:
         edition=config["edition"],
         tolerance=config["provenance"]["tolerance"],
         accept=quoted(config["provenance"]["accept"]),
-        trained_here=quoted(trained_here()),
+        trained_here=lambda w: quoted(trained_here(w.backbone)),
+        own=lambda w: quoted(own_tasks(w.backbone)),
     log:
         "results/logs/check_provenance/{backbone}.log",
     benchmark:
@@ -158,7 +186,7 @@ rule check_provenance:
     shell:
         "python -m mass.steps.check_provenance --edition {params.edition} --backbone {wildcards.backbone} "
         "--endpoints {input.endpoints} --tolerance {params.tolerance} --accept {params.accept} "
-        "--trained-here {params.trained_here} --out {output} > {log} 2>&1"
+        "--trained-here {params.trained_here} --own {params.own} --out {output} > {log} 2>&1"
 
 
 # The SVD cache reads the provenance check (ancient: a rewritten check does not redo the cache), so no

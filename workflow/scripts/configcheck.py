@@ -268,11 +268,23 @@ def source_errors(config: Mapping) -> list[str]:
     run_tasks = {t for b in (config.get("run") or {}).get("benchmarks", [])
                  for t in (config.get("benchmarks") or {}).get(b, [])}
     finetuned = config.get("finetuned") or {}
+    for backbone, files in (finetuned.get("files") or {}).items():
+        if backbone not in (config.get("backbones") or {}):
+            errors.append(f"finetuned.files.{backbone}: no backbone of that name (backbones: "
+                          f"{sorted(config.get('backbones') or {})}); check the spelling")
+        for task, path in (files or {}).items():
+            if task not in run_tasks:
+                errors.append(f"finetuned.files.{backbone}.{task}: not a task of the selected benchmarks "
+                              f"({sorted(run_tasks)}); check the spelling")
+            elif not Path(path).expanduser().is_file():
+                errors.append(f"finetuned.files.{backbone}.{task}: {path} is not a file; give the path of the "
+                              "fine-tuned encoder (absolute, or relative to the working directory)")
     if layout is not None and finetuned.get("source") == "hub":
         from mass.sources.layouts import LAYOUTS  # plain data: no torch
 
         source = LAYOUTS.get(layout)
-        missing = sorted(t for t in run_tasks - set(finetuned.get("refinetune") or [])
+        own = {t for files in (finetuned.get("files") or {}).values() for t in files}
+        missing = sorted(t for t in run_tasks - set(finetuned.get("refinetune") or []) - own
                          if source is not None and not source.has_task(t))
         if missing:
             errors.append(f"finetuned.refinetune: the {layout} source has no encoder for {missing} (fusionbench's "

@@ -121,8 +121,13 @@ def demo_corpus_size(config: Mapping) -> int:
     return len(TASKS) * (int(pre["per_task"]) + int(pre["domain_per_task"]))
 
 
-def trained_here(config: Mapping, task: str) -> bool:
-    """Fine-tuned by the pipeline (common.smk's ``finetuned``), not fetched from the hub."""
+def trained_here(config: Mapping, task: str, backbone: str | None = None) -> bool:
+    """Fine-tuned by the pipeline (common.smk's ``finetuned``): not fetched from the hub, nor given as a file
+    (``finetuned.files``; for ``backbone``, or on every backbone when None)."""
+    files = config["finetuned"].get("files") or {}
+    given = [task in (files.get(b) or {}) for b in ([backbone] if backbone else config["run"]["backbones"])]
+    if given and all(given):
+        return False
     return config["finetuned"]["source"] != "hub" or task in config["finetuned"]["refinetune"]
 
 
@@ -155,7 +160,7 @@ def plan_jobs(config: Mapping, sizes: Mapping[str, Splits]) -> list[Job]:
                             int(pre["steps"]) * min(int(pre["batch_size"]), demo_corpus_size(config))))
         for task in all_tasks:
             s = sizes[task]
-            if trained_here(config, task):
+            if trained_here(config, task, bb):
                 ft = config["finetune"]
                 batch = int(ft["batch_size"]) if s.train is None else min(int(ft["batch_size"]), s.train)
                 jobs.append(Job("finetune", bb, f"{bb}/{task}", int(ft["steps"]) * batch))

@@ -261,7 +261,8 @@ def _hub_checkpoint(file: HubFile, layout: CheckpointLayout, revision: str | Non
     return not existed
 
 
-def _check_visual(model: str, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+def check_visual(model: str, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """Refuse tensors that are not an image encoder of ``model``'s names and shapes, naming the file."""
     from mass.encoder import create_clip
 
     reference = create_clip(model, device="meta").visual.state_dict()  # shapes only, no random initialisation
@@ -290,7 +291,7 @@ def fetch_finetuned(model: str, task: str, repo: str, out: str | os.PathLike, lo
 
     def convert(path: Path) -> None:
         tensors = read_encoder(path, projection)
-        _check_visual(model, tensors, path)
+        check_visual(model, tensors, path)
         converted["tensors"] = tensors
 
     downloaded = _hub_checkpoint(file, source, revision, lock, raw, endpoint, check=convert, **download_kwargs)

@@ -27,12 +27,13 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, required=True, help="points (provenance.tolerance)")
     parser.add_argument("--accept", nargs="*", default=[], help="tasks whose deviation is accepted")
     parser.add_argument("--trained-here", nargs="*", default=[], help="tasks this run fine-tuned itself")
+    parser.add_argument("--own", nargs="*", default=[], help="tasks whose encoder the config gives (finetuned.files)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     edition = load_edition(args.edition)
     measured = {e.task: e.finetuned_test for e in map(Endpoints.load, args.endpoints)}
     rows = compare(edition, args.backbone, measured, args.tolerance, frozenset(args.accept),
-                   frozenset(args.trained_here))
+                   frozenset(args.trained_here), frozenset(args.own))
     table = pd.DataFrame([r.row() for r in rows])
     table.insert(0, "edition", edition.name)  # which edition this directory's results reproduce (common.smk)
     print(table.to_string(index=False))
