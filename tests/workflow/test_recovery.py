@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +20,8 @@ import yaml
 from support.workflow import ROOT, env, snakemake, workflow_copy
 
 from mass.data.store import load_split
-from mass.io import ArtifactError
+from mass.heads import load_heads
+from mass.io import ArtifactError, checksum_path
 
 pytestmark = pytest.mark.slow
 
@@ -247,3 +249,25 @@ def test_configfile_given_twice_is_refused(tmp_path):
                     cwd=cwd, timeout=300)
     assert run.returncode != 0
     assert "--configfile is given 2 times" in run.stderr + run.stdout
+
+
+def test_swapped_head_is_refused_and_deleting_it_remakes_it(built):
+    """docs/running.md, "Another task's or backbone's file in its place": a head copied over another's with
+    its checksum passes verify but is refused on reading; the advice as written (delete the file, rerun the
+    same command) remakes the right one."""
+    cwd = built
+    heads = {t: f"resources/checkpoints/tiny/heads/{t}.safetensors" for t in ("digits", "gratings")}
+    made = snakemake(*heads.values(), "--cores", "1", "--configfile", *SMALL_FILES, cwd=cwd, timeout=600)
+    assert made.returncode == 0, made.stderr[-3000:]
+    source, target = cwd / heads["digits"], cwd / heads["gratings"]
+    shutil.copyfile(source, target)  # what `cp -a` of one head over another does: the file and its checksum
+    shutil.copyfile(checksum_path(source), checksum_path(target))
+    advice = section("**Another task's or backbone's file in its place**")
+    assert "Delete the file and rerun the same command" in advice
+    with pytest.raises(ArtifactError, match="gratings.safetensors is the head of digits, not of 'gratings'"):
+        load_heads([str(cwd / heads["gratings"])], ["gratings"], "mass-tiny-vit")
+    (cwd / heads["gratings"]).unlink()
+    remade = snakemake(heads["gratings"], "--cores", "1", "--configfile", *SMALL_FILES, cwd=cwd, timeout=600)
+    assert remade.returncode == 0, remade.stderr[-3000:]
+    _, names = load_heads([str(cwd / heads["gratings"])], ["gratings"], "mass-tiny-vit")
+    assert names == ["gratings"]
