@@ -83,25 +83,21 @@ def load_heads(paths: Sequence[str], tasks: Sequence[str] | None = None,
     :func:`check_head`)."""
     heads, names = [], []
     for t, path in enumerate(paths):
-        check_head(path, None if tasks is None else tasks[t], model)
+        held = check_head(path, None if tasks is None else tasks[t], model)
         heads.append(load_tensors(path)["weight"])
-        names.append(_head_name(path))
+        names.append(held.get("head") or held.get("task") or Path(path).stem)
     return heads, names
 
 
-def check_head(path: str | os.PathLike, task: str | None, model: str | None) -> None:
+def check_head(path: str | os.PathLike, task: str | None, model: str | None) -> dict[str, str]:
     """Refuse a head file that serves other tasks than ``task`` or another architecture than ``model``: a
     head copied over another's with its checksum file passes every checksum, and heads of ViT-B/32 and
     ViT-B/16 even have the same shape. A head records the tasks it serves (``tasks``, comma-separated: a
-    shared head serves several) or, written before that was recorded, its ``task``."""
+    shared head serves several) or, written before that was recorded, its ``task``. Returns what it holds."""
     held = held_by(path)
     serves = held.get("tasks", held.get("task"))
     if task is not None and serves is not None and task not in serves.split(","):
         raise ArtifactError(f"{path} is the head of {serves}, not of {task!r}: another head was copied over it "
                             f"with its checksum (the checksum matches its own bytes); {FIX}")
     check_holds(path, model=model)
-
-
-def _head_name(path: str) -> str:
-    meta = held_by(path)
-    return meta.get("head") or meta.get("task") or Path(path).stem
+    return held

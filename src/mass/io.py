@@ -191,15 +191,23 @@ def atomic_path(path: str | os.PathLike, checksum: bool = True,
         tmp_path.unlink(missing_ok=True)
 
 
-def recorded_checksum(path: str | os.PathLike) -> str | None:
-    """The sha256 recorded when ``path`` was written, or None when none was recorded."""
+def _sidecar_lines(path: str | os.PathLike) -> list[str] | None:
+    """The lines of ``path``'s checksum file, or None when it has none."""
     sidecar = checksum_path(path)
     try:
-        lines = sidecar.read_text().splitlines()
+        return sidecar.read_text().splitlines()
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as err:
         raise ArtifactError(f"cannot read {sidecar}, the checksum of {path} ({err}); {FIX}") from err
+
+
+def recorded_checksum(path: str | os.PathLike) -> str | None:
+    """The sha256 recorded when ``path`` was written, or None when none was recorded."""
+    sidecar = checksum_path(path)
+    lines = _sidecar_lines(path)
+    if lines is None:
+        return None
     entries = [line.split()[0] for line in lines if line.strip() and not line.startswith("#")]
     if len(entries) != 1 or len(entries[0]) != 64:
         raise ArtifactError(f"{sidecar}, the checksum of {path}, is damaged; {FIX}")
@@ -324,13 +332,7 @@ def held_by(path: str | os.PathLike) -> dict[str, str]:
     path = Path(path)
     if path.suffix == ".safetensors":
         return read_metadata(path)
-    try:
-        lines = checksum_path(path).read_text().splitlines()
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"cannot read {checksum_path(path)}, the checksum of {path} ({err}); {FIX}") from err
-    for line in lines:
+    for line in _sidecar_lines(path) or []:
         if line.startswith(_HOLDS):
             try:
                 held = json.loads(line[len(_HOLDS):])
