@@ -115,3 +115,23 @@ def test_figures_are_drawn_with_their_numbers_beside_them(tmp_path, monkeypatch)
     for key, value in batched.items():
         assert value == pytest.approx(means[key])
     assert len(batched) == 2 * 2 * 2
+
+
+def test_final_editions_table2_rows_cite_their_records(tmp_path, monkeypatch):
+    """The final edition's published numbers beside hand-written results, each with its record: its fine-tuned
+    row from the official code's accs.json, the methods from the public transcription of its Table 2 (the
+    dress rehearsal runs the final edition on three tasks in make test, whose benchmark publishes nothing)."""
+    write_csv(hand_written_per_task(), tmp_path / "per_task.csv")
+    run_cli(make_tables, ["--per-task", tmp_path / "per_task.csv", "--edition", "final", "--wemoe-adapt-on", "test",
+                          "--out-dir", tmp_path], monkeypatch)
+    assert_tables_summarise(tmp_path / "per_task.csv", tmp_path)
+    vs = pd.read_csv(tmp_path / "table2_vs_paper.csv", dtype={"benchmark": str}).set_index(["method", "backbone",
+                                                                                            "benchmark"])
+    assert set(vs.edition) == {"final"}
+    published = vs[vs["paper abs"].notna()]
+    assert {"Fine-tuned", TABLE2_ROWS["mass_proj"]} <= set(published.loc[(slice(None), "ViT-B-32", "8"), :].index
+                                                           .get_level_values("method"))
+    assert published["source abs"].notna().all()  # each with its record
+    assert "accs.json" in published.loc[("Fine-tuned", "ViT-B-32", "8"), "source abs"]
+    assert "en.papernotes.org" in published.loc[(TABLE2_ROWS["mass_proj"], "ViT-B-32", "8"), "source abs"]
+    assert vs.loc[(slice(None), "tiny"), "paper abs"].isna().all()  # no edition publishes the demo's backbone
