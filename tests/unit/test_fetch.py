@@ -271,7 +271,8 @@ def test_download_rules_are_local_rules():
     rules = re.split(r"^rule ", (REPO / "workflow" / "rules" / "sources.smk").read_text(), flags=re.M)[1:]
     local = {block.split(":", 1)[0]: "localrule: True" in block for block in rules}
     assert local == {"download_dataset": True, "prepare_dataset": True, "prepare_train_split": True,
-                     "fetch_pretrained": True, "fetch_finetuned": True, "check_head": True}
+                     "fetch_pretrained": True, "fetch_finetuned": True, "check_head": True,
+                     "prepare_own_task": True, "prepare_own_train_split": True}
 
 
 def torch113_head(monkeypatch, path: Path, weight: torch.Tensor, zip_layout: bool) -> None:

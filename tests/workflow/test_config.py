@@ -44,10 +44,12 @@ OVERLAYS = {  # every --configfile stack the project runs: a stale key in an ove
     "ci_demo": ["workflow/presets/demo.yaml", "tests/ci_demo.yaml"],
     "slurm_demo": ["workflow/presets/demo.yaml", "tests/slurm_demo.yaml"],
     "rehearsal": ["tests/workflow/rehearsal/rehearsal.yaml"],
-    "rehearsal_twenty": ["tests/workflow/rehearsal/rehearsal.yaml", "tests/workflow/rehearsal/twenty_tasks.yaml"],
+    "rehearsal_four": ["tests/workflow/rehearsal/rehearsal.yaml", "tests/workflow/rehearsal/four_tasks.yaml"],
     "rehearsal_backbones": ["tests/workflow/rehearsal/rehearsal.yaml", "tests/workflow/rehearsal/other_backbones.yaml"],
     "rehearsal_final": ["workflow/presets/final.yaml", "tests/workflow/rehearsal/rehearsal.yaml",
                         "tests/workflow/rehearsal/final_eight.yaml"],
+    "rehearsal_final_three": ["workflow/presets/final.yaml", "tests/workflow/rehearsal/rehearsal.yaml",
+                              "tests/workflow/rehearsal/final_eight.yaml", "tests/workflow/rehearsal/final_three.yaml"],
 }
 
 
@@ -89,7 +91,7 @@ def _objects(sub, path=()):
     if "properties" in sub:
         yield "object", path, sub
         for key, child in sub["properties"].items():
-            yield "key", (*path, key), configcheck._resolve(SCHEMA, child)
+            yield "key", (*path, key), {**configcheck._resolve(SCHEMA, child), "parent": sub}
             yield from _objects(child, (*path, key))
     entry = sub.get("additionalProperties")
     if isinstance(entry, dict):
@@ -104,8 +106,9 @@ def test_every_object_rejects_unknown_keys_and_every_key_is_documented():
             assert sub.get("additionalProperties") is False, path
             continue
         assert sub.get("description"), f"{'.'.join(path)} has no description"
-        in_map_entry = "<name>" in path and path[-1] in configcheck._resolve(
-            SCHEMA, SCHEMA["properties"][path[0]]["additionalProperties"]).get("required", [])
+        parent = sub["parent"]  # a key a map entry requires, or one of its alternatives (tasks: folder or csv)
+        required = parent.get("required", []) + [k for one in parent.get("oneOf", []) for k in one.get("required", [])]
+        in_map_entry = "<name>" in path and path[-1] in required
         assert "default" in sub or in_map_entry, f"{'.'.join(path)} has no default"
 
 
@@ -178,6 +181,20 @@ def test_docs_config_md_is_generated_from_the_schema():
 ])
 def test_values_are_checked_naming_the_key(overlay, expected):
     assert expected in errors_of(overlay)
+
+
+@pytest.mark.parametrize("overlay,expected", [
+    ({"tasks": {"MNIST": {"folder": "."}}}, "tasks.MNIST: the catalog has a task called MNIST"),
+    ({"tasks": {"Trees": {"folder": "no/such/folder"}}}, "tasks.Trees.folder: no/such/folder is not a folder"),
+    ({"tasks": {"Trees": {"csv": {"train": "a.csv", "test": "b.csv"}}}}, "tasks.Trees.csv.train: a.csv is not a file"),
+    ({"tasks": {"Trees": {"folder": ".", "csv": {"train": "a.csv", "test": "b.csv"}}}}, "tasks.Trees"),
+    ({"tasks": {"Trees": {"folder": ".", "templates": ["a photo."]}}}, "tasks.Trees.templates.0"),
+    ({"benchmarks": {"8": ["Cars", "Treess"]}}, "benchmarks.8: Treess is neither a task of the catalog"),
+])
+def test_declared_tasks_are_checked_naming_the_key(overlay, expected):
+    """Your own tasks (docs/data.md, "Your own tasks"): in the paper configuration, a name the catalog has, files
+    that are not there, both sources or a template without {c}, and a benchmark task nobody declared."""
+    assert expected in errors_of(overlay, base=PAPER)
 
 
 def test_fusionbench_source_needs_emnist_fine_tuned_here():

@@ -22,10 +22,36 @@ ALL_RULES = {
     "evaluate_batched", "collect_results", "make_tables", "make_plots", "download_descriptions", "interpret_tsv",
     "evaluate_smile", "evaluate_wemoe", "measure_cost", "accuracy_vs_cost",
 }
-CI_BENCHMARKS = yaml.safe_load((ROOT / "tests" / "ci_demo.yaml").read_text())["benchmarks"]
+# ci_demo.yaml's benchmark with its last task declared as your own (config key tasks): the demo's checkerboards
+# written as an image folder, so that a declared task goes through every rule
+OWN_TASK = ("checker", "Checker")
+CI_BENCHMARKS = {bench: [OWN_TASK[1] if t == OWN_TASK[0] else t for t in tasks] for bench, tasks in
+                 yaml.safe_load((ROOT / "tests" / "ci_demo.yaml").read_text())["benchmarks"].items()}
 SOURCE_RULES = {"download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned",
                 "download_descriptions"}
 DEMO_RULES = ALL_RULES - SOURCE_RULES | {"generate_demo_task", "pretrain_demo_clip", "demo_descriptions"}
+
+
+def own_task_overlay(cwd) -> str:
+    """The demo's checkerboard task as your own: PNG files in <cwd>/own/checker/{train,test}/<class>/ (as many as
+    the generated tasks hold, the same seeds), declared in own.yaml with the demo's class phrases and templates."""
+    from PIL import Image
+
+    from mass.data import demo
+
+    config = yaml.safe_load((ROOT / "tests" / "ci_demo.yaml").read_text())
+    phrases = demo.class_phrases(OWN_TASK[0])
+    for split, n, seed in (("train", config["demo"]["n_train"], 0), ("test", config["demo"]["n_test"], 1)):
+        images, labels = demo.generate(OWN_TASK[0], n, seed)
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            path = cwd / "own" / OWN_TASK[0] / split / phrases[label] / f"{i:04d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path)
+    overlay = {"tasks": {OWN_TASK[1]: {"folder": f"own/{OWN_TASK[0]}", "classnames": phrases,
+                                       "templates": list(demo.TEMPLATES)}},
+               "benchmarks": CI_BENCHMARKS, "sources": {"image_size": 32}}
+    (cwd / "own.yaml").write_text(yaml.safe_dump(overlay))
+    return "own.yaml"
 
 
 def job_counts(output: str) -> dict[str, int]:
@@ -71,16 +97,18 @@ def test_bad_config_value_stops_with_the_key(tmp_path, override, key):
 @pytest.mark.slow
 def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     cwd = workflow_copy(tmp_path)
-    run = snakemake("--cores", "2", "--configfile", "workflow/presets/demo.yaml", "ci_demo.yaml", cwd=cwd,
-                    timeout=1500, measured=132)
+    configs = ("--configfile", "workflow/presets/demo.yaml", "ci_demo.yaml", own_task_overlay(cwd))
+    run = snakemake("--cores", "2", *configs, cwd=cwd, timeout=1500, measured=386)
     assert run.returncode == 0, run.stderr[-4000:]
     ran = set(re.findall(r"\(Rule: (\w+)\)", run.stderr + run.stdout))
-    assert DEMO_RULES <= ran, DEMO_RULES - ran
+    assert DEMO_RULES | {"prepare_own_task", "prepare_own_train_split"} <= ran, DEMO_RULES - ran
+    own = json.loads((cwd / f"resources/data/demo/{OWN_TASK[1]}/info.json").read_text())
+    assert own["notes"][0].startswith(f"source: your files (tasks.{OWN_TASK[1]}.folder: own/{OWN_TASK[0]})")
+    assert not (cwd / f"resources/data/demo/{OWN_TASK[0]}").exists()  # prepared from the folder, not generated
     for name in ("table2.tex", "table2_vs_paper.tex", "table3.tex", "table4.tex", "tsvc.tex"):
         assert "\\toprule" in (cwd / "results/tables" / name).read_text()
-    figs = ("radar_3", "radar_4", "per_layer_tiny_3", "per_layer_tiny_4", "batched", "confusion_tiny_3",
-            "confusion_tiny_4", "selection_sizes_tiny_3", "selection_sizes_tiny_4", "textspan_tiny_3",
-            "textspan_tiny_4", "accuracy_vs_cost")
+    figs = ("batched", "accuracy_vs_cost", *(f"{fig}_{bench}" for bench in CI_BENCHMARKS for fig in (
+        "radar", "per_layer_tiny", "confusion_tiny", "selection_sizes_tiny", "textspan_tiny")))
     for fig in figs:
         assert (cwd / "figures" / f"{fig}.pdf").stat().st_size > 1000
         assert (cwd / "figures" / f"{fig}.png").stat().st_size > 1000
@@ -103,12 +131,12 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
     assert set(provenance.task) == {t for ts in CI_BENCHMARKS.values() for t in ts}
     assert set(provenance.verdict) == {"not published"}
     # nothing left to do, and no temporary files left behind
-    again = snakemake("-n", "--cores", "2", "--configfile", "workflow/presets/demo.yaml", "ci_demo.yaml", cwd=cwd)
+    again = snakemake("-n", "--cores", "2", *configs, cwd=cwd)
     assert "Nothing to be done" in again.stdout + again.stderr
     assert not list(cwd.rglob("*.part"))
     # the tables summarise the per-task results; every choice made on validation is recorded
     assert_tables_summarise(cwd / "results/tables/per_task.csv", cwd / "results/tables")
-    for bench in ("3", "4"):
+    for bench in CI_BENCHMARKS:
         methods = cwd / f"results/tiny/{bench}/methods"
         rows = per_task[per_task.benchmark == bench].set_index(["method", "task"])
         for method in ("tsvc", "tsvc_size"):  # TSV-C's per-task numbers reach per_task.csv unchanged
@@ -145,13 +173,12 @@ def test_reduced_demo_runs_every_rule_end_to_end(tmp_path):
         mass_cost = json.loads((cwd / f"results/tiny/{bench}/cost.json").read_text())["methods"]["mass_proj"]
         assert mass_cost["macs_over_forward"] >= mass_cost["floor_macs_over_forward"] > 1
     chosen = json.loads((cwd / "results/tables/selected_hyperparameters.json").read_text())["tiny"]
-    for bench in ("3", "4"):
+    for bench in CI_BENCHMARKS:
         assert chosen[bench]["epsilon"]["selected_on"] == "val"
         assert {"layer", "eta"} <= set(chosen[bench]["mass_proj"]) and "alpha" in chosen[bench]["task_arithmetic"]
         assert set(chosen[bench]["consensus"]["lambdas"]) == set(CI_BENCHMARKS[bench])
     # the report holds every table, figure and data file, each with its caption
-    report = snakemake("--report", "report.html", "--configfile", "workflow/presets/demo.yaml", "ci_demo.yaml",
-                       cwd=cwd)
+    report = snakemake("--report", "report.html", *configs, cwd=cwd)
     assert report.returncode == 0, report.stderr[-4000:]
     html = (cwd / "report.html").read_text()
     items = [f"{t}.{ext}" for t in ("table2", "table2_vs_paper", "table3") for ext in ("tex", "csv")]

@@ -133,8 +133,10 @@ def own_tasks(backbone):
 
 
 def fetched(task):
-    """Whether a task's fine-tuned encoder comes from the edition's source (else it is fine-tuned here)."""
-    return config["finetuned"]["source"] == "hub" and task not in config["finetuned"]["refinetune"]
+    """Whether a task's fine-tuned encoder comes from the edition's source (else it is fine-tuned here; your
+    own tasks always are, unless finetuned.files gives their encoder)."""
+    return (config["finetuned"]["source"] == "hub" and task not in config["finetuned"]["refinetune"]
+            and task not in (config.get("tasks") or {}))
 
 
 def trained_here(backbone):
@@ -253,7 +255,7 @@ def head_checks():
     """Agreement of the heads built from text with the published ones (hub data only)."""
     if config["data_source"] != "hub" or not publishes_heads():
         return []
-    return [f"results/{bb}/tasks/{t}/head_check.json" for bb in BACKBONES for t in all_tasks()]
+    return [f"results/{bb}/tasks/{t}/head_check.json" for bb in BACKBONES for t in all_tasks() if t not in OWN_TASKS]
 
 
 def check_rank_fraction():
@@ -302,9 +304,40 @@ _LOCK = _SOURCES["lock_file"]
 _ENDPOINT = _opt("--endpoint", _SOURCES["hf_endpoint"])
 
 
-# Task names are checked by the scripts (mass.data.catalog.TASKS); importing mass here would make
-# every Snakemake start-up pay for importing torch.
-_HUB_TASK = "[A-Za-z0-9]+"
+# Your own tasks (config key `tasks`): prepared from your files (rule prepare_own_task), never downloaded,
+# fine-tuned here unless finetuned.files gives their encoder, heads built from text.
+OWN_TASKS = sorted(config.get("tasks") or {})
+OWN_TASK = "|".join(OWN_TASKS) or "(?!)"
+
+
+def except_own(pattern):
+    """``pattern`` for a task wildcard, refusing the declared tasks (a lookahead up to the next non-word
+    character, as the head rules do)."""
+    return rf"(?!(?:{'|'.join(OWN_TASKS)})\b){pattern}" if OWN_TASKS else pattern
+
+
+def own_task_files(w):
+    """What a declared task is read from: its folder, or its two CSV files."""
+    block = config["tasks"][w.task]
+    if block.get("folder"):
+        return [os.path.expanduser(block["folder"])]
+    return [os.path.expanduser(block["csv"][split]) for split in ("train", "test")]
+
+
+def own_task_options(w):
+    """The declaration as the step's options (mass.steps._cli.own_task_parser; unset keys: the step's defaults)."""
+    block = config["tasks"][w.task]
+    files = [block["folder"]] if block.get("folder") else [block["csv"][s] for s in ("train", "test")]
+    options = [f"--{'folder' if block.get('folder') else 'csv'} {quoted(os.path.expanduser(f) for f in files)}"]
+    options += [f"--{key} {quoted(block[key])}" for key in ("classnames", "templates") if block.get(key)]
+    options += [_opt("--val-size", block.get("val_size")), _opt("--max-images", _SOURCES.get("max_images")),
+                f"--out {data_root()} --image-size {_SOURCES.get('image_size', 224)}"]
+    return " ".join(o for o in options if o)
+
+
+# Task names are checked by the scripts (mass.data.catalog.TASKS) and configcheck; importing mass here
+# would make every Snakemake start-up pay for importing torch.
+_HUB_TASK = except_own("[A-Za-z0-9]+")
 
 
 def first_pass_model_files(backbone, bench, fpmodel):

@@ -6,6 +6,8 @@ rule generate_demo_task:
         splits=multiext("resources/data/demo/{task}/", "train_images.npy", "train_labels.npy", "val_images.npy",
                         "val_labels.npy", "test_images.npy", "test_labels.npy"),
         info="resources/data/demo/{task}/info.json",
+    wildcard_constraints:
+        task=except_own("[A-Za-z0-9_]+"),
     params:
         n_train=config["demo"]["n_train"],
         n_test=config["demo"]["n_test"],

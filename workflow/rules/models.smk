@@ -6,9 +6,9 @@
 # (tasks fine-tuned here, heads several tasks share, the demo) is built from the CLIP text tower
 # with the published code's class names and templates; build_head also builds the text head of a
 # hub task, under built_heads/, for check_head's comparison. A task with an encoder of its own on any
-# backbone (finetuned.files) gets heads built from text on every backbone.
+# backbone (finetuned.files), and every task of yours (tasks), gets heads built from text on every backbone.
 
-_OWN = {t for files in (config["finetuned"].get("files") or {}).values() for t in files}
+_OWN = {t for files in (config["finetuned"].get("files") or {}).values() for t in files} | set(OWN_TASKS)
 _TASKS_WITH_PUBLISHED_HEADS = (
     sorted({t for names in config["benchmarks"].values() for t in names} - set(config["finetuned"]["refinetune"])
            - _OWN)

@@ -196,3 +196,58 @@ rule check_head:
         "python -m mass.steps.check_head --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
         "--out {output.published} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} "
         "--compare-with {input.built} --report {output.report} > {log} 2>&1"
+
+
+# Your own tasks (config key `tasks`, mass.data.own_tasks): an image folder or CSV files on disk, stored
+# as the catalog's tasks are (val/test and info.json; train only for those fine-tuned here). Local rules:
+# the files may sit where only the submitting machine sees them.
+rule prepare_own_task:
+    input:
+        own_task_files,
+    output:
+        splits=multiext(f"{data_root()}/{{task}}/", "val_images.npy", "val_labels.npy", "test_images.npy",
+                        "test_labels.npy"),
+        info=f"{data_root()}/{{task}}/info.json",
+    wildcard_constraints:
+        task=OWN_TASK,
+    params:
+        declaration=own_task_options,
+    log:
+        "results/logs/prepare_own_task/{task}.log",
+    benchmark:
+        "results/benchmarks/prepare_own_task/{task}.tsv"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    localrule: True
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.steps.prepare_own_task --task {wildcards.task} {params.declaration} --threads {threads} "
+        "> {log} 2>&1"
+
+
+rule prepare_own_train_split:
+    input:
+        own_task_files,
+    output:
+        multiext(f"{data_root()}/{{task}}/", "train_images.npy", "train_labels.npy"),
+    wildcard_constraints:
+        task=OWN_TASK,
+    params:
+        declaration=own_task_options,
+    log:
+        "results/logs/prepare_own_train_split/{task}.log",
+    benchmark:
+        "results/benchmarks/prepare_own_train_split/{task}.tsv"
+    threads: 4
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    localrule: True
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass.steps.prepare_own_train_split --task {wildcards.task} {params.declaration} "
+        "--threads {threads} > {log} 2>&1"

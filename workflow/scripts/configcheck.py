@@ -209,7 +209,8 @@ def value_errors(config: Mapping, archs: Mapping[str, tuple[int, list[tuple[int,
             errors.append(f"textspan.early_block: block {early} does not exist in backbone {name} "
                           f"({config['backbones'][name]['arch']} has blocks 0-{depth[name] - 1}); choose one in "
                           f"0-{depth[name] - 1}")
-    return list(dict.fromkeys(errors + source_errors(config) + cache_errors(config, shapes)))
+    return list(dict.fromkeys(errors + source_errors(config) + own_task_errors(config, catalog_tasks())
+                              + cache_errors(config, shapes)))
 
 
 def cache_errors(config: Mapping, shapes: Mapping[str, list[tuple[int, int]]]) -> list[str]:
@@ -283,7 +284,7 @@ def source_errors(config: Mapping) -> list[str]:
         from mass.sources.layouts import LAYOUTS  # plain data: no torch
 
         source = LAYOUTS.get(layout)
-        own = {t for files in (finetuned.get("files") or {}).values() for t in files}
+        own = {t for files in (finetuned.get("files") or {}).values() for t in files} | set(config.get("tasks") or {})
         missing = sorted(t for t in run_tasks - set(finetuned.get("refinetune") or []) - own
                          if source is not None and not source.has_task(t))
         if missing:
@@ -294,6 +295,45 @@ def source_errors(config: Mapping) -> list[str]:
     if unknown:
         errors.append(f"provenance.accept: {unknown} are not tasks of the selected benchmarks "
                       f"({sorted(run_tasks)}); check the spelling")
+    return errors
+
+
+def catalog_tasks(basedir: str | os.PathLike = ROOT) -> list[str]:
+    """The catalog's task names, from its package data (src/mass/data/prompts.json; no torch)."""
+    local = Path(basedir) / "src" / "mass" / "data" / "prompts.json"
+    if not local.is_file():
+        spec = importlib.util.find_spec("mass")
+        local = Path(list(spec.submodule_search_locations)[0]) / "data" / "prompts.json"
+    return list(json.loads(local.read_text())["tasks"])
+
+
+def own_task_errors(config: Mapping, catalog: Iterable[str]) -> list[str]:
+    """Declared tasks (key ``tasks``): names free, files there, and every hub benchmark's task known."""
+    errors = []
+    catalog = list(catalog)
+    declared = config.get("tasks") or {}
+    for name, block in declared.items():
+        key = f"tasks.{name}"
+        if name in catalog and config.get("data_source") == "hub":
+            errors.append(f"{key}: the catalog has a task called {name}; give yours another name")
+        if block.get("folder"):
+            folder = Path(block["folder"]).expanduser()
+            if not folder.is_dir():
+                errors.append(f"{key}.folder: {block['folder']} is not a folder; give the folder that holds train/ and "
+                              "test/ (absolute, or relative to the working directory)")
+        for split, path in (block.get("csv") or {}).items():
+            if not Path(path).expanduser().is_file():
+                errors.append(f"{key}.csv.{split}: {path} is not a file; give the CSV file (columns path,label) of "
+                              f"the {split} split")
+    if config.get("data_source") == "hub":
+        known = set(catalog) | set(declared)
+        for bench in (config.get("run") or {}).get("benchmarks", []):
+            for task in (config.get("benchmarks") or {}).get(bench, []):
+                if task not in known:
+                    close = difflib.get_close_matches(task, sorted(known), n=2, cutoff=0.6)
+                    hint = f"; did you mean {' or '.join(close)}?" if close else ""
+                    errors.append(f"benchmarks.{bench}: {task} is neither a task of the catalog "
+                                  f"(src/mass/data/catalog.py) nor declared under tasks{hint}")
     return errors
 
 
@@ -370,13 +410,14 @@ def _allowed(schema: Mapping, sub: Mapping) -> str:
 def _rows(schema: Mapping, sub: Mapping, path: tuple[str, ...]) -> list[str]:
     """Table rows of the keys below ``sub`` (nested objects flattened to dotted keys)."""
     rows = []
+    required = _resolve(schema, sub).get("required", [])
     for key, child in _resolve(schema, sub).get("properties", {}).items():
         child = _resolve(schema, child)
         name = ".".join((*path, key))
         if child.get("type") == "object" and "properties" in child:
             rows += _rows(schema, child, (*path, key))
             continue
-        default = _fmt(child["default"]) if "default" in child else "required"
+        default = _fmt(child["default"]) if "default" in child else "required" if key in required else "optional"
         cells = (f"`{name}`", default, _allowed(schema, child), child.get("description", ""))
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return rows

@@ -122,13 +122,14 @@ def demo_corpus_size(config: Mapping) -> int:
 
 
 def trained_here(config: Mapping, task: str, backbone: str | None = None) -> bool:
-    """Fine-tuned by the pipeline (common.smk's ``finetuned``): not fetched from the hub, nor given as a file
-    (``finetuned.files``; for ``backbone``, or on every backbone when None)."""
+    """Fine-tuned by the pipeline (common.smk's ``finetuned``): not fetched from the hub (your own tasks never
+    are), nor given as a file (``finetuned.files``; for ``backbone``, or on every backbone when None)."""
     files = config["finetuned"].get("files") or {}
     given = [task in (files.get(b) or {}) for b in ([backbone] if backbone else config["run"]["backbones"])]
     if given and all(given):
         return False
-    return config["finetuned"]["source"] != "hub" or task in config["finetuned"]["refinetune"]
+    return (config["finetuned"]["source"] != "hub" or task in config["finetuned"]["refinetune"]
+            or task in (config.get("tasks") or {}))
 
 
 def first_passes(config: Mapping) -> list[tuple[str, str]]:

@@ -162,3 +162,32 @@ def add_published_file_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--raw", default=None, help="where the downloaded .pt goes (default: next to --out)")
     parser.add_argument("--keep-raw", action="store_true")
     add_download_args(parser)
+
+
+def own_task_parser(doc: str | None) -> argparse.ArgumentParser:
+    """Options of the two steps that store a declared task's splits (:func:`mass.data.own_tasks.prepare_own`):
+    the config's ``tasks.<name>`` block, one option per key."""
+    parser = step_parser(doc)
+    parser.add_argument("--task", required=True, help="the task's name (a key of the config's tasks)")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--folder", help="<folder>/train/<class>/* and <folder>/test/<class>/*")
+    where.add_argument("--csv", nargs=2, metavar=("TRAIN", "TEST"), help="CSV files with the columns path,label")
+    parser.add_argument("--classnames", nargs="+", default=None, help="class names in label order (default: read)")
+    parser.add_argument("--templates", nargs="+", default=None,
+                        help="prompt templates, {c} = class name (default: mass.data.own_tasks.DEFAULT_TEMPLATES)")
+    parser.add_argument("--val-size", type=int, default=None, help="validation images (default: the <X>Val carve)")
+    parser.add_argument("--out", required=True, help="data root; the task is written to <out>/<task>/")
+    parser.add_argument("--image-size", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True, help="image decoding threads")
+    parser.add_argument("--max-images", type=int, default=None,
+                        help="keep only the first that many images of val and test (a smoke run)")
+    return parser
+
+
+def own_task_of(args: argparse.Namespace):
+    """The declared task an :func:`own_task_parser` command line describes."""
+    from mass.data.own_tasks import OwnTask
+
+    block = {"folder": args.folder, "csv": dict(zip(("train", "test"), args.csv, strict=True)) if args.csv else None,
+             "classnames": args.classnames, "templates": args.templates, "val_size": args.val_size}
+    return OwnTask.from_config(args.task, block)

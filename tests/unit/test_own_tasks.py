@@ -1,0 +1,172 @@
+"""Your own tasks (config key ``tasks``): image folders and CSV files stored as the catalog's tasks are, and one
+clear message for every bad declaration."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from support.workflow import planned_commands
+
+from mass.data.own_tasks import DEFAULT_TEMPLATES, OwnTask, prepare_own
+from mass.data.store import load_info, load_split
+from mass.io import ArtifactError
+from mass.steps import prepare_own_task, prepare_own_train_split
+
+CLASSES = {"oak": (200, 30, 30), "pine": (30, 200, 30), "birch": (30, 30, 200)}
+
+
+def image(path, colour, size=(40, 30), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, colour if mode == "RGB" else colour[0]).save(path)
+    return path
+
+
+def image_folder(root, per_class=(("train", 20), ("test", 3))):
+    """train/<class>/*.png and test/<class>/*.png, each class one flat colour (its label is visible)."""
+    for split, n in dict(per_class).items():
+        for name, colour in CLASSES.items():
+            for i in range(n):
+                image(root / split / name / f"{i:02d}.png", colour, size=(40 + i, 30))
+    return root
+
+
+def stored_colour(images):
+    """The mean colour of each stored image, rounded to the nearest of CLASSES'."""
+    names = sorted(CLASSES)
+    colours = np.array([CLASSES[n] for n in names], dtype=float)
+    means = images.reshape(len(images), -1, 3).mean(axis=1)
+    return [names[int(np.argmin(((colours - m) ** 2).sum(axis=1)))] for m in means]
+
+
+def test_image_folder_is_stored_with_its_classes_carve_and_pixels(tmp_path):
+    task = OwnTask.from_config("Trees", {"folder": str(image_folder(tmp_path / "trees"))})
+    info = prepare_own(task, tmp_path / "data", image_size=16, splits=["train", "val", "test"])
+    assert info.classnames == ["birch", "oak", "pine"] and info.templates == list(DEFAULT_TEMPLATES)
+    # the <X>Val carve of 60 train images: 6 for validation, the other 54 for train
+    assert info.split_sizes == {"train": 54, "val": 6, "test": 9}
+    assert info.source_image_sizes == [[40, 30], [59, 30]]
+    for split, count in info.split_sizes.items():
+        images, labels = load_split(tmp_path / "data", "Trees", split)
+        assert images.shape == (count, 16, 16, 3) and images.dtype == np.uint8
+        assert stored_colour(np.asarray(images)) == [info.classnames[y] for y in labels]  # each label on its image
+    _, test_labels = load_split(tmp_path / "data", "Trees", "test")
+    assert test_labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert load_info(tmp_path / "data", "Trees").notes[0].startswith("source: your files (tasks.Trees.folder")
+
+
+def test_csv_with_names_or_indices_and_classnames_and_templates(tmp_path):
+    root = image_folder(tmp_path / "trees")
+    rows = {split: [(p.relative_to(root), p.parent.name) for p in sorted((root / split).rglob("*.png"))]
+            for split in ("train", "test")}
+    for split, pairs in rows.items():
+        (root / f"{split}.csv").write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in pairs))
+    by_name = prepare_own(OwnTask.from_config("A", {"csv": {"train": str(root / "train.csv"),
+                                                             "test": str(root / "test.csv")}}), tmp_path / "data", 16)
+    order = ["pine", "oak", "birch"]
+    for split, pairs in rows.items():  # absolute paths and label indices into the given class names
+        (root / f"{split}_idx.csv").write_text("label,path\n" + "".join(f"{order.index(c)},{root / p}\n"
+                                                                        for p, c in pairs))
+    by_index = prepare_own(OwnTask.from_config("B", {
+        "csv": {"train": str(root / "train_idx.csv"), "test": str(root / "test_idx.csv")},
+        "classnames": order, "templates": ["a {c} tree.", "bark of a {c}."], "val_size": 9}), tmp_path / "data", 16)
+    assert by_name.classnames == ["birch", "oak", "pine"] and by_index.classnames == order
+    assert by_index.templates == ["a {c} tree.", "bark of a {c}."] and by_index.split_sizes["val"] == 9
+    for name, info in (("A", by_name), ("B", by_index)):
+        images, labels = load_split(tmp_path / "data", name, "test")
+        assert stored_colour(np.asarray(images)) == [info.classnames[y] for y in labels]
+
+
+def test_steps_write_val_test_and_train_apart(tmp_path):
+    root = image_folder(tmp_path / "trees")
+    common = ["--task", "Trees", "--folder", str(root), "--out", str(tmp_path / "data"), "--image-size", "16",
+              "--threads", "2", "--templates", "a {c}."]
+    prepare_own_task.main(common)
+    assert sorted(p.name for p in (tmp_path / "data" / "Trees").glob("*.npy")) == [
+        "test_images.npy", "test_labels.npy", "val_images.npy", "val_labels.npy"]
+    assert json.loads((tmp_path / "data" / "Trees" / "info.json").read_text())["templates"] == ["a {c}."]
+    prepare_own_train_split.main(common)
+    assert len(load_split(tmp_path / "data", "Trees", "train")[1]) == 54
+
+
+def _csv(tmp_path, text):
+    path = tmp_path / "split.csv"
+    path.write_text(text)
+    return {"csv": {"train": str(path), "test": str(path)}}
+
+
+@pytest.mark.parametrize("case,expected", [
+    ("no_folder", "is not a folder; tasks.T.folder must hold train/ and test/"),
+    ("no_test", "test is not a folder"),
+    ("empty_class", "no images for class 'oak'"),
+    ("stray_folder", "has folders ['maple'] that are not among tasks.T.classnames"),
+    ("unreadable", "cannot read image"),
+    ("missing_image", "does not exist; fix its path in the task's CSV"),
+    ("bad_label", "line 3 has label 'elm', not one of the 3 classes"),
+    ("no_column", "it needs the columns path and label"),
+    ("numbers", "labels are numbers; give the class names in tasks.T.classnames"),
+    ("tiny", "leave no validation images"),
+])
+def test_bad_declarations_stop_with_one_message_naming_the_task_and_the_file(tmp_path, case, expected):
+    root = tmp_path / "trees"
+    block = {"folder": str(root)}
+    if case != "no_folder":
+        image_folder(root, (("train", 20),) if case == "no_test" else (("train", 20), ("test", 3)))
+    if case == "empty_class":
+        for p in (root / "test" / "oak").iterdir():
+            p.unlink()
+    elif case == "stray_folder":
+        image(root / "train" / "maple" / "0.png", (1, 2, 3))
+        block["classnames"] = sorted(CLASSES)
+    elif case == "unreadable":
+        (root / "test" / "oak" / "01.png").write_bytes(b"not a png")
+    elif case == "missing_image":
+        block = _csv(tmp_path, f"path,label\n{root / 'train/oak/00.png'},oak\n{root / 'gone.png'},pine\n")
+        block["val_size"] = 1
+    elif case == "bad_label":
+        block = _csv(tmp_path, f"path,label\n{root / 'train/oak/00.png'},oak\n{root / 'train/oak/01.png'},elm\n")
+        block["classnames"] = sorted(CLASSES)
+    elif case == "no_column":
+        block = _csv(tmp_path, "file,label\na.png,oak\n")
+    elif case == "numbers":
+        block = _csv(tmp_path, f"path,label\n{root / 'train/oak/00.png'},0\n")
+    elif case == "tiny":
+        block = _csv(tmp_path, "".join(["path,label\n"] + [f"{root / 'train' / c / '00.png'},{c}\n" for c in CLASSES]))
+    with pytest.raises(ArtifactError, match="task T: ") as err:
+        prepare_own(OwnTask.from_config("T", block), tmp_path / "data", 16)
+    assert expected in str(err.value)
+    assert not (tmp_path / "data" / "T" / "info.json").exists()
+
+
+def test_rules_prepare_a_declared_task_fine_tune_it_and_build_its_head_from_text(tmp_path):
+    """In the paper configuration, a benchmark of a declared folder task, a declared CSV task and a catalog
+    task: the declared ones are prepared from their files (no download), fine-tuned here, with heads from text."""
+    folder = image_folder(tmp_path / "trees")
+    (tmp_path / "train.csv").write_text("path,label\n")
+    (tmp_path / "test.csv").write_text("path,label\n")
+    overlay = {"tasks": {"Trees": {"folder": str(folder)},
+                         "Scans": {"csv": {"train": str(tmp_path / "train.csv"), "test": str(tmp_path / "test.csv")},
+                                   "classnames": ["benign", "malignant"], "templates": ["a {c} scan."]}},
+               "benchmarks": {"mine": ["Trees", "Scans", "MNIST"]},
+               "run": {"backbones": ["ViT-B-32"], "benchmarks": ["mine"]}, "svd": {"rank_fraction": 0.34}}
+    work = tmp_path / "work"
+    work.mkdir()
+    _, lines, _ = planned_commands(work, overlay, ["results/ViT-B-32/mine/methods/mass_proj.json"])
+    by_step = {}
+    for line in lines:
+        by_step.setdefault(line.split()[2].removeprefix("mass.steps."), []).append(line)
+    assert [line.split("--task ")[1].split()[0] for line in by_step["download_dataset"]] == ["MNIST"]
+    prepared = {line.split("--task ")[1].split()[0]: line for line in by_step["prepare_own_task"]}
+    assert set(prepared) == {"Trees", "Scans"}
+    assert f"--folder {folder} " in prepared["Trees"] and "--out resources/data/hub " in prepared["Trees"]
+    assert "--classnames benign malignant" in prepared["Scans"] and "--templates 'a {c} scan.'" in prepared["Scans"]
+    assert {line.split("--task ")[1].split()[0] for line in by_step["prepare_own_train_split"]} == {"Trees", "Scans"}
+    assert {line.split("--task ")[1].split()[0] for line in by_step["finetune"]} == {"Trees", "Scans"}
+    assert {line.split("--task ")[1].split()[0] for line in by_step["fetch_finetuned"]} == {"MNIST"}
+    built = {line.split("--task ")[1].split()[0] for line in by_step["build_head"] if "/heads/" in line}
+    assert {"Trees", "Scans"} <= built
+    provenance = by_step["check_provenance"][0]
+    assert "--trained-here Trees Scans " in provenance
+
