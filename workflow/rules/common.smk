@@ -136,7 +136,7 @@ def fetched(task):
     """Whether a task's fine-tuned encoder comes from the edition's source (else it is fine-tuned here; your
     own tasks always are, unless finetuned.files gives their encoder)."""
     return (config["finetuned"]["source"] == "hub" and task not in config["finetuned"]["refinetune"]
-            and task not in (config.get("tasks") or {}))
+            and task not in OWN_TASKS)
 
 
 def trained_here(backbone):
@@ -327,8 +327,7 @@ def own_task_files(w):
 def own_task_options(w):
     """The declaration as the step's options (mass.steps._cli.own_task_parser; unset keys: the step's defaults)."""
     block = config["tasks"][w.task]
-    files = [block["folder"]] if block.get("folder") else [block["csv"][s] for s in ("train", "test")]
-    options = [f"--{'folder' if block.get('folder') else 'csv'} {quoted(os.path.expanduser(f) for f in files)}"]
+    options = [f"--{'folder' if block.get('folder') else 'csv'} {quoted(own_task_files(w))}"]
     options += [f"--{key} {quoted(block[key])}" for key in ("classnames", "templates") if block.get(key)]
     options += [_opt("--val-size", block.get("val_size")), _opt("--max-images", _SOURCES.get("max_images")),
                 f"--out {data_root()} --image-size {_SOURCES.get('image_size', 224)}"]

@@ -108,21 +108,29 @@ def schema_errors(config: Mapping, schema: Mapping) -> list[str]:
 
 # --- what the schema cannot express ---------------------------------------------------------
 
+def _package_dir(name: str) -> Path | None:
+    """Where package ``name`` is installed, found without importing it (None: not installed)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def mass_file(basedir: str | os.PathLike, *parts: str) -> Path | None:
+    """A file or folder of the mass package: the repository's copy next to the workflow, else the installed one."""
+    local = Path(basedir, "src", "mass", *parts)
+    if local.exists():
+        return local
+    installed = _package_dir("mass")
+    return None if installed is None else installed.joinpath(*parts)
+
+
 def model_config_dirs(basedir: str | os.PathLike = ROOT) -> list[Path]:
     """Folders of open_clip model configs: open_clip's own and the repository's (found without
     importing either package)."""
-    dirs = []
-    spec = importlib.util.find_spec("open_clip")
-    if spec is not None and spec.submodule_search_locations:
-        dirs.append(Path(list(spec.submodule_search_locations)[0]) / "model_configs")
-    local = Path(basedir) / "src" / "mass" / "model_configs"
-    if local.is_dir():
-        dirs.append(local)
-    else:
-        spec = importlib.util.find_spec("mass")
-        if spec is not None and spec.submodule_search_locations:
-            dirs.append(Path(list(spec.submodule_search_locations)[0]) / "model_configs")
-    return [d for d in dirs if d.is_dir()]
+    open_clip = _package_dir("open_clip")
+    dirs = [open_clip / "model_configs" if open_clip else None, mass_file(basedir, "model_configs")]
+    return [d for d in dirs if d is not None and d.is_dir()]
 
 
 def architectures(dirs: Iterable[str | os.PathLike]) -> dict[str, tuple[int, list[tuple[int, int]]] | None]:
@@ -300,11 +308,7 @@ def source_errors(config: Mapping) -> list[str]:
 
 def catalog_tasks(basedir: str | os.PathLike = ROOT) -> list[str]:
     """The catalog's task names, from its package data (src/mass/data/prompts.json; no torch)."""
-    local = Path(basedir) / "src" / "mass" / "data" / "prompts.json"
-    if not local.is_file():
-        spec = importlib.util.find_spec("mass")
-        local = Path(list(spec.submodule_search_locations)[0]) / "data" / "prompts.json"
-    return list(json.loads(local.read_text())["tasks"])
+    return list(json.loads(mass_file(basedir, "data", "prompts.json").read_text())["tasks"])
 
 
 def own_task_errors(config: Mapping, catalog: Iterable[str]) -> list[str]:

@@ -154,7 +154,7 @@ class OwnTask:
 
 
 def fingerprint(paths: Sequence[Path]) -> str:
-    """sha256 over the image files' names, sizes and contents: what info.json records of the source."""
+    """sha256 over the image files' paths and contents: what info.json records of the source."""
     digest = hashlib.sha256()
     for path in paths:
         digest.update(str(path).encode())
@@ -203,15 +203,15 @@ def prepare_own(task: OwnTask, out: str | Path, image_size: int = 224, splits: S
             save_split(out, task.name, split, images, labels[idx])
             print(f"wrote {Path(out) / task.name / f'{split}_images.npy'} ({len(idx)} images, {image_size} px)",
                   file=sys.stderr, flush=True)
-    where = task.folder if task.folder is not None else ", ".join(f"{s}: {p}" for s, p in task.csv.items())
-    notes = [f"source: your files ({task.key()}: {where}); sha256 of the train and test images "
-             f"{fingerprint(train_paths + test_paths)}"]
-    if max_images is not None:
-        notes.append(f"at most {max_images} images of val and test (sources.max_images): not the full dataset")
-    info = TaskInfo(task.name, classes, list(task.templates), notes=notes,
+    info = TaskInfo(task.name, classes, list(task.templates),
                     split_sizes={"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
                     source_image_sizes=[[min(w for w, _ in sizes), min(h for _, h in sizes)],
                                         [max(w for w, _ in sizes), max(h for _, h in sizes)]] if sizes else [])
-    if "test" in splits:
+    if "test" in splits:  # info.json, with the sha256 of every image file (read only by the step that writes it)
+        where = task.folder if task.folder is not None else ", ".join(f"{s}: {p}" for s, p in task.csv.items())
+        info.notes.append(f"source: your files ({task.key()}: {where}); sha256 of the train and test images "
+                          f"{fingerprint(train_paths + test_paths)}")
+        if max_images is not None:
+            info.notes.append(f"at most {max_images} images of val and test (sources.max_images): not the full dataset")
         save_info(out, info)
     return info
