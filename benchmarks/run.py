@@ -52,7 +52,7 @@ from mass.mass_model import MassModel
 from mass.routing import ProjectionRouter
 from mass.second_pass import SubsetFactors
 from mass.svd import LowRank, TaskComponents, components_per_task
-from mass.task_vectors import LayerId, TaskVector, is_matrix
+from mass.task_vectors import LayerId, Location, TaskVector, is_matrix
 from mass.training import default_device
 from mass.tsv import apply_delta, tsv_merge
 
@@ -269,7 +269,7 @@ def make_routing_pass(args, device, visual, comps, images) -> Callable[[], torch
     def routing_pass() -> torch.Tensor:
         _, res = first_pass(visual, images, image_size(args.model), bases, batch_size=args.batch_size,
                             device=device, routing_only=True)
-        return ProjectionRouter().route_residuals(res[f"{layer}.cls"])
+        return ProjectionRouter().route_residuals(res[Location(layer, "cls")])
     return routing_pass
 
 

@@ -51,7 +51,7 @@ layer = LayerId(block=3, module="mlp", io="in")  # ViT-B-32 in the paper: LayerI
 _, residuals = first_pass(visual, images, image_size(arch), layer_bases(comps, [layer], T), routing_only=True)
 
 # Route: standardised softmax over negative residuals, eta threshold, at most 3 tasks.
-selection = ProjectionRouter(eta=0.2, top_k=3).route_residuals(residuals[str(Location(layer, "cls"))])
+selection = ProjectionRouter(eta=0.2, top_k=3).route_residuals(residuals[Location(layer, "cls")])
 
 # Second pass through theta_pre + TSV-M(selected tasks), one group per routing decision;
 # the highest logit over every selected task's head picks both the task and the class.

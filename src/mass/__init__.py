@@ -10,16 +10,19 @@ The library behind the reproduction pipeline; usable on its own checkpoints:
 - :mod:`mass.routing`: projection, nearest-neighbour and MLP routers
 - :mod:`mass.forward`: the first pass (features and routing residuals) and its files
 - :mod:`mass.second_pass`, :mod:`mass.mass_model`: the second pass and the MASS model
-- :mod:`mass.methods`: the registry of baselines and routers
-- :mod:`mass.results`: the evaluation steps' result files (:class:`MethodResult`, endpoints, epsilon choice)
-- :mod:`mass.data`, :mod:`mass.sources`: datasets (catalog, preparation, demo tasks) and downloads
-- :mod:`mass.steps`: one entry point per pipeline rule (``python -m mass.steps.<rule>``)
+- :mod:`mass.heads`, :mod:`mass.encoder`: zero-shot heads and open_clip image towers
+- :mod:`mass.smile`, :mod:`mass.wemoe`, :mod:`mass.tsvc`: the final edition's other MoErging methods, TSV-C
+- :mod:`mass.data.store`: images as the pipeline stores them, and batches of them for the encoders
+
+It needs torch, numpy, open_clip and safetensors only (``pip install .``). The Snakemake pipeline
+(downloads, dataset preparation, result files, tables, one entry point per rule) is
+:mod:`mass_pipeline`, installed with the ``pipeline`` extra.
 """
 
 from importlib import import_module
 
 # Names re-exported here, and the module that defines each. They are imported on first use
-# (PEP 562), so that ``python -m mass.steps.<rule>`` pays only for what that step needs: importing
+# (PEP 562), so that ``python -m mass_pipeline.steps.<rule>`` pays only for what that step needs: importing
 # open_clip (for the encoders) costs ~4 s, which steps such as the routing sweep never use.
 _EXPORTS = {
     "MassModel": "mass_model", "first_pass": "forward", "layer_bases": "forward", "Location": "task_vectors",

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from mass.routing import projection_residuals
-from mass.task_vectors import LayerId
+from mass.task_vectors import LayerId, Location
 
 _REGISTERED = False
 
@@ -114,7 +114,7 @@ class FirstPassProbe:
         self.tokens = tuple(tokens)
         self.bases = dict(bases)
         self.last = max(self.bases) if stop and self.bases else None  # LayerId order = forward order
-        self.batch: dict[str, torch.Tensor] = {}
+        self.batch: dict[Location, torch.Tensor] = {}
         self._handles = []
         blocks = visual.transformer.resblocks
         for layer, basis in self.bases.items():
@@ -127,7 +127,7 @@ class FirstPassProbe:
 
     def _record(self, layer: LayerId, basis: torch.Tensor | None, x: torch.Tensor) -> None:
         for token in self.tokens:
-            self.batch[f"{layer}.{token}"] = self._measure(_token(x, token), basis).cpu()
+            self.batch[Location(layer, token)] = self._measure(_token(x, token), basis).cpu()
         if layer == self.last:
             raise ProbesRecorded
 

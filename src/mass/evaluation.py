@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mass.data.benchmark import SplitData
+from mass.data.store import SplitData
 from mass.forward import encode
 from mass.heads import head_logits
 

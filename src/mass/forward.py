@@ -22,11 +22,9 @@ from tqdm import tqdm
 
 from mass.data.store import make_loader, to_model_input
 from mass.encoder import FeatureProbe, FirstPassProbe, ProbesRecorded
-from mass.io import ArtifactError, load_arrays, load_tensors, save_arrays
-from mass.results import EpsilonChoice
+from mass.io import ArtifactError, load_arrays, save_arrays
 from mass.svd import TaskComponents, components_per_task
-from mass.task_vectors import LayerId, Location, StateDict
-from mass.tsv import apply_delta
+from mass.task_vectors import LayerId, Location
 
 _forwarded = 0
 
@@ -109,7 +107,7 @@ def layer_features(visual: nn.Module, images: np.ndarray, image_size: int, layer
     """z_l: the ``token`` representation at ``layer`` (N x D), forwarding only up to that layer."""
     with FeatureProbe(visual, [layer], (token,), stop=True) as probe:
         _, recorded = encode(visual, images, image_size, batch_size, device, workers, desc, probe)
-    return recorded.get(f"{layer}.{token}", torch.empty(0))
+    return recorded.get(Location(layer, token), torch.empty(0))
 
 
 @dataclass
@@ -117,7 +115,7 @@ class FirstPassResult:
     """What the first pass stored for one split: final features, residuals per location, owners."""
 
     features: torch.Tensor
-    residuals: dict[str, torch.Tensor]
+    residuals: dict[Location, torch.Tensor]  # a string only in the file: "res:<block>.<module>.<io>.<token>"
     task: torch.Tensor
     labels: torch.Tensor
 
@@ -129,7 +127,8 @@ class FirstPassResult:
     def load(cls, path: str) -> FirstPassResult:
         arrays = load_arrays(path)
         try:
-            residuals = {k[len("res:"):]: torch.from_numpy(v) for k, v in arrays.items() if k.startswith("res:")}
+            residuals = {Location.parse(k[len("res:"):]): torch.from_numpy(v)
+                         for k, v in arrays.items() if k.startswith("res:")}
             return cls(torch.from_numpy(arrays["features"]), residuals, torch.from_numpy(arrays["task"]),
                        torch.from_numpy(arrays["labels"]))
         except KeyError as err:
@@ -138,18 +137,16 @@ class FirstPassResult:
     def residuals_at(self, location: Location) -> torch.Tensor:
         """Residuals at ``location``; a location the first pass did not record fails saying why:
         a block the model does not have, or an io/token the config left out."""
-        key = str(location)
-        if key not in self.residuals:
-            raise ArtifactError(self._not_recorded(key))
-        return self.residuals[key]
+        if location not in self.residuals:
+            raise ArtifactError(self._not_recorded(location))
+        return self.residuals[location]
 
-    def _not_recorded(self, key: str) -> str:
-        recorded_at = [Location.parse(k) for k in self.residuals]
-        blocks = sorted({loc.layer.block for loc in recorded_at})
-        ios, tokens = sorted({loc.layer.io for loc in recorded_at}), sorted({loc.token for loc in recorded_at})
+    def _not_recorded(self, location: Location) -> str:
+        blocks = sorted({loc.layer.block for loc in self.residuals})
+        ios, tokens = sorted({loc.layer.io for loc in self.residuals}), sorted({loc.token for loc in self.residuals})
         recorded = (f"blocks {blocks[0]}-{blocks[-1]}, ios {ios}, tokens {tokens}" if blocks
                     else "no location")
-        location = Location.parse(key)
+        key = str(location)
         block, io, token = location.layer.block, location.layer.io, location.token
         if blocks and block not in blocks:
             return (f"location {key!r}: block {block} does not exist in this model (the first pass recorded "
@@ -190,14 +187,3 @@ class RoutingFeatures:
             if not torch.equal(self.task[split], owners):
                 raise ArtifactError(f"{path} was made for other {split} samples; "
                                     "delete it and rerun the routing_features rule")
-
-
-def first_pass_weights(pre: StateDict, merged: Sequence[str], selection: str | None, alpha: float) -> StateDict:
-    """theta_pre + alpha * a merge: the one ``selection`` (a JSON naming the epsilon chosen on
-    validation) picks among ``merged``, or the only one given; theta_pre when none is given."""
-    if selection:
-        chosen = EpsilonChoice.load(selection).merge_file
-        if chosen not in merged:
-            raise ArtifactError(f"{selection} names {chosen}, which is not among the merges given")
-        merged = [chosen]
-    return apply_delta(pre, load_tensors(merged[0]), alpha) if merged else pre

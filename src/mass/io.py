@@ -14,7 +14,7 @@ naming the file and the fix. A file without its checksum is refused too (a copy 
 leaves the hidden checksum files behind, and a file whose checksum is gone could be anything): the
 message says how to remake it, or how to record the checksum of a file known to be good
 (``python -m mass.io record FILE...``). Downloads and files placed by hand get theirs when they are
-verified against the lock (:mod:`mass.sources.download`). ``python -m mass.io verify DIR...`` checks every
+verified against the lock (:mod:`mass_pipeline.sources.download`). ``python -m mass.io verify DIR...`` checks every
 artifact under the given folders and reports the ones without a checksum (logs and Snakemake's
 benchmark tables are not artifacts).
 """
@@ -261,18 +261,6 @@ def read_json(path: str | os.PathLike) -> Any:
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
-
-
-def read_csv(path: str | os.PathLike, **kwargs: Any):
-    """A CSV artifact as a pandas DataFrame, after checking its checksum."""
-    import pandas as pd
-
-    path = Path(path)
-    verify(path)
-    try:
-        return pd.read_csv(path, **kwargs)
-    except (ValueError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{path} is not a readable CSV file ({err}); {FIX}") from err
 
 
 def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor],

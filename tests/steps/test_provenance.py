@@ -10,10 +10,10 @@ import yaml
 from support.tables import run_cli, write_csv
 from support.workflow import ROOT
 
-from mass.editions import EDITIONS, load_edition
-from mass.provenance import ACCEPTED, DEVIATION, MATCH, MISMATCH, TRAINED_HERE, UNPUBLISHED, compare
-from mass.results import Endpoints
-from mass.steps import check_provenance, make_tables
+from mass_pipeline.editions import EDITIONS, load_edition
+from mass_pipeline.provenance import ACCEPTED, DEVIATION, MATCH, MISMATCH, TRAINED_HERE, UNPUBLISHED, compare
+from mass_pipeline.results import Endpoints
+from mass_pipeline.steps import check_provenance, make_tables
 
 BENCHMARKS = yaml.safe_load((ROOT / "config.yaml").read_text())["benchmarks"]
 

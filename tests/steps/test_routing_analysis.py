@@ -8,12 +8,18 @@ import pandas as pd
 import pytest
 import torch
 from support.routing import check_routing_figures
-from support.tables import hand_written_per_task, run_cli, write_csv
+from support.tables import hand_written_per_task, plot_options, run_cli, write_csv
 
 from mass.io import save_arrays, write_json
 from mass.routing import routing_accuracy_per_task
-from mass.routing_analysis import MULTI_WITH_TRUE, MULTI_WITHOUT_TRUE, confusion_counts, selection_sizes, top1_counts
-from mass.steps import make_plots
+from mass_pipeline.routing_analysis import (
+    MULTI_WITH_TRUE,
+    MULTI_WITHOUT_TRUE,
+    confusion_counts,
+    selection_sizes,
+    top1_counts,
+)
+from mass_pipeline.steps import make_plots
 
 NAMES = ["t1", "t2", "t3"]
 
@@ -61,7 +67,7 @@ def test_routing_figures_summarise_the_per_sample_routing(tmp_path, monkeypatch)
     run_cli(make_plots, ["--per-task", tmp_path / "per_task.csv", "--hparams", tmp_path / "hp.json",
                          "--sweeps", f"tiny:3:{tmp_path / 'sweep.csv'}",
                          "--routing", f"tiny:3:{tmp_path / 'routing.npz'}",
-                         "--top-k", 3, "--out-dir", tmp_path / "figures", "--dpi", 40], monkeypatch)
+                         "--out-dir", tmp_path / "figures", *plot_options()], monkeypatch)
     figures = tmp_path / "figures"
     for stem in ("confusion_tiny_3", "selection_sizes_tiny_3"):
         for ext in ("pdf", "png"):

@@ -26,13 +26,13 @@ from mass.encoder import create_clip, create_visual
 from mass.forward import encode
 from mass.io import ArtifactError, load_arrays, load_tensors, read_json, save_arrays, save_tensors
 from mass.mass_model import MassModel
-from mass.results import MethodResult
 from mass.routing import MLPRouter, NearestNeighbourRouter
-from mass.steps import evaluate_baseline, evaluate_batched, evaluate_mass, evaluate_tsvm, routing_features
-from mass.steps import first_pass as run_first_pass
 from mass.svd import TaskComponents
 from mass.task_vectors import TaskVector
 from mass.tsv import apply_delta, tsv_merge
+from mass_pipeline.results import MethodResult
+from mass_pipeline.steps import evaluate_baseline, evaluate_batched, evaluate_mass, evaluate_tsvm, routing_features
+from mass_pipeline.steps import first_pass as run_first_pass
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ["a", "b", "c"]

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from support.tables import FINETUNED, assert_tables_summarise, hand_written_per_task, run_cli, write_csv
+from support.tables import FINETUNED, assert_tables_summarise, hand_written_per_task, plot_options, run_cli, write_csv
 
 from mass.io import write_json
-from mass.methods import TABLE2_ROWS
-from mass.results import Endpoints, EpsilonChoice, MethodResult
-from mass.steps import collect_results, make_plots, make_tables
+from mass_pipeline.methods import TABLE2_ROWS
+from mass_pipeline.results import Endpoints, EpsilonChoice, MethodResult
+from mass_pipeline.steps import collect_results, make_plots, make_tables
 
 
 def test_tables_equal_the_means_of_hand_written_per_task_results(tmp_path, monkeypatch):
@@ -93,7 +93,7 @@ def test_figures_are_drawn_with_their_numbers_beside_them(tmp_path, monkeypatch)
     write_json(tmp_path / "hp.json", {"tiny": {"8": {"mass_proj": {"layer": "4.mlp.in"}}}})
     run_cli(make_plots, ["--per-task", tmp_path / "per_task.csv", "--hparams", tmp_path / "hp.json",
                          "--sweeps", f"tiny:8:{tmp_path / 'sweep.csv'}", "--out-dir", tmp_path / "figures",
-                         "--dpi", 40], monkeypatch)
+                         *plot_options()], monkeypatch)
     figures = tmp_path / "figures"
     for stem in ("radar_8", "radar_3", "per_layer_tiny_8", "batched"):
         for ext in ("pdf", "png"):

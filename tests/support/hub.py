@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import torch
 
-from mass.sources.download import HubRepo, LockFile, download_hub_file, resolve_revision
+from mass_pipeline.sources.download import HubRepo, LockFile, download_hub_file, resolve_revision
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 _CHUNK = 1 << 20

@@ -41,7 +41,7 @@ import torch
 from PIL import Image
 from support.hub import HubServer, pickled_head
 
-from mass.data import catalog
+from mass_pipeline.data import catalog
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sources"
 # The ViT-L-14 folder of nik-dim/tall_masks was never read (tall_masks.json); this spelling is a guess.

@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 from support.hub import COMMIT, HubServer
 
-from mass.data import catalog
 from mass.io import write_json
+from mass_pipeline.data import catalog
 
 DIGITS = [str(i) for i in range(10)]
 

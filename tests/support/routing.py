@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mass.routing_analysis import MULTI_WITH_TRUE
+from mass_pipeline.routing_analysis import MULTI_WITH_TRUE
 
 NAMES = ["t1", "t2", "t3"]
 

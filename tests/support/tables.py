@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
-from mass.editions import load_edition
 from mass.io import atomic_path
-from mass.methods import ROUTING_ROWS, TABLE2_ROWS, TABLE3_ROWS, TSVC_SETTINGS
+from mass_pipeline.editions import load_edition
+from mass_pipeline.methods import ROUTING_ROWS, TABLE2_ROWS, TABLE3_ROWS, TSVC_SETTINGS
 
 METHODS = ["zeroshot", "finetuned", "weight_averaging", "task_arithmetic", "consensus", "tsvm", "iso_c", "iso_cts",
            "smile", "wemoe", "mass_proj", "mass_nn", "mass_mlp", "mass_proj_pre", "mass_batched", "tsvc", "tsvc_size"]
@@ -21,6 +22,15 @@ SIZES = {"tsvc": [0.26, 0.24, 0.25], "tsvc_size": [0.1, 0.098, 0.099]}
 
 
 FINETUNED = {"t1": 0.80, "t2": 0.95, "t3": 0.50}
+
+
+def plot_options(dpi: int = 40) -> list:
+    """The options of make_plots that its rule passes from the config, at config.yaml's values (a low dpi
+    keeps the tests fast)."""
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "config.yaml").read_text())
+    routing = config["routing"]
+    return ["--top-k", routing["top_k"], "--io", routing["io"], "--token", routing["token"],
+            "--style", config["plots"]["style"], "--dpi", dpi]
 
 
 def run_cli(module, args: list, monkeypatch) -> None:

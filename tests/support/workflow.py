@@ -93,7 +93,7 @@ def planned_commands(tmp_path: Path, overlay: dict, targets: list[str]) -> tuple
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     lines = [" ".join(line.removeprefix("Shell command:").split()) for line in run.stdout.splitlines()
-             if line.startswith("Shell command: python -m mass.")]
-    commands = {line.split()[2].removeprefix("mass.steps."): line for line in lines
-                if line.startswith(("python -m mass.steps.fetch_", "python -m mass.steps.check_head"))}
+             if line.startswith("Shell command: python -m mass_pipeline.")]
+    commands = {line.split()[2].removeprefix("mass_pipeline.steps."): line for line in lines
+                if line.startswith(tuple(f"python -m mass_pipeline.steps.{s}" for s in ("fetch_", "check_head")))}
     return run.stdout, lines, commands

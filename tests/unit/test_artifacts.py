@@ -25,15 +25,14 @@ from mass.io import (
     checksum_path,
     load_tensors,
     main,
-    read_csv,
     read_json,
     save_arrays,
     save_tensors,
     write_json,
 )
-from mass.results import MethodResult
-from mass.steps.use_published_head import main as use_published_head
 from mass.svd import LowRank, TaskComponents, load_components
+from mass_pipeline.results import MethodResult, read_csv
+from mass_pipeline.steps.use_published_head import main as use_published_head
 
 FIX = "delete it and rerun the rule that makes it"
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -179,7 +178,8 @@ def test_another_tasks_file_copied_over_with_its_checksum_is_refused(tiny_clip, 
     save_tensors(tmp_path / "pre.safetensors", pre)
     for task, ft in zip(("A", "B"), fts, strict=True):
         save_tensors(tmp_path / f"ft_{task}.safetensors", ft, {"task": task, "source": "test"})
-        subprocess.run([sys.executable, "-m", "mass.steps.svd_cache", "--pretrained", str(tmp_path / "pre.safetensors"),
+        subprocess.run([sys.executable, "-m", "mass_pipeline.steps.svd_cache",
+                        "--pretrained", str(tmp_path / "pre.safetensors"),
                         "--finetuned", str(tmp_path / f"ft_{task}.safetensors"), "--rank-fraction", "0.5",
                         "--storage-dtype", "float32", "--attention", "in_proj", "--out",
                         str(tmp_path / "svd" / f"{task}.safetensors"), "--threads", "1"], check=True, timeout=300)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from support.parquet import gray, parquet_bytes, write_raw
 
-from mass.data import catalog
-from mass.data.benchmark import load_benchmark_split
-from mass.data.prepare import carve, prepare
 from mass.data.store import carve_validation, load_split
 from mass.io import ArtifactError
-from mass.steps.build_head import head_prompts
+from mass_pipeline.data import catalog
+from mass_pipeline.data.benchmark import load_benchmark_split
+from mass_pipeline.data.prepare import carve, prepare
+from mass_pipeline.steps.build_head import head_prompts
 
 
 def test_catalog_covers_the_20_tasks_with_consistent_prompts():

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mass.data.demo import FAMILIES, TASKS, TEMPLATES, class_phrases, generate
-from mass.steps.pretrain_demo_clip import captioned_corpus
+from mass_pipeline.data.demo import FAMILIES, TASKS, TEMPLATES, class_phrases, generate
+from mass_pipeline.steps.pretrain_demo_clip import captioned_corpus
 
 
 @pytest.mark.parametrize("task", sorted(TASKS))

@@ -14,7 +14,7 @@ import pytest
 from support.hub import COMMIT, FAST, fetch, payload, sha
 
 from mass.io import ArtifactError
-from mass.sources.download import (
+from mass_pipeline.sources.download import (
     ChecksumMismatch,
     DownloadError,
     DownloadInterrupted,
@@ -25,7 +25,7 @@ from mass.sources.download import (
     download_hub_file,
     resolve_revision,
 )
-from mass.sources.download import main as download_main
+from mass_pipeline.sources.download import main as download_main
 
 
 def test_complete_download_is_verified_and_recorded(hub, tmp_path):

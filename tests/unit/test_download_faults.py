@@ -25,10 +25,10 @@ import torch
 from support.hub import COMMIT, FAST, LocalServer, QuietHandler, fetch, payload, pickled_head, send, sha
 from support.parquet import DIGITS, gray, mnist_on_hub, parquet_bytes, write_raw
 
-from mass.data.prepare import prepare
 from mass.encoder import create_clip
 from mass.io import ArtifactError
-from mass.sources.download import (
+from mass_pipeline.data.prepare import prepare
+from mass_pipeline.sources.download import (
     ChecksumMismatch,
     DownloadError,
     DownloadInterrupted,
@@ -38,8 +38,8 @@ from mass.sources.download import (
     download,
     resolve_revision,
 )
-from mass.sources.download import main as download_main
-from mass.sources.fetch import fetch_dataset, fetch_finetuned, fetch_head, safe_torch_load
+from mass_pipeline.sources.download import main as download_main
+from mass_pipeline.sources.fetch import fetch_dataset, fetch_finetuned, fetch_head, safe_torch_load
 
 REPO = Path(__file__).resolve().parents[2]
 TALL = "nik-dim/tall_masks"
@@ -368,7 +368,7 @@ def test_disk_full_during_a_download_is_one_message(hub, small_disk):  # noqa: F
     lock = LockFile(small_disk.parent / "lock.json")
     snapshot = resolve_revision(HubRepo("org/model"), None, lock, endpoint=hub.url)
     target = small_disk / "weights.bin"
-    from mass.sources.download import download_hub_file
+    from mass_pipeline.sources.download import download_hub_file
 
     with pytest.raises(DownloadError) as err:
         download_hub_file(snapshot, "weights.bin", target, lock, endpoint=hub.url, **FAST)
@@ -390,7 +390,7 @@ def test_disk_full_in_a_pipeline_step_is_one_message(tiny_clip, tmp_path, small_
     save_tensors(tmp_path / "pre.safetensors", pre)
     save_tensors(tmp_path / "ft.safetensors", fts[0])
     out = small_disk / "svd" / "A.safetensors"
-    done = subprocess.run([sys.executable, "-m", "mass.steps.svd_cache", "--pretrained",
+    done = subprocess.run([sys.executable, "-m", "mass_pipeline.steps.svd_cache", "--pretrained",
                            str(tmp_path / "pre.safetensors"), "--finetuned", str(tmp_path / "ft.safetensors"),
                            "--rank-fraction", "1.0",
                            "--storage-dtype", "float32", "--attention", "in_proj", "--out", str(out), "--threads", "1"],
@@ -416,7 +416,7 @@ def test_disk_full_in_any_writer_is_the_same_message(small_disk, writer):
 
 FSIZE_SCRIPT = """
 import resource, signal, sys
-from mass.sources.download import DownloadError, download
+from mass_pipeline.sources.download import DownloadError, download
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
 try:
@@ -442,7 +442,8 @@ def test_disk_full_while_preparing_a_dataset_is_one_message(tmp_path, small_disk
     raw = tmp_path / "raw"
     write_raw(raw, "MNIST", parquet_bytes(gray(40, 1), np.arange(40) % 10, DIGITS),
               parquet_bytes(gray(120, 2), np.arange(120) % 10))
-    done = subprocess.run([sys.executable, "-m", "mass.steps.prepare_dataset", "--task", "MNIST", "--raw", str(raw),
+    done = subprocess.run([sys.executable, "-m", "mass_pipeline.steps.prepare_dataset", "--task", "MNIST",
+                           "--raw", str(raw),
                            "--out", str(small_disk), "--image-size", "64", "--emnist-orientation", "torchvision",
                            "--threads", "1", "--edition", "first"],
                           capture_output=True, text=True, timeout=300)
@@ -536,7 +537,7 @@ def test_download_log_shows_bytes_rate_and_one_line_per_file(hub, tmp_path):  # 
     hub.add("org/model", "weights.bin", data)
     log = tmp_path / "download.log"
     with open(log, "w") as fh:  # as the rules run it: stdout and stderr to the log file
-        subprocess.run([sys.executable, "-m", "mass.sources.download", "--repo", "org/model", "--filename",
+        subprocess.run([sys.executable, "-m", "mass_pipeline.sources.download", "--repo", "org/model", "--filename",
                         "weights.bin", "--endpoint", hub.url, "--out", str(tmp_path / "weights.bin"), "--lock",
                         str(tmp_path / "lock.json"), "--retries", "0"], stdout=fh, stderr=subprocess.STDOUT,
                        check=True, timeout=120)

@@ -18,8 +18,8 @@ from support.workflow import planned_commands
 
 from mass.encoder import create_clip
 from mass.io import ArtifactError, load_tensors, save_tensors
-from mass.sources.download import ChecksumMismatch, HubRepo, LockFile, file_record
-from mass.sources.fetch import (
+from mass_pipeline.sources.download import ChecksumMismatch, HubRepo, LockFile, file_record
+from mass_pipeline.sources.fetch import (
     fetch_finetuned,
     fetch_head,
     fetch_pretrained,
@@ -205,11 +205,11 @@ def test_rules_pass_config_pins_and_pick_the_shared_head(tmp_path):
     # hub tasks use the published head; check_head compares it with the text-built one
     assert "--compare-with resources/checkpoints/ViT-B-32/built_heads/" in commands["check_head"]
     assert "rule use_published_head:" in stdout
-    built = {m for line in lines if line.startswith("python -m mass.steps.build_head ")
+    built = {m for line in lines if line.startswith("python -m mass_pipeline.steps.build_head ")
              for m in re.findall(r"--out resources/checkpoints/ViT-B-32/(\w+/\w+)\.safetensors", line)}
     assert "heads/CIFAR10_STL10" in built and "heads/EMNIST" in built and "heads/Cars" not in built
     assert any("--emnist-orientation mnist --source-orientation mnist" in line for line in lines)
-    tsvm = [line for line in lines if line.startswith("python -m mass.steps.evaluate_tsvm")]
+    tsvm = [line for line in lines if line.startswith("python -m mass_pipeline.steps.evaluate_tsvm")]
     heads = {line.count("/14/") > 0: re.findall(r"heads/(\w+)\.safetensors", line) for line in tsvm}
     assert heads[True][8] == "STL10" and len(heads[True]) == 14
     assert heads[False][8] == heads[False][14] == "CIFAR10_STL10" and len(heads[False]) == 20
@@ -222,7 +222,7 @@ def test_crisostomi_layout_fetches_per_task_repositories_and_builds_every_head_f
     assert "--repo crisostomi" in commands["fetch_finetuned"] and "--layout crisostomi" in commands["fetch_finetuned"]
     assert "--zeroshot-repo crisostomi --zeroshot-layout crisostomi" in commands["fetch_pretrained"]
     assert "check_head" not in commands and "rule use_published_head:" not in stdout
-    built = {m for line in lines if line.startswith("python -m mass.steps.build_head ")
+    built = {m for line in lines if line.startswith("python -m mass_pipeline.steps.build_head ")
              for m in re.findall(r"--out resources/checkpoints/ViT-B-32/heads/(\w+)\.safetensors", line)}
     assert built == {"Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SVHN", "SUN397"}
 
@@ -233,13 +233,13 @@ def test_fusionbench_layout_completes_its_encoders_with_theta_pres_projection(tm
     overlay = {"sources": {"finetuned_repo": "tanganke", "finetuned_layout": "fusionbench"}, "edition": "fusionbench",
                "run": {"backbones": ["ViT-B-32"], "benchmarks": ["20"]}}
     stdout, lines, commands = planned_commands(tmp_path, overlay, ["results/ViT-B-32/20/methods/tsvm.json"])
-    fetches = [line for line in lines if line.startswith("python -m mass.steps.fetch_finetuned ")]
+    fetches = [line for line in lines if line.startswith("python -m mass_pipeline.steps.fetch_finetuned ")]
     assert len(fetches) == 19 and not any("--task EMNIST" in line for line in fetches)
     assert all("--layout fusionbench --pretrained resources/checkpoints/ViT-B-32/pretrained_openai.safetensors"
                in line for line in fetches)
     assert "--zeroshot-repo" not in commands["fetch_pretrained"]
     assert "check_head" not in commands and "rule use_published_head:" not in stdout
-    assert any(line.startswith("python -m mass.steps.finetune ") and "--task EMNIST" in line for line in lines)
+    assert any(line.startswith("python -m mass_pipeline.steps.finetune ") and "--task EMNIST" in line for line in lines)
     assert "--edition fusionbench" in next(line for line in lines if "check_provenance" in line)
 
 
@@ -254,13 +254,13 @@ def test_final_edition_preset_plans_its_sources_heads_order_and_routing(tmp_path
     fetch = re.compile(r"fetch_finetuned --model ViT-B-32 --task (\w+) --repo crisostomi")
     fetched = {m for line in lines for m in fetch.findall(line)}
     assert len(fetched) == 20 and "EMNIST" in fetched and "rule finetune:" not in stdout
-    built = {m for line in lines if line.startswith("python -m mass.steps.build_head ")
+    built = {m for line in lines if line.startswith("python -m mass_pipeline.steps.build_head ")
              for m in re.findall(r"--out resources/checkpoints/ViT-B-32/heads/(\w+)\.safetensors", line)}
     assert len(built) == 20 and {"CIFAR10", "STL10"} <= built and "CIFAR10_STL10" not in built
-    prepared = [line for line in lines if line.startswith("python -m mass.steps.prepare_dataset ")]
+    prepared = [line for line in lines if line.startswith("python -m mass_pipeline.steps.prepare_dataset ")]
     assert len(prepared) == 20 and all("--edition final" in line for line in prepared)
     assert any("--task EMNIST" in line and "--source-orientation torchvision" in line for line in prepared)
-    mass = next(line for line in lines if line.startswith("python -m mass.steps.evaluate_mass "))
+    mass = next(line for line in lines if line.startswith("python -m mass_pipeline.steps.evaluate_mass "))
     assert "--tasks SUN397 Cars RESISC45 EuroSAT SVHN GTSRB MNIST DTD Flowers102" in mass
     assert "--layer 10.mlp.in" in mass and "--eta 0.2 " in mass
     assert "--edition final" in next(line for line in lines if "check_provenance" in line)

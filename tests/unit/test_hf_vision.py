@@ -13,9 +13,9 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, CLIPVisionModelWithP
 from mass.encoder import create_visual
 from mass.hf_vision import from_transformers, is_transformers_layout
 from mass.io import ArtifactError, load_tensors, read_metadata
-from mass.sources.download import LockFile
-from mass.sources.fetch import fetch_finetuned
-from mass.sources.layouts import layout
+from mass_pipeline.sources.download import LockFile
+from mass_pipeline.sources.fetch import fetch_finetuned
+from mass_pipeline.sources.layouts import layout
 
 # mass-tiny-vit (src/mass/model_configs) as transformers spells it: open_clip's default activation is exact
 # GELU, transformers' "gelu"; 3 heads of width 32; MLP ratio 4.

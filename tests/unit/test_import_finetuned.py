@@ -12,11 +12,11 @@ from safetensors.torch import save_file
 from support.workflow import planned_commands
 from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-from mass.editions import load_edition
 from mass.encoder import create_clip, create_visual
 from mass.io import ArtifactError, load_tensors, read_metadata, save_tensors
-from mass.provenance import OWN_FILE, TRAINED_HERE, compare
-from mass.steps.import_finetuned import main as import_finetuned
+from mass_pipeline.editions import load_edition
+from mass_pipeline.provenance import OWN_FILE, TRAINED_HERE, compare
+from mass_pipeline.steps.import_finetuned import main as import_finetuned
 
 TINY = dict(hidden_size=96, num_hidden_layers=6, num_attention_heads=3, intermediate_size=384, image_size=32,
             patch_size=8, projection_dim=64, hidden_act="gelu", layer_norm_eps=1e-5)
@@ -91,13 +91,13 @@ def test_rules_import_the_given_file_instead_of_the_source(tmp_path):
     overlay = {"finetuned": {"files": {"ViT-B-32": {"Cars": str(own)}}},
                "run": {"backbones": ["ViT-B-32"], "benchmarks": ["8"]}}
     stdout, lines, commands = planned_commands(work, overlay, ["results/ViT-B-32/8/methods/tsvm.json"])
-    imported = [line for line in lines if line.startswith("python -m mass.steps.import_finetuned ")]
+    imported = [line for line in lines if line.startswith("python -m mass_pipeline.steps.import_finetuned ")]
     assert len(imported) == 1 and f"--task Cars --file '{own}'" in imported[0]
     assert "--out resources/checkpoints/ViT-B-32/files/Cars.safetensors" in imported[0]
-    fetched = [line for line in lines if line.startswith("python -m mass.steps.fetch_finetuned ")]
+    fetched = [line for line in lines if line.startswith("python -m mass_pipeline.steps.fetch_finetuned ")]
     assert len(fetched) == 7 and not any("--task Cars " in line for line in fetched)
     provenance = next(line for line in lines if "check_provenance" in line)
     assert "--own Cars" in provenance and "--trained-here --own" in provenance
     built = {line.split("--task ")[1].split()[0] for line in lines
-             if line.startswith("python -m mass.steps.build_head ") and "/heads/" in line}
+             if line.startswith("python -m mass_pipeline.steps.build_head ") and "/heads/" in line}
     assert "Cars" in built  # its head is built from text: the file was not trained against the published one

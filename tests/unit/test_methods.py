@@ -1,4 +1,4 @@
-"""The registry of baselines and routers (mass.methods) is the one list the config, the rules, the
+"""The registry of baselines and routers (mass_pipeline.methods) is the one list the config, the rules, the
 steps and the tables follow: a method added or renamed in one place and not another fails here."""
 
 from pathlib import Path
@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from mass import baselines
-from mass.methods import BASELINES, ROUTERS, TABLE2_ROWS, TABLE3_ROWS
+from mass_pipeline.methods import BASELINES, ROUTERS, TABLE2_ROWS, TABLE3_ROWS
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = yaml.safe_load((ROOT / "workflow/schemas/config.schema.yaml").read_text())["properties"]

@@ -11,7 +11,7 @@ from mass.heads import build_zero_shot_head, encode_text, head_logits, tokenizer
 from mass.mass_model import MassModel, predict_over_heads
 from mass.routing import projection_residuals
 from mass.svd import TaskComponents
-from mass.task_vectors import LayerId, TaskVector
+from mass.task_vectors import LayerId, Location, TaskVector
 from mass.tsv import apply_delta, tsv_merge
 
 SIZE = 32
@@ -40,8 +40,8 @@ def test_probe_reads_cls_token_of_batch_first_activations(setup):
     handle.remove()
     x = seen["x"]
     assert x.shape[:2] == (10, 17)  # batch first, 16 patches + CLS
-    torch.testing.assert_close(res["2.mlp.in.cls"], projection_residuals(x[:, 0], bases[layer]))
-    torch.testing.assert_close(res["2.mlp.in.mean"], projection_residuals(x.mean(1), bases[layer]))
+    torch.testing.assert_close(res[Location(layer, "cls")], projection_residuals(x[:, 0], bases[layer]))
+    torch.testing.assert_close(res[Location(layer, "mean")], projection_residuals(x.mean(1), bases[layer]))
     plain, _ = encode(visual, images, SIZE)
     torch.testing.assert_close(feats, plain)  # the probe does not change the forward pass
 

@@ -10,10 +10,10 @@ import pytest
 from PIL import Image
 from support.workflow import planned_commands
 
-from mass.data.own_tasks import DEFAULT_TEMPLATES, OwnTask, prepare_own
 from mass.data.store import load_info, load_split
 from mass.io import ArtifactError
-from mass.steps import prepare_own_task, prepare_own_train_split
+from mass_pipeline.data.own_tasks import DEFAULT_TEMPLATES, OwnTask, prepare_own
+from mass_pipeline.steps import prepare_own_task, prepare_own_train_split
 
 CLASSES = {"oak": (200, 30, 30), "pine": (30, 200, 30), "birch": (30, 30, 200)}
 
@@ -156,7 +156,7 @@ def test_rules_prepare_a_declared_task_fine_tune_it_and_build_its_head_from_text
     _, lines, _ = planned_commands(work, overlay, ["results/ViT-B-32/mine/methods/mass_proj.json"])
     by_step = {}
     for line in lines:
-        by_step.setdefault(line.split()[2].removeprefix("mass.steps."), []).append(line)
+        by_step.setdefault(line.split()[2].removeprefix("mass_pipeline.steps."), []).append(line)
     assert [line.split("--task ")[1].split()[0] for line in by_step["download_dataset"]] == ["MNIST"]
     prepared = {line.split("--task ")[1].split()[0]: line for line in by_step["prepare_own_task"]}
     assert set(prepared) == {"Trees", "Scans"}

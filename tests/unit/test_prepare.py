@@ -12,16 +12,16 @@ from PIL import Image
 from support.hub import COMMIT
 from support.parquet import DIGITS, gray, mnist_on_hub, parquet_bytes, write_raw
 
-from mass.data import catalog
-from mass.data.prepare import check_orientation, orient, prepare
 from mass.data.store import carve_validation, load_info, load_split, make_loader, save_split
 from mass.io import ArtifactError
-from mass.sources.download import LockFile
-from mass.sources.fetch import (
+from mass.training import set_threads
+from mass_pipeline.data import catalog
+from mass_pipeline.data.prepare import check_orientation, orient, prepare
+from mass_pipeline.sources.download import LockFile
+from mass_pipeline.sources.fetch import (
     fetch_dataset,
 )
-from mass.steps.prepare_dataset import main as prepare_main
-from mass.training import set_threads
+from mass_pipeline.steps.prepare_dataset import main as prepare_main
 
 
 def test_emnist_orientation_is_a_transpose():

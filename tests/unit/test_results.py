@@ -1,4 +1,4 @@
-"""The evaluation steps' JSON files (mass.results): what is saved is what is loaded, and a file with
+"""The evaluation steps' JSON files (mass_pipeline.results): what is saved is what is loaded, and a file with
 a missing or unknown key is refused naming the file and the key instead of becoming an empty column."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mass.io import ArtifactError, read_json, write_json
-from mass.results import Endpoints, EpsilonChoice, MethodResult
+from mass_pipeline.results import Endpoints, EpsilonChoice, MethodResult
 
 RECORDS = {
     "mass": MethodResult(method="mass_proj", test={"Cars": 0.5, "DTD": 0.25}, hyperparameters={"layer": "9.mlp.out"},

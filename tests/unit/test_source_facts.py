@@ -23,14 +23,14 @@ import pytest
 import torch
 from support.parquet import gray, parquet_bytes, png, write_raw
 
-from mass.data import catalog
-from mass.data.prepare import prepare
 from mass.data.store import load_split
 from mass.encoder import create_clip
 from mass.heads import prompt
 from mass.io import load_tensors
-from mass.sources.download import LockFile
-from mass.sources.fetch import fetch_finetuned
+from mass_pipeline.data import catalog
+from mass_pipeline.data.prepare import prepare
+from mass_pipeline.sources.download import LockFile
+from mass_pipeline.sources.fetch import fetch_finetuned
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sources"
 FIXTURE_NAMES = sorted(p.stem for p in FIXTURES.glob("*.json"))

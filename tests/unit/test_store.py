@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mass.data.benchmark import load_benchmark_split
 from mass.data.store import RowSubset, StackedSplits, make_loader, save_split
+from mass_pipeline.data.benchmark import load_benchmark_split
 
 
 def parts():

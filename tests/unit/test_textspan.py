@@ -9,16 +9,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from support.tables import hand_written_per_task, run_cli, write_csv
+from support.tables import hand_written_per_task, plot_options, run_cli, write_csv
 
-from mass.data.demo import DISTRACTORS, FAMILIES, TASKS, description_pool
 from mass.io import save_arrays, write_json
-from mass.sources.descriptions import fetch_descriptions, lock_key, read_descriptions
-from mass.sources.download import ChecksumMismatch, LockFile
-from mass.steps import make_plots
 from mass.svd import LowRank, TaskComponents
 from mass.task_vectors import LayerId
 from mass.textspan import joint_space_directions, singular_vectors, textspan
+from mass_pipeline.data.demo import DISTRACTORS, FAMILIES, TASKS, description_pool
+from mass_pipeline.sources.descriptions import fetch_descriptions, lock_key, read_descriptions
+from mass_pipeline.sources.download import ChecksumMismatch, LockFile
+from mass_pipeline.steps import make_plots
 
 
 def orthonormal(n: int, k: int, seed: int = 0) -> torch.Tensor:
@@ -115,7 +115,7 @@ def test_textspan_figure_shows_every_pick(tmp_path, monkeypatch):
     run_cli(make_plots, ["--per-task", tmp_path / "per_task.csv", "--hparams", tmp_path / "hp.json",
                          "--sweeps", f"tiny:3:{tmp_path / 'sweep.csv'}",
                          "--textspan", f"tiny:3:{tmp_path / 'picks.csv'}:{tmp_path / 'images.npz'}",
-                         "--out-dir", tmp_path / "figures", "--dpi", 40], monkeypatch)
+                         "--out-dir", tmp_path / "figures", *plot_options()], monkeypatch)
     for ext in ("pdf", "png"):
         assert (tmp_path / "figures" / f"textspan_tiny_3.{ext}").stat().st_size > 1000
     shown = pd.read_csv(tmp_path / "figures" / "textspan_tiny_3.csv")

@@ -1,6 +1,6 @@
 """The configuration checks itself before any job runs and documents itself (issue 20 items 3, 4, 7;
 issue 17's schema bullet): unknown keys stop the run naming the key and the allowed ones; every key
-has a description and a default (the paper's value, as in config.yaml); architectures, blocks and
+has a description and a default, the paper's value in config.yaml (its one place); architectures, blocks and
 ranges are checked against the model before Snakemake deletes anything; docs/config.md is generated
 from the schema."""
 
@@ -17,6 +17,7 @@ from support.workflow import ROOT, SMALL, snakemake, workflow_copy
 
 from mass.forward import FirstPassResult
 from mass.io import ArtifactError
+from mass.task_vectors import LayerId, Location
 
 _spec = importlib.util.spec_from_file_location("configcheck", ROOT / "workflow/scripts/configcheck.py")
 configcheck = importlib.util.module_from_spec(_spec)
@@ -108,25 +109,29 @@ def test_every_object_rejects_unknown_keys_and_every_key_is_documented():
         assert sub.get("description"), f"{'.'.join(path)} has no description"
         parent = sub["parent"]  # a key a map entry requires, or one of its alternatives (tasks: folder or csv)
         required = parent.get("required", []) + [k for one in parent.get("oneOf", []) for k in one.get("required", [])]
-        in_map_entry = "<name>" in path and path[-1] in required
-        assert "default" in sub or in_map_entry, f"{'.'.join(path)} has no default"
+        if "<name>" in path:  # inside a map entry: a default in the schema, or required
+            assert "default" in sub or path[-1] in required, f"{'.'.join(path)} has no default"
 
 
-def test_defaults_are_the_paper_values_of_config_yaml():
-    def walk(sub, value, path):
-        sub = configcheck._resolve(SCHEMA, sub)
-        if "default" in sub:
-            assert sub["default"] == value, f"{'.'.join(path)}: schema {sub['default']!r} != config.yaml {value!r}"
-        for key, child in sub.get("properties", {}).items():
-            if isinstance(value, dict) and key in value:
-                walk(child, value[key], (*path, key))
-    walk(SCHEMA, PAPER, ())
-    assert set(SCHEMA["properties"]) == set(PAPER)  # config.yaml sets every key
+def test_config_yaml_is_the_one_place_of_the_defaults():
+    """Every key outside a map entry has its default in config.yaml and nowhere else: config.yaml sets it
+    and the schema gives no default that could drift from it."""
+    for kind, path, sub in _objects(SCHEMA):
+        if kind != "key" or "<name>" in path:
+            continue
+        assert "default" not in sub, f"{'.'.join(path)}: a default in the schema; config.yaml holds it"
+        value = PAPER
+        for key in path:
+            assert isinstance(value, dict) and key in value, f"config.yaml does not set {'.'.join(path)}"
+            value = value[key]
+    assert set(SCHEMA["properties"]) == set(PAPER)
+    assert configcheck.with_defaults(SCHEMA, PAPER)["properties"]["merge"]["properties"]["alpha"]["default"] \
+        == PAPER["merge"]["alpha"]
 
 
 def test_docs_config_md_is_generated_from_the_schema():
     current = (ROOT / "docs/config.md").read_text()
-    assert current == configcheck.render_docs(SCHEMA), (
+    assert current == configcheck.render_docs(configcheck.with_defaults(SCHEMA, PAPER)), (
         "docs/config.md is out of date: python workflow/scripts/configcheck.py docs > docs/config.md")
     for kind, path, sub in _objects(SCHEMA):
         if kind == "key" and len(path) > 1 and "properties" not in sub:
@@ -223,13 +228,13 @@ def test_paper_backbones_are_checked_against_open_clip():
 
 def test_location_not_recorded_says_why():
     """The late check (a first-pass file made with another config): the block, or the io/token."""
-    fp = FirstPassResult(torch.zeros(2, 3), {f"{b}.{m}.in.cls": torch.zeros(2, 2) for b in range(12)
+    fp = FirstPassResult(torch.zeros(2, 3), {Location(LayerId(b, m), "cls"): torch.zeros(2, 2) for b in range(12)
                                              for m in ("attn", "mlp")}, torch.zeros(2), torch.zeros(2))
     with pytest.raises(ArtifactError, match=r"block 99 does not exist in this model \(the first pass recorded "
                                             r"blocks 0-11, ios \['in'\], tokens \['cls'\]\); set routing.layer"):
-        fp.residuals_at("99.mlp.in.cls")
+        fp.residuals_at(Location(LayerId(99, "mlp")))
     with pytest.raises(ArtifactError, match=r"add 'out' to first_pass.ios and 'cls' to first_pass.tokens"):
-        fp.residuals_at("9.mlp.out.cls")
+        fp.residuals_at(Location(LayerId(9, "mlp", "out")))
 
 
 # --- through Snakemake ----------------------------------------------------------------------

@@ -68,24 +68,41 @@ def test_lock_leaves_out_the_project_itself():
         assert not re.search(r"^\s*(-e|\.|/)", (ROOT / "requirements" / name).read_text(), re.M)
 
 
-def _imported_top_level_names() -> set[str]:
+def _imported_top_level_names(package: str) -> set[str]:
+    """Third-party top-level modules that src/<package> imports anywhere, function bodies included."""
     names = set()
-    for path in (ROOT / "src/mass").rglob("*.py"):
+    for path in (ROOT / "src" / package).rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names.update(alias.name.split(".")[0] for alias in node.names)
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names.add(node.module.split(".")[0])
-    return names - set(sys.stdlib_module_names) - {"mass", "__future__", "__main__"}
+    return names - set(sys.stdlib_module_names) - {"mass", "mass_pipeline", "__future__", "__main__"}
 
 
 # Import name -> distribution name, for the imports whose distribution is named differently.
 DISTRIBUTION = {"open_clip": "open-clip-torch", "PIL": "pillow", "sklearn": "scikit-learn", "yaml": "pyyaml"}
 
 
-def test_every_third_party_import_of_src_mass_is_declared():
-    declared = {canonicalize_name(Requirement(r).name)
-                for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["pipeline"]}
-    undeclared = {name for name in _imported_top_level_names()
-                  if canonicalize_name(DISTRIBUTION.get(name, name)) not in declared}
-    assert not undeclared, f"src/mass imports {sorted(undeclared)}, not in pyproject's dependencies or pipeline extra"
+def _undeclared(package: str, requirements: list[str]) -> set[str]:
+    declared = {canonicalize_name(Requirement(r).name) for r in requirements}
+    return {name for name in _imported_top_level_names(package)
+            if canonicalize_name(DISTRIBUTION.get(name, name)) not in declared}
+
+
+def test_the_library_imports_only_its_own_requirements():
+    """src/mass (what ``pip install .`` gives) imports nothing of the pipeline extra, not even lazily."""
+    undeclared = _undeclared("mass", PROJECT["dependencies"])
+    assert not undeclared, f"src/mass imports {sorted(undeclared)}: not a library requirement of pyproject.toml"
+    pipeline_imports = [str(path.relative_to(ROOT)) for path in (ROOT / "src/mass").rglob("*.py")
+                        if "mass_pipeline" in {n.module.split(".")[0] for n in ast.walk(ast.parse(path.read_text()))
+                                               if isinstance(n, ast.ImportFrom) and n.module}
+                        | {a.name.split(".")[0] for n in ast.walk(ast.parse(path.read_text()))
+                           if isinstance(n, ast.Import) for a in n.names}]
+    assert not pipeline_imports, f"library modules import mass_pipeline: {pipeline_imports}"
+
+
+def test_every_third_party_import_of_the_pipeline_is_declared():
+    undeclared = _undeclared("mass_pipeline", PROJECT["dependencies"] + PROJECT["optional-dependencies"]["pipeline"])
+    assert not undeclared, f"src/mass_pipeline imports {sorted(undeclared)}, not in pyproject's dependencies or " \
+        "pipeline extra"

@@ -13,7 +13,7 @@ from support.routing import check_routing_figures
 from support.tables import assert_tables_summarise
 from support.workflow import ROOT, snakemake, workflow_copy
 
-from mass.methods import TABLE2_ROWS
+from mass_pipeline.methods import TABLE2_ROWS
 
 ALL_RULES = {
     "download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned", "build_head",
@@ -37,7 +37,7 @@ def own_task_overlay(cwd) -> str:
     the generated tasks hold, the same seeds), declared in own.yaml with the demo's class phrases and templates."""
     from PIL import Image
 
-    from mass.data import demo
+    from mass_pipeline.data import demo
 
     config = yaml.safe_load((ROOT / "tests" / "ci_demo.yaml").read_text())
     phrases = demo.class_phrases(OWN_TASK[0])

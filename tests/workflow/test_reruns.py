@@ -16,7 +16,7 @@ import pytest
 import yaml
 from support.workflow import AGGREGATES, BACKBONE_GATHERS, SMALL, dry_run, env, planned_jobs, snakemake
 
-from mass.methods import BASELINES
+from mass_pipeline.methods import BASELINES
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ import json
 import os
 import shlex
 
-from mass.editions import load_edition  # plain data, as these: importing them does not load torch
-from mass.methods import BASELINES as BASELINE_REGISTRY
-from mass.methods import ROUTERS as ROUTER_REGISTRY
-from mass.sources.layouts import layout as checkpoint_layout
+from mass_pipeline.editions import load_edition  # plain data, as these: importing them does not load torch
+from mass_pipeline.methods import BASELINES as BASELINE_REGISTRY
+from mass_pipeline.methods import ROUTERS as ROUTER_REGISTRY
+from mass_pipeline.sources.layouts import layout as checkpoint_layout
 
 BACKBONES = [str(b) for b in config["run"]["backbones"]]
 BENCHMARKS = [str(b) for b in config["run"]["benchmarks"]]
@@ -55,7 +55,7 @@ def holds_its_inputs_mb(wildcards, input, copies: float = 2):
 
 def baseline_mb(wildcards, input):
     """mem_mb of evaluate_baseline: 3 GB plus its method's ``memory_copies`` times one encoder (the
-    largest it reads; mass.methods: Consensus TA 10, the others 6). It reads the task vectors from their
+    largest it reads; mass_pipeline.methods: Consensus TA 10, the others 6). It reads the task vectors from their
     files layer by layer or one task at a time, so the request does not grow with T: ViT-B/32 ~5-6.5 GB,
     ViT-L/14 ~10-15 GB. Files not there yet count 0 (evaluated again before the job starts)."""
     sizes = [os.path.getsize(f) for f in input.finetuned if os.path.exists(f)]
@@ -156,12 +156,12 @@ def head(backbone, task):
 
 
 def _catalog_file(name):
-    """A data file of mass.data, found without importing mass (that would make every Snakemake
-    start-up pay for importing torch): next to the Snakefile, else where mass is installed."""
-    local = os.path.join(workflow.basedir, "src", "mass", "data", name)
+    """A data file of mass_pipeline.data, found without importing it (that would make every Snakemake
+    start-up pay for importing torch): next to the Snakefile, else where mass_pipeline is installed."""
+    local = os.path.join(workflow.basedir, "src", "mass_pipeline", "data", name)
     if os.path.exists(local):
         return local
-    return os.path.join(importlib.util.find_spec("mass").submodule_search_locations[0], "data", name)
+    return os.path.join(importlib.util.find_spec("mass_pipeline").submodule_search_locations[0], "data", name)
 
 
 # Heads several tasks share (STL10 + CIFAR10, paper supp. 8.1) and the tasks sharing them; none in an
@@ -242,7 +242,7 @@ def final_outputs():
 
 def publishes_heads():
     """Whether the fine-tuned checkpoints' source publishes the heads they were trained against
-    (mass.sources.layouts: tall_masks does, crisostomi builds them from text)."""
+    (mass_pipeline.sources.layouts: tall_masks does, crisostomi builds them from text)."""
     return checkpoint_layout(_SOURCES["finetuned_layout"]).publishes_heads
 
 
@@ -290,7 +290,7 @@ def _dataset_cfg(task):
 
 
 def prepare_options(w, input):
-    """Options of ``mass.data.prepare`` shared by the val/test and the train preparation."""
+    """Options of ``mass_pipeline.data.prepare`` shared by the val/test and the train preparation."""
     orientation = _SOURCES["emnist_orientation"]
     return (f"--task {w.task} --raw {os.path.dirname(input.manifest)} --out resources/data/hub "
             f"--edition {config['edition']} "
@@ -325,7 +325,7 @@ def own_task_files(w):
 
 
 def own_task_options(w):
-    """The declaration as the step's options (mass.steps._cli.own_task_parser; unset keys: the step's defaults)."""
+    """The declaration as the step's options (mass_pipeline.steps._cli.own_task_parser; unset keys: the step's defaults)."""
     block = config["tasks"][w.task]
     options = [f"--{'folder' if block.get('folder') else 'csv'} {quoted(own_task_files(w))}"]
     options += [f"--{key} {quoted(block[key])}" for key in ("classnames", "templates") if block.get(key)]
@@ -334,7 +334,7 @@ def own_task_options(w):
     return " ".join(o for o in options if o)
 
 
-# Task names are checked by the scripts (mass.data.catalog.TASKS) and configcheck; importing mass here
+# Task names are checked by the scripts (mass_pipeline.data.catalog.TASKS) and configcheck; importing mass here
 # would make every Snakemake start-up pay for importing torch.
 _HUB_TASK = except_own("[A-Za-z0-9]+")
 
@@ -359,7 +359,7 @@ def first_pass_model_args(w, input):
 
 
 def baseline_options(w):
-    """A baseline's config block as its step's options (every key of mass.methods.BASELINES' entry)."""
+    """A baseline's config block as its step's options (every key of mass_pipeline.methods.BASELINES' entry)."""
     block = config["baselines"][w.method]
     return " ".join(f"--{key.replace('_', '-')} {quoted(v) if isinstance(v, list) else shlex.quote(str(v))}"
                     for key, v in block.items())

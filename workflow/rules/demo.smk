@@ -23,7 +23,7 @@ rule generate_demo_task:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.generate_demo_task --task {wildcards.task} --out resources/data/demo --n-train {params.n_train} "
+        "python -m mass_pipeline.steps.generate_demo_task --task {wildcards.task} --out resources/data/demo --n-train {params.n_train} "
         "--n-test {params.n_test} --seed {params.seed} > {log} 2>&1"
 
 
@@ -50,6 +50,6 @@ rule pretrain_demo_clip:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.pretrain_demo_clip --model {params.arch} --out {output} --per-task {params.per_task} "
+        "python -m mass_pipeline.steps.pretrain_demo_clip --model {params.arch} --out {output} --per-task {params.per_task} "
         "--domain-per-task {params.domain_per_task} --steps {params.steps} --batch-size {params.batch_size} --lr {params.lr} --seed {params.seed} "
         "--threads {threads} > {log} 2>&1"

@@ -22,7 +22,7 @@ rule evaluate_tsvm:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.evaluate_tsvm --model {params.arch} --tasks {params.tasks} --heads {input.heads} --first-pass {input.first_pass} "
+        "python -m mass_pipeline.steps.evaluate_tsvm --model {params.arch} --tasks {params.tasks} --heads {input.heads} --first-pass {input.first_pass} "
         "--alpha {params.alpha} --out {output} > {log} 2>&1"
 
 
@@ -48,7 +48,7 @@ rule evaluate_tsvc:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.evaluate_tsvc {params.common} --components {input.components} --alpha {params.alpha} "
+        "python -m mass_pipeline.steps.evaluate_tsvc {params.common} --components {input.components} --alpha {params.alpha} "
         "--size-fraction {params.size_fraction} --threads {threads} --out {output.benchmark_k} "
         "--out-size {output.size} > {log} 2>&1"
 
@@ -74,7 +74,7 @@ rule evaluate_baseline:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.evaluate_baseline {params.common} --method {wildcards.method} {params.options} "
+        "python -m mass_pipeline.steps.evaluate_baseline {params.common} --method {wildcards.method} {params.options} "
         "--finetuned {input.finetuned} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -110,7 +110,7 @@ rule evaluate_mass:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.evaluate_mass {params.common} --components {input.components} --router {wildcards.router} "
+        "python -m mass_pipeline.steps.evaluate_mass {params.common} --components {input.components} --router {wildcards.router} "
         "--val-first-pass {input.val_first_pass} --test-first-pass {input.test_first_pass} {params.routing_features} "
         "{params.location} --temperature {params.temperature} {params.standardize} --top-k {params.top_k} "
         "--eta {params.eta} --eta-range {params.eta_range} --eta-trials {params.eta_trials} "
@@ -141,7 +141,7 @@ rule routing_features:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.routing_features {params.common} {params.model} --val-first-pass {input.val_first_pass} "
+        "python -m mass_pipeline.steps.routing_features {params.common} {params.model} --val-first-pass {input.val_first_pass} "
         "{params.location} --alpha {params.alpha} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -169,7 +169,7 @@ rule evaluate_batched:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.evaluate_batched {params.common} --components {input.components} --test-first-pass {input.test_first_pass} "
+        "python -m mass_pipeline.steps.evaluate_batched {params.common} --components {input.components} --test-first-pass {input.test_first_pass} "
         "--mass-result {input.mass_result} --route-batch-size {params.route_batch_size} "
         "--alpha {params.alpha} --attention {params.attention} --threads {threads} --out {output} > {log} 2>&1"
 
@@ -197,7 +197,7 @@ rule evaluate_smile:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.evaluate_smile {params.common} --components {input.components} --gate-k {params.gate_k} "
+        "python -m mass_pipeline.steps.evaluate_smile {params.common} --components {input.components} --gate-k {params.gate_k} "
         "--k {params.k} --top-k {params.top_k} --attention {params.attention} --threads {threads} --out {output} > {log} 2>&1"
 
 
@@ -227,7 +227,7 @@ rule evaluate_wemoe:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.evaluate_wemoe {params.common} --finetuned {input.finetuned} --init-lambda {params.init_lambda} "
+        "python -m mass_pipeline.steps.evaluate_wemoe {params.common} --finetuned {input.finetuned} --init-lambda {params.init_lambda} "
         "--steps {params.steps} --adapt-batch-size {params.batch_size} --lr {params.lr} "
         "--eval-batch-size {params.eval_batch_size} --adapt-on {params.adapt_on} --threads {threads} --out {output} > {log} 2>&1"
 
@@ -265,7 +265,7 @@ rule measure_cost:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.measure_cost {params.common} --components {input.components} {params.finetuned} "
+        "python -m mass_pipeline.steps.measure_cost {params.common} --components {input.components} {params.finetuned} "
         "--moerging {params.moerging} --attention {params.attention} --alpha {params.alpha} "
         "--mass-result {input.mass_result} --mass-routing {input.mass_routing} --gate-k {params.gate_k} --k {params.k} "
         "--top-k {params.top_k} --init-lambda {params.init_lambda} --eval-batch-size {params.eval_batch_size} "

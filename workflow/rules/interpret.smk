@@ -24,7 +24,7 @@ rule download_descriptions:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.download_descriptions --repo {params.repo} --commit {params.commit} --path {params.path} "
+        "python -m mass_pipeline.steps.download_descriptions --repo {params.repo} --commit {params.commit} --path {params.path} "
         "{params.checksum} --lock {params.lock} --out {output} > {log} 2>&1"
 
 
@@ -42,7 +42,7 @@ rule demo_descriptions:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.demo_descriptions --out {output} > {log} 2>&1"
+        "python -m mass_pipeline.steps.demo_descriptions --out {output} > {log} 2>&1"
 
 
 rule interpret_tsv:
@@ -72,7 +72,7 @@ rule interpret_tsv:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.interpret_tsv --model {params.arch} --pretrained {input.pretrained} --tasks {params.tasks} "
+        "python -m mass_pipeline.steps.interpret_tsv --model {params.arch} --pretrained {input.pretrained} --tasks {params.tasks} "
         "--data-dirs {params.root} --components {input.components} --mass-result {input.mass_result} "
         "--descriptions {input.descriptions} --early-block {params.early_block} "
         "--texts-per-task {params.texts_per_task} --images-per-task {params.images_per_task} --seed {params.seed} "

@@ -25,7 +25,7 @@ rule merge:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.merge --model {params.arch} --tasks {params.tasks} --components {input.components} --epsilon {params.epsilon} "
+        "python -m mass_pipeline.steps.merge --model {params.arch} --tasks {params.tasks} --components {input.components} --epsilon {params.epsilon} "
         "--attention {params.attention} --out {output.merged} --accepted {output.accepted} --threads {threads} > {log} 2>&1"
 
 
@@ -52,7 +52,7 @@ rule first_pass:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.first_pass {params.common} --components {input.components} {params.model} --split {wildcards.split} "
+        "python -m mass_pipeline.steps.first_pass {params.common} --components {input.components} {params.model} --split {wildcards.split} "
         "--ios {params.ios} --tokens {params.tokens} --alpha {params.alpha} --threads {threads} "
         "--out {output} > {log} 2>&1"
 
@@ -75,7 +75,7 @@ rule routing_sweep:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.routing_sweep --first-pass {input} --tasks {params.tasks} --out {output} > {log} 2>&1"
+        "python -m mass_pipeline.steps.routing_sweep --first-pass {input} --tasks {params.tasks} --out {output} > {log} 2>&1"
 
 
 rule select_epsilon:
@@ -101,6 +101,6 @@ rule select_epsilon:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.select_epsilon --epsilons {params.epsilons} --sweeps {input.sweeps} --merges {input.merges} "
+        "python -m mass_pipeline.steps.select_epsilon --epsilons {params.epsilons} --sweeps {input.sweeps} --merges {input.merges} "
         "--blocks {params.blocks} --modules {params.modules} --io {params.io} --token {params.token} "
         "--out {output} > {log} 2>&1"

@@ -42,7 +42,7 @@ rule build_head:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.build_head --model {params.arch} --pretrained {input.clip} --data {params.root} "
+        "python -m mass_pipeline.steps.build_head --model {params.arch} --pretrained {input.clip} --data {params.root} "
         "--task {wildcards.task} --out {output} --threads {threads} > {log} 2>&1"
 
 
@@ -72,7 +72,7 @@ rule use_published_head:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.use_published_head --published {input} --out {output} > {log} 2>&1"
+        "python -m mass_pipeline.steps.use_published_head --published {input} --out {output} > {log} 2>&1"
 
 
 rule finetune:
@@ -103,7 +103,7 @@ rule finetune:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.finetune --model {params.arch} --pretrained {input.clip} --head {input.head} "
+        "python -m mass_pipeline.steps.finetune --model {params.arch} --pretrained {input.clip} --head {input.head} "
         "--data {params.root} --task {wildcards.task} --out {output} --steps {params.steps} "
         "--batch-size {params.batch_size} --lr {params.lr} --warmup {params.warmup} "
         "--weight-decay {params.weight_decay} --seed {params.seed} --threads {threads} > {log} 2>&1"
@@ -129,7 +129,7 @@ rule import_finetuned:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.import_finetuned --model {params.arch} --task {wildcards.task} --file {input.file:q} "
+        "python -m mass_pipeline.steps.import_finetuned --model {params.arch} --task {wildcards.task} --file {input.file:q} "
         "--pretrained {input.clip} --out {output} > {log} 2>&1"
 
 
@@ -157,7 +157,7 @@ rule evaluate_endpoints:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.evaluate_endpoints --model {params.arch} --task {wildcards.task} --data-dir {params.root} "
+        "python -m mass_pipeline.steps.evaluate_endpoints --model {params.arch} --task {wildcards.task} --data-dir {params.root} "
         "--head {input.head} --pretrained {input.clip} --finetuned {input.finetuned} "
         "--batch-size {params.batch_size} --threads {threads} --out {output} > {log} 2>&1"
 
@@ -184,7 +184,7 @@ rule check_provenance:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.check_provenance --edition {params.edition} --backbone {wildcards.backbone} "
+        "python -m mass_pipeline.steps.check_provenance --edition {params.edition} --backbone {wildcards.backbone} "
         "--endpoints {input.endpoints} --tolerance {params.tolerance} --accept {params.accept} "
         "--trained-here {params.trained_here} --own {params.own} --out {output} > {log} 2>&1"
 
@@ -213,6 +213,6 @@ rule svd_cache:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.svd_cache --pretrained {input.clip} --finetuned {input.finetuned} "
+        "python -m mass_pipeline.steps.svd_cache --pretrained {input.clip} --finetuned {input.finetuned} "
         "--rank-fraction {params.rank_fraction} --storage-dtype {params.storage_dtype} --attention {params.attention} "
         "--out {output} --threads {threads} > {log} 2>&1"

@@ -25,7 +25,7 @@ rule collect_results:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.collect_results --results {params.results} --endpoints {params.endpoints} "
+        "python -m mass_pipeline.steps.collect_results --results {params.results} --endpoints {params.endpoints} "
         "--epsilons {params.epsilons} --out {output.per_task} --hparams-out {output.hparams} > {log} 2>&1"
 
 
@@ -62,7 +62,7 @@ rule make_tables:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.make_tables --per-task {input.per_task} --edition {params.edition} "
+        "python -m mass_pipeline.steps.make_tables --per-task {input.per_task} --edition {params.edition} "
         "--wemoe-adapt-on {params.wemoe_adapt_on} "
         "--provenance {input.provenance} --task-info {input.task_info} --out-dir results/tables > {log} 2>&1"
 
@@ -118,7 +118,7 @@ rule make_plots:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.make_plots --per-task {input.per_task} --hparams {input.hparams} --sweeps {params.sweeps} "
+        "python -m mass_pipeline.steps.make_plots --per-task {input.per_task} --hparams {input.hparams} --sweeps {params.sweeps} "
         "--routing {params.routing} --textspan {params.textspan} --top-k {params.top_k} --io {params.io} --token {params.token} --out-dir figures "
         "--dpi {params.dpi} --style {params.style} "
         "> {log} 2>&1"
@@ -148,5 +148,5 @@ rule accuracy_vs_cost:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.accuracy_vs_cost --per-task {input.per_task} --costs {params.costs} "
+        "python -m mass_pipeline.steps.accuracy_vs_cost --per-task {input.per_task} --costs {params.costs} "
         "--table results/tables/accuracy_vs_cost.tex --figure figures/accuracy_vs_cost --dpi {params.dpi} > {log} 2>&1"

@@ -19,7 +19,7 @@
 #     finetuned_model_dirs: {}                 # optional: backbone -> folder name in finetuned_repo
 #     pretrained_files: {}                     # optional: backbone -> CLIP checkpoint on disk (no download)
 #     pretrained_revisions: {}                 # optional: backbone -> commit of open_clip's hub copy of OpenAI CLIP
-#   datasets:                                  # optional per task; dataset facts stay in src/mass/data/catalog.py
+#   datasets:                                  # optional per task; dataset facts stay in src/mass_pipeline/data/catalog.py
 #     MNIST: {repo: null, revision: null}      # repo null: the catalog's; revision null: resolved once, pinned
 #     EMNIST: {source_orientation: null}       # null: the catalog's (torchvision); prepare checks it
 
@@ -47,7 +47,7 @@ rule download_dataset:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.download_dataset --task {wildcards.task} --out {params.out} --lock {params.lock} "
+        "python -m mass_pipeline.steps.download_dataset --task {wildcards.task} --out {params.out} --lock {params.lock} "
         "{params.endpoint} {params.repo} {params.revision} > {log} 2>&1"
 
 
@@ -74,7 +74,7 @@ rule prepare_dataset:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.prepare_dataset {params.options} --threads {threads} > {log} 2>&1"
+        "python -m mass_pipeline.steps.prepare_dataset {params.options} --threads {threads} > {log} 2>&1"
 
 
 # Only tasks fine-tuned here read their train split (all 20 take ~160 GB at 224 px), so it is
@@ -100,7 +100,7 @@ rule prepare_train_split:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.prepare_train_split {params.options} --threads {threads} > {log} 2>&1"
+        "python -m mass_pipeline.steps.prepare_train_split {params.options} --threads {threads} > {log} 2>&1"
 
 
 rule fetch_pretrained:
@@ -127,7 +127,7 @@ rule fetch_pretrained:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.fetch_pretrained --model {wildcards.backbone} --out {output.clip} --lock {params.lock} "
+        "python -m mass_pipeline.steps.fetch_pretrained --model {wildcards.backbone} --out {output.clip} --lock {params.lock} "
         "{params.endpoint} {params.from_file} {params.revision} {params.zeroshot} --report {output.report} "
         "> {log} 2>&1"
 
@@ -161,7 +161,7 @@ rule fetch_finetuned:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.fetch_finetuned --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
+        "python -m mass_pipeline.steps.fetch_finetuned --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
         "--out {output} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} "
         "--layout {params.layout} > {log} 2>&1"
 
@@ -193,12 +193,12 @@ rule check_head:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.check_head --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
+        "python -m mass_pipeline.steps.check_head --model {wildcards.backbone} --task {wildcards.task} --repo {params.repo} "
         "--out {output.published} --lock {params.lock} {params.endpoint} {params.revision} {params.model_dir} "
         "--compare-with {input.built} --report {output.report} > {log} 2>&1"
 
 
-# Your own tasks (config key `tasks`, mass.data.own_tasks): an image folder or CSV files on disk, stored
+# Your own tasks (config key `tasks`, mass_pipeline.data.own_tasks): an image folder or CSV files on disk, stored
 # as the catalog's tasks are (val/test and info.json; train only for those fine-tuned here). Local rules:
 # the files may sit where only the submitting machine sees them.
 rule prepare_own_task:
@@ -224,7 +224,7 @@ rule prepare_own_task:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.prepare_own_task --task {wildcards.task} {params.declaration} --threads {threads} "
+        "python -m mass_pipeline.steps.prepare_own_task --task {wildcards.task} {params.declaration} --threads {threads} "
         "> {log} 2>&1"
 
 
@@ -249,5 +249,5 @@ rule prepare_own_train_split:
     conda:
         "../../envs/mass.yaml"
     shell:
-        "python -m mass.steps.prepare_own_train_split --task {wildcards.task} {params.declaration} "
+        "python -m mass_pipeline.steps.prepare_own_train_split --task {wildcards.task} {params.declaration} "
         "--threads {threads} > {log} 2>&1"

@@ -44,6 +44,25 @@ class ConfigError(ValueError):
     """The configuration cannot be run; the message lists every problem with its key and fix."""
 
 
+def with_defaults(schema: Mapping, config: Mapping) -> dict:
+    """The schema with config.yaml's values as the defaults of the keys it sets.
+
+    The defaults live in config.yaml alone; the schema file holds only those of keys inside a map entry
+    (a task's ``templates``, a backbone's ``routing_layer``), which config.yaml cannot hold. This is
+    what docs/config.md shows."""
+    def fill(sub: Mapping, value: Any) -> dict:
+        sub = dict(sub)
+        sub["default"] = value
+        if isinstance(value, Mapping) and "properties" in sub:
+            sub["properties"] = {key: fill(child, value[key]) if key in value else child
+                                 for key, child in sub["properties"].items()}
+        return sub
+    out = dict(schema)
+    out["properties"] = {key: fill(sub, config[key]) if key in config else sub
+                         for key, sub in schema["properties"].items()}
+    return out
+
+
 def load_schema(path: str | os.PathLike = SCHEMA) -> dict:
     with open(path) as fh:
         return yaml.safe_load(fh)
@@ -116,12 +135,13 @@ def _package_dir(name: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def mass_file(basedir: str | os.PathLike, *parts: str) -> Path | None:
-    """A file or folder of the mass package: the repository's copy next to the workflow, else the installed one."""
-    local = Path(basedir, "src", "mass", *parts)
+def mass_file(basedir: str | os.PathLike, *parts: str, package: str = "mass") -> Path | None:
+    """A file or folder of package ``package`` (mass or mass_pipeline): the repository's copy next to the
+    workflow, else the installed one."""
+    local = Path(basedir, "src", package, *parts)
     if local.exists():
         return local
-    installed = _package_dir("mass")
+    installed = _package_dir(package)
     return None if installed is None else installed.joinpath(*parts)
 
 
@@ -289,7 +309,7 @@ def source_errors(config: Mapping) -> list[str]:
                 errors.append(f"finetuned.files.{backbone}.{task}: {path} is not a file; give the path of the "
                               "fine-tuned encoder (absolute, or relative to the working directory)")
     if layout is not None and finetuned.get("source") == "hub":
-        from mass.sources.layouts import LAYOUTS  # plain data: no torch
+        from mass_pipeline.sources.layouts import LAYOUTS  # plain data: no torch
 
         source = LAYOUTS.get(layout)
         own = {t for files in (finetuned.get("files") or {}).values() for t in files} | set(config.get("tasks") or {})
@@ -307,8 +327,8 @@ def source_errors(config: Mapping) -> list[str]:
 
 
 def catalog_tasks(basedir: str | os.PathLike = ROOT) -> list[str]:
-    """The catalog's task names, from its package data (src/mass/data/prompts.json; no torch)."""
-    return list(json.loads(mass_file(basedir, "data", "prompts.json").read_text())["tasks"])
+    """The catalog's task names, from its package data (src/mass_pipeline/data/prompts.json; no torch)."""
+    return list(json.loads(mass_file(basedir, "data", "prompts.json", package="mass_pipeline").read_text())["tasks"])
 
 
 def own_task_errors(config: Mapping, catalog: Iterable[str]) -> list[str]:
@@ -337,7 +357,7 @@ def own_task_errors(config: Mapping, catalog: Iterable[str]) -> list[str]:
                     close = difflib.get_close_matches(task, sorted(known), n=2, cutoff=0.6)
                     hint = f"; did you mean {' or '.join(close)}?" if close else ""
                     errors.append(f"benchmarks.{bench}: {task} is neither a task of the catalog "
-                                  f"(src/mass/data/catalog.py) nor declared under tasks{hint}")
+                                  f"(src/mass_pipeline/data/catalog.py) nor declared under tasks{hint}")
     return errors
 
 
@@ -477,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("files", nargs="+")
     args = parser.parse_args(argv)
     if args.command == "docs":
-        sys.stdout.write(render_docs(load_schema()))
+        with open(ROOT / "config.yaml") as fh:
+            sys.stdout.write(render_docs(with_defaults(load_schema(), yaml.safe_load(fh))))
         return 0
     config: dict = {}
     for path in args.files:

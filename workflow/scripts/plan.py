@@ -1,7 +1,7 @@
 """A compute plan before a run: the images each rule forwards, its jobs, GPU-hours and disk per folder.
 
 Reads the configuration as Snakemake does (config.yaml, then each ``--configfile`` in order) and
-the split sizes of the code that makes the splits (:mod:`mass.data.catalog` for hub data: the
+the split sizes of the code that makes the splits (:mod:`mass_pipeline.data.catalog` for hub data: the
 ``<X>Val`` carve of the hub copy's train split, EuroSAT's fixed 2700; the demo's ``n_train`` /
 ``n_test`` with :func:`mass.data.store.carve_validation`), then counts, for the full DAG of
 ``snakemake --forceall``, how many images every rule sends through an image tower:
@@ -17,7 +17,7 @@ image once through its own task subset's merge: dense weights for frequent subse
 theta_pre plus per-sample low-rank updates, measured at ~1.0-1.5 plain forwards per image), or a
 training step's forward (fine-tuning; backward and optimizer step come on top). Choosing eta
 forwards nothing per trial: the validation second pass runs once per m = 1 .. min(top_k, T) and
-every trial is a table lookup (mass.steps.evaluate_mass). The steps log the same count as
+every trial is a table lookup (mass_pipeline.steps.evaluate_mass). The steps log the same count as
 ``images forwarded: N`` (the last line of their log); tests/workflow/test_plan.py compares the two on a
 real demo run. Rules not listed forward no image (build_head, check_head and interpret_tsv encode
 text only; merges, SVD caches, sweeps and tables compute on weights or stored arrays).
@@ -100,8 +100,8 @@ def load_config(configfiles: Sequence[str], base: Path = ROOT / "config.yaml") -
 
 def split_sizes(config: Mapping, task: str) -> Splits:
     """Train (what remains after the val carve), val and test images of ``task`` for the data source."""
-    from mass.data import catalog
     from mass.data.store import carve_validation
+    from mass_pipeline.data import catalog
 
     if config["data_source"] == "demo":
         train, val = carve_validation(int(config["demo"]["n_train"]), seed=catalog.VAL_SEED, max_val=catalog.VAL_MAX)
@@ -114,8 +114,8 @@ def split_sizes(config: Mapping, task: str) -> Splits:
 
 
 def demo_corpus_size(config: Mapping) -> int:
-    """Images of the demo CLIP's pretraining corpus (mass.steps.pretrain_demo_clip.captioned_corpus)."""
-    from mass.data.demo import TASKS
+    """Images of the demo CLIP's pretraining corpus (mass_pipeline.steps.pretrain_demo_clip.captioned_corpus)."""
+    from mass_pipeline.data.demo import TASKS
 
     pre = config["demo"]["pretrain"]
     return len(TASKS) * (int(pre["per_task"]) + int(pre["domain_per_task"]))
@@ -137,7 +137,7 @@ def first_passes(config: Mapping) -> list[tuple[str, str]]:
     chooses epsilon), static TSV-M's test pass (evaluate_tsvm; common.smk's STATIC_TSVM), the chosen
     merge's test pass (per-layer plot, batched MASS) and both passes of every router's model (proj:
     'selected', proj_pre: 'pretrained')."""
-    from mass.methods import ROUTERS
+    from mass_pipeline.methods import ROUTERS
 
     needed = [(f"eps{e}", "val") for e in config["merge"]["epsilon_grid"]]
     static = "epsnone" if config["merge"]["attention"] == "in_proj" else "static"
@@ -149,7 +149,7 @@ def first_passes(config: Mapping) -> list[tuple[str, str]]:
 
 def plan_jobs(config: Mapping, sizes: Mapping[str, Splits]) -> list[Job]:
     """Every image-forwarding job of the full DAG with the images it forwards."""
-    from mass.methods import BASELINES, ROUTERS
+    from mass_pipeline.methods import BASELINES, ROUTERS
 
     jobs: list[Job] = []
     run = config["run"]
@@ -300,10 +300,10 @@ def svd_cache_bytes(a: Architecture, rank_fraction: float) -> int:
 
 def num_classes(config: Mapping, task: str) -> int:
     if config["data_source"] == "demo":
-        from mass.data.demo import class_phrases
+        from mass_pipeline.data.demo import class_phrases
 
         return len(class_phrases(task))
-    from mass.data import catalog
+    from mass_pipeline.data import catalog
 
     return len(catalog.task_prompts(task)[0])
 
@@ -314,7 +314,7 @@ def disk(config: Mapping, sizes: Mapping[str, Splits], jobs: Sequence[Job]) -> p
     all_tasks = list(dict.fromkeys(t for b in run["benchmarks"] for t in config["benchmarks"][str(b)]))
     demo = config["data_source"] == "demo"
     if demo:
-        from mass.data.demo import SIZE as pixels
+        from mass_pipeline.data.demo import SIZE as pixels
     else:
         pixels = int(config["sources"].get("image_size") or 224)
     image = pixels * pixels * 3

@@ -210,3 +210,16 @@ def carve_validation(num_train: int, seed: int = 0, max_val: int = 5000) -> tupl
     val_size = min(num_train // 10, max_val)
     perm = torch.randperm(num_train, generator=torch.Generator().manual_seed(seed)).numpy()
     return perm[: num_train - val_size], perm[num_train - val_size:]
+
+
+@dataclass
+class SplitData:
+    """All tasks' samples of one split, concatenated in benchmark order (images memory-mapped)."""
+
+    images: StackedSplits
+    labels: torch.Tensor
+    task: torch.Tensor
+    task_names: list[str]
+
+    def indices_of(self, t: int) -> np.ndarray:
+        return np.flatnonzero(self.task.numpy() == t)

@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from support.hub_files import FIXTURES, commit_of, dataset_repo
 
-from mass.data import catalog
-from mass.data.prepare import prepare
 from mass.data.store import load_split
-from mass.sources.download import LockFile
-from mass.sources.fetch import fetch_dataset
+from mass_pipeline.data import catalog
+from mass_pipeline.data.prepare import prepare
+from mass_pipeline.sources.download import LockFile
+from mass_pipeline.sources.fetch import fetch_dataset
 
 
 def test_every_catalog_task_has_the_facts_the_generator_needs():
@@ -57,7 +57,7 @@ def test_description_pool_stand_in_has_the_real_files_structure_and_the_overlays
     from support.hub_files import DESCRIPTIONS, descriptions
     from support.workflow import ROOT
 
-    from mass.sources.descriptions import fetch_descriptions, read_descriptions
+    from mass_pipeline.sources.descriptions import fetch_descriptions, read_descriptions
 
     real = yaml.safe_load((ROOT / "config.yaml").read_text())["textspan"]["descriptions"]
     assert (real["size"], len(real["sha256"])) == (88419, 64)
@@ -79,7 +79,7 @@ def test_final_editions_class_spaces_agree_with_the_sources_names():
     CIFAR10's monkey and STL10's frog."""
     from support.hub_files import facts
 
-    from mass.editions import load_edition
+    from mass_pipeline.editions import load_edition
 
     spaces = load_edition("final").class_spaces
     hub = {"RESISC45": facts("RESISC45")["hub_classnames"], "CIFAR10": facts("CIFAR10")["hub_classnames"],
@@ -96,8 +96,8 @@ def test_final_editions_class_spaces_agree_with_the_sources_names():
 
 @pytest.mark.parametrize("task", ["RESISC45", "STL10", "PCAM", "FER2013", "MNIST"])
 def test_final_edition_stores_the_sources_classes_with_its_remaps(hub, tmp_path, task):
-    from mass.data.prepare import read_labels, source_label_names
-    from mass.editions import ClassSpace, load_edition
+    from mass_pipeline.data.prepare import read_labels, source_label_names
+    from mass_pipeline.editions import ClassSpace, load_edition
 
     manifest, src = served_and_fetched(hub, tmp_path, task)
     test_file = tmp_path / "raw" / manifest["splits"]["test"][0]

@@ -50,8 +50,8 @@ from support.hub import HubServer
 from support.hub_files import commit_of, crisostomi_files, fill_hub
 from support.workflow import ROOT, planned_jobs, snakemake, workflow_copy
 
-from mass.data import catalog
-from mass.results import MethodResult
+from mass_pipeline.data import catalog
+from mass_pipeline.results import MethodResult
 
 HERE = Path(__file__).resolve().parent
 
