@@ -33,11 +33,16 @@ def test_published_fine_tuned_row_is_the_truncated_mean_of_the_per_task_record(n
 def test_fusionbench_reference_agrees_with_itself_and_leaves_out_emnist():
     """FusionBench's docs give per-task fine-tuned accuracies of all 20 models and an 8-task table whose
     fine-tuned row is the mean of a second evaluation (up to 0.2 points apart per task): the means agree
-    to 0.1. Its EMNIST model is EMNIST letters, so this catalog's EMNIST (digits) has no published number."""
+    to 0.1. Its EMNIST model is EMNIST letters, so this catalog's EMNIST (digits) has no published number
+    and its EMNISTLetters has the one recorded in tests/fixtures/sources/fusionbench.json."""
+    from support.hub_files import facts
+
     fusion = load_edition("fusionbench")
     row = fusion.tables["table2_absolute"]
+    letters = facts("fusionbench")["emnist_letters_finetuned"]
     for backbone, per_task in fusion.finetuned_accuracy.items():
-        assert len(per_task) == 19 and "EMNIST" not in per_task
+        assert len(per_task) == 20 and "EMNIST" not in per_task
+        assert per_task["EMNISTLetters"] == letters[backbone]
         mean = 100 * sum(per_task[t] for t in BENCHMARKS["8"]) / 8
         assert abs(mean - row.value("finetuned", backbone, "8")[0]) <= 0.1, (backbone, mean)
         assert row.value("task_arithmetic", backbone, "14") == (None, None)

@@ -15,10 +15,12 @@ from mass_pipeline.steps.build_head import head_prompts
 
 
 def test_catalog_covers_the_20_tasks_with_consistent_prompts():
-    assert catalog.TASKS == catalog.BENCHMARKS[20] and len(set(catalog.TASKS)) == 20
+    assert catalog.TASKS == catalog.BENCHMARKS[20] + catalog.EXTRA_TASKS and len(set(catalog.BENCHMARKS[20])) == 20
+    assert not set(catalog.EXTRA_TASKS) & set(catalog.BENCHMARKS[20])
     assert catalog.BENCHMARKS[8] == ("Cars", "DTD", "EuroSAT", "GTSRB", "MNIST", "RESISC45", "SVHN", "SUN397")
     counts = {"Cars": 196, "DTD": 47, "EuroSAT": 10, "GTSRB": 43, "RESISC45": 45, "SUN397": 397, "OxfordIIITPet": 37,
-              "Flowers102": 102, "CIFAR100": 100, "PCAM": 2, "FER2013": 7, "Food101": 101, "RenderedSST2": 2}
+              "Flowers102": 102, "CIFAR100": 100, "PCAM": 2, "FER2013": 7, "Food101": 101, "RenderedSST2": 2,
+              "EMNISTLetters": 26}
     for task in catalog.TASKS:
         classnames, templates = catalog.task_prompts(task)
         names = [c if isinstance(c, str) else tuple(c) for c in classnames]

@@ -243,6 +243,27 @@ def test_fusionbench_layout_completes_its_encoders_with_theta_pres_projection(tm
     assert "--edition fusionbench" in next(line for line in lines if "check_provenance" in line)
 
 
+def test_fusionbench_preset_fetches_all_20_of_its_encoders_emnist_letters_included(tmp_path):
+    """workflow/presets/fusionbench.yaml with one flag: FusionBench's 20 tasks in its order, EMNISTLetters where
+    the paper has EMNIST, every encoder from tanganke/clip-vit-<model>_<task> (tests/fixtures/sources/
+    fusionbench.json), none fine-tuned here, held to FusionBench's published accuracies."""
+    import yaml
+    from support.hub_files import facts
+
+    preset = yaml.safe_load((REPO / "workflow" / "presets" / "fusionbench.yaml").read_text())
+    assert preset["benchmarks"]["20"] == facts("fusionbench")["twenty_tasks"]
+    stdout, lines, commands = planned_commands(tmp_path, preset, ["results/ViT-B-32/20/methods/mass_proj.json"])
+    fetch = re.compile(r"fetch_finetuned --model ViT-B-32 --task (\w+) --repo tanganke .*--layout fusionbench")
+    fetched = [m for line in lines for m in fetch.findall(line)]
+    assert sorted(fetched) == sorted(preset["benchmarks"]["20"]) and "EMNIST" not in fetched
+    assert "rule finetune:" not in stdout and "check_head" not in commands
+    assert any("download_dataset --task EMNISTLetters" in line for line in lines)
+    mass = next(line for line in lines if line.startswith("python -m mass_pipeline.steps.evaluate_mass "))
+    assert "--tasks SUN397 Cars RESISC45 EuroSAT SVHN GTSRB MNIST DTD Flowers102" in mass
+    assert "FashionMNIST EMNISTLetters KMNIST RenderedSST2" in mass
+    assert "--edition fusionbench" in next(line for line in lines if "check_provenance" in line)
+
+
 def test_final_edition_preset_plans_its_sources_heads_order_and_routing(tmp_path):
     """workflow/presets/final.yaml with one flag: crisostomi encoders for all 20 tasks (EMNIST too), every head
     built from text (CIFAR10 and STL10 each their own), prepared as the final edition's classes, FusionBench's
@@ -272,7 +293,7 @@ def test_download_rules_are_local_rules():
     local = {block.split(":", 1)[0]: "localrule: True" in block for block in rules}
     assert local == {"download_dataset": True, "prepare_dataset": True, "prepare_train_split": True,
                      "fetch_pretrained": True, "fetch_finetuned": True, "check_head": True,
-                     "prepare_own_task": True, "prepare_own_train_split": True}
+                     "download_own_task": True, "prepare_own_task": True, "prepare_own_train_split": True}
 
 
 def torch113_head(monkeypatch, path: Path, weight: torch.Tensor, zip_layout: bool) -> None:

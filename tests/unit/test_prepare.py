@@ -3,13 +3,16 @@ the loader (parquet files written the way the hub stores them, tests/support/par
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from PIL import Image
 from support.hub import COMMIT
+from support.hub_files import commit_of, dataset_repo
 from support.parquet import DIGITS, gray, mnist_on_hub, parquet_bytes, write_raw
 
 from mass.data.store import carve_validation, load_info, load_split, make_loader, save_split
@@ -58,6 +61,29 @@ def test_mnist_download_and_prepare_end_to_end(hub, tmp_path):  # noqa: F811
     assert any("published checkpoints used 5000" in n for n in info.notes)
     leftovers = [p for p in (tmp_path / "data" / "MNIST").glob(".*") if not p.name.endswith(".sha256")]
     assert not leftovers  # scratch files are gone (the .sha256 files are the artifacts' checksums)
+
+
+def test_emnist_letters_download_and_prepare_keep_the_hub_copys_letters_as_they_lie(hub, tmp_path):  # noqa: F811
+    """EMNISTLetters from its real layout (tests/fixtures/sources/EMNISTLetters.json, served by the rehearsal's
+    generator): the letters A-Z of the hub's ClassLabel in their order, and the images as stored, whatever
+    orientation the paper's EMNIST checkpoint wants (FusionBench fine-tuned on them as the hub holds them)."""
+    repo, ref, files, assumed = dataset_repo("EMNISTLetters", n_train=30, n_test=26)
+    assert not assumed  # every fact the generator needs is in the fixture
+    for name, data in files.items():
+        hub.add(repo, name, data, commit=commit_of(repo, ref), branch=ref)
+    raw = tmp_path / "raw" / "EMNISTLetters"
+    manifest = fetch_dataset("EMNISTLetters", raw, LockFile(tmp_path / "lock.json"), endpoint=hub.url, retries=0)
+    assert manifest["splits"] == {"train": ["emnist-letters/train-00000-of-00001.parquet"],
+                                  "test": ["emnist-letters/test-00000-of-00001.parquet"]}
+    info = prepare("EMNISTLetters", raw, tmp_path / "data", image_size=28, emnist_orientation="mnist")
+    images, labels = load_split(tmp_path / "data", "EMNISTLetters", "test")
+    assert info.classnames == [chr(ord("A") + i) for i in range(26)] and labels.tolist() == list(range(26))
+    cells = pq.read_table(raw / manifest["splits"]["test"][0]).column("image").to_pylist()
+    hub_images = np.stack([np.asarray(Image.open(io.BytesIO(cell["bytes"]))) for cell in cells])
+    np.testing.assert_array_equal(images[..., 0], hub_images)
+    assert hub_images[1].std() > 0 and not np.array_equal(hub_images[1], hub_images[1].T)  # a transpose would show
+    assert not any("orientation" in note or note.startswith("val has") for note in info.notes)
+    assert info.split_sizes["val"] == 3 and hub.misses() == []
 
 
 def test_second_dataset_fetch_uses_the_locked_commit(hub, tmp_path):  # noqa: F811

@@ -111,7 +111,8 @@ def test_hub_label_names_agree_with_the_published_order(task):
         assert catalog.normalise_name(aliases.get(key, name)) in {catalog.normalise_name(c) for c in synonyms}
 
 
-@pytest.mark.parametrize("task", ["MNIST", "RESISC45", "OxfordIIITPet", "CIFAR10", "FashionMNIST", "RenderedSST2"])
+@pytest.mark.parametrize("task", ["MNIST", "RESISC45", "OxfordIIITPet", "CIFAR10", "FashionMNIST", "RenderedSST2",
+                                  "EMNISTLetters"])
 def test_hub_labels_already_in_the_published_order_are_kept(task):
     classnames, _ = catalog.task_prompts(task)
     assert catalog.label_permutation(task, classnames, facts(task)["hub_classnames"]) == (None, [])
@@ -124,6 +125,22 @@ def test_split_files_pick_the_recorded_parquet_files(task):
     chosen = src.split_files(files)
     assert [posixpath.basename(f).split("-")[0] for f in chosen["train"]] == [src.train_split]
     assert [posixpath.basename(f).split("-")[0] for f in chosen["test"]] == [src.test_split]
+
+
+def test_emnist_letters_is_fusionbench_emnist_letters_stored_as_the_hub_holds_it():
+    """EMNISTLetters is FusionBench's emnist_letters (its own encoder, class names and template), in no benchmark
+    of the paper; its images keep the hub copy's orientation (what FusionBench's encoder saw), and its revision
+    is resolved at first download (no full commit in the records)."""
+    from mass_pipeline.sources.layouts import HubFile, layout
+
+    fact, fusion = facts("EMNISTLetters"), facts("fusionbench")
+    src = catalog.source("EMNISTLetters")
+    assert src.orientation is None and src.revision is None and fact["revision"] is None
+    assert "EMNISTLetters" not in catalog.BENCHMARKS[20] and fusion["twenty_tasks"][17] == "EMNISTLetters"
+    assert fusion["task_names"]["EMNISTLetters"] == fact["fusionbench_task"]
+    assert layout("fusionbench").finetuned(fusion["owner"], "ViT-B-32", "EMNISTLetters") == HubFile(
+        "tanganke/clip-vit-base-patch32_emnist_letters", fusion["file"])
+    assert set(fusion["twenty_tasks"]) == set(fusion["task_names"]) <= set(catalog.TASKS)
 
 
 def test_pcam_boolean_labels_are_classes_0_and_1(tmp_path):

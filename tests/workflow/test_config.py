@@ -42,6 +42,7 @@ def test_shipped_configs_pass(config):
 
 OVERLAYS = {  # every --configfile stack the project runs: a stale key in an overlay fails here, not mid-run
     "final": ["workflow/presets/final.yaml"],
+    "fusionbench": ["workflow/presets/fusionbench.yaml"],
     "ci_demo": ["workflow/presets/demo.yaml", "tests/ci_demo.yaml"],
     "slurm_demo": ["workflow/presets/demo.yaml", "tests/slurm_demo.yaml"],
     "rehearsal": ["tests/workflow/rehearsal/rehearsal.yaml"],
@@ -195,10 +196,20 @@ def test_values_are_checked_naming_the_key(overlay, expected):
     ({"tasks": {"Trees": {"folder": ".", "csv": {"train": "a.csv", "test": "b.csv"}}}}, "tasks.Trees"),
     ({"tasks": {"Trees": {"folder": ".", "templates": ["a photo."]}}}, "tasks.Trees.templates.0"),
     ({"benchmarks": {"8": ["Cars", "Treess"]}}, "benchmarks.8: Treess is neither a task of the catalog"),
+    ({"tasks": {"Birds": {"hub": {"repo": "org/birds", "revision": "main"}}}},
+     "tasks.Birds.hub.revision: 'main' is not a commit: give the full 40-hex sha of the commit to download"),
+    ({"tasks": {"Birds": {"hub": {"repo": "org/birds"}}}},
+     "tasks.Birds.hub: 'revision' is a required property: a hub dataset is declared by its repository"),
+    ({"tasks": {"Birds": {"hub": {"repo": "birds", "revision": "0" * 40}}}},
+     "tasks.Birds.hub.repo: 'birds' is not a dataset repository; give it as <owner>/<name>"),
+    ({"tasks": {"Birds": {"hub": {"repo": "org/birds", "revision": "0" * 40, "splits": {"val": "valid"}}}}},
+     "tasks.Birds.hub.splits.val: unknown key; allowed under 'tasks.Birds.hub.splits': train, test"),
+    ({"tasks": {"Birds": {"hub": {"repo": "org/birds", "revision": "0" * 40}, "folder": "."}}}, "tasks.Birds"),
 ])
 def test_declared_tasks_are_checked_naming_the_key(overlay, expected):
     """Your own tasks (docs/data.md, "Your own tasks"): in the paper configuration, a name the catalog has, files
-    that are not there, both sources or a template without {c}, and a benchmark task nobody declared."""
+    that are not there, two sources or a template without {c}, a benchmark task nobody declared, and a hub dataset
+    without a pinned commit, with a malformed repository or an unknown split."""
     assert expected in errors_of(overlay, base=PAPER)
 
 

@@ -73,8 +73,10 @@ def write_page_inputs(cwd, small_demo, config: dict, n_train: int, n_test: int) 
     (cwd / files["Leaves"]).parent.mkdir(parents=True, exist_ok=True)
     (cwd / files["Leaves"]).write_bytes((trained / f"{DEMO_TASK['Leaves']}.safetensors").read_bytes())
     model = CLIPVisionModel(CLIPVisionConfig(**TINY))
-    model.vision_model.load_state_dict(as_transformers(load_tensors(trained / f"{DEMO_TASK['Scans']}.safetensors")),
-                                       strict=False)  # the position_ids buffer is transformers' own
+    tower = getattr(model, "vision_model", model)  # transformers 5's CLIPVisionModel is the tower itself
+    missing, unexpected = tower.load_state_dict(
+        as_transformers(load_tensors(trained / f"{DEMO_TASK['Scans']}.safetensors")), strict=False)
+    assert not unexpected and set(missing) <= {"embeddings.position_ids"}  # a buffer, transformers' own
     model.save_pretrained(cwd / files["Scans"].removesuffix("/model.safetensors"))
     # theta_pre of those encoders: the small demo's pretrained tiny CLIP
     pretrained = "resources/checkpoints/tiny/pretrained_demo.safetensors"

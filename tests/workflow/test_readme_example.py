@@ -4,6 +4,7 @@ import ast
 import importlib.metadata
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -16,8 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "own_checkpoints.py"
 # What the pipeline extra brings and the library must run without (PyYAML is not among them: huggingface-hub,
 # which open_clip requires, requires it).
-PIPELINE_ONLY = ("mass_pipeline", "pandas", "pyarrow", "optuna", "jsonschema", "snakemake", "sklearn",
-                 "matplotlib", "seaborn")
+PIPELINE_ONLY = ("pandas", "pyarrow", "optuna", "jsonschema", "snakemake", "sklearn", "matplotlib", "seaborn")
 
 
 def library_closure() -> list[importlib.metadata.Distribution]:
@@ -37,10 +37,16 @@ def library_closure() -> list[importlib.metadata.Distribution]:
 
 
 def library_only_path(folder: Path) -> Path:
-    """A folder holding links to the library (src/mass) and to the files of its closure only: on
-    ``python -S`` (no site-packages) it is what a library-only install would put on sys.path."""
-    folder.mkdir()
-    (folder / "mass").symlink_to(ROOT / "src" / "mass")
+    """``pip install .`` without the extra, into ``folder``: the project as pip builds and installs it (from a
+    copy of its sources, so that no build folder lands in the repository), and links to the files of the
+    installed distributions its requirements bring. On ``python -S`` (no site-packages) that folder is all
+    there is."""
+    source = folder.parent / "source"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--target", str(folder), str(source)], check=True, capture_output=True)
     for dist in library_closure():
         site = Path(dist.locate_file(""))
         for top in {Path(f).parts[0] for f in dist.files or []} - {"..", "__pycache__"}:
@@ -66,9 +72,10 @@ def test_readme_shows_the_example_verbatim():
 def test_example_runs_with_the_library_alone_and_routes_every_image(tmp_path):
     path = library_only_path(tmp_path / "site")
     env = {**os.environ, "PYTHONPATH": str(path)}
-    found = "import importlib.util as u, sys; print([m for m in sys.argv[1:] if u.find_spec(m)])"
+    found = "import importlib.util as u, sys, mass; print(mass.__file__, [m for m in sys.argv[1:] if u.find_spec(m)])"
     probe = subprocess.run([sys.executable, "-S", "-c", found, *PIPELINE_ONLY], env=env, capture_output=True, text=True)
-    assert probe.returncode == 0 and probe.stdout.strip() == "[]", probe.stdout + probe.stderr
+    assert probe.returncode == 0 and probe.stdout.split() == [str(path / "mass" / "__init__.py"), "[]"], (
+        probe.stdout + probe.stderr)
     run = subprocess.run([sys.executable, "-S", str(EXAMPLE)], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr
     tasks = re.search(r"predicted task per image: +\[(.*)\]", run.stdout).group(1).split(", ")

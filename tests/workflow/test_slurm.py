@@ -29,7 +29,8 @@ SLURM_TARGETS = ("results/tiny/2/methods/mass_proj.json", "results/tiny/2/method
 SLURM_RULES = {"generate_demo_task", "pretrain_demo_clip", "build_head", "finetune", "evaluate_endpoints",
                "check_provenance", "svd_cache", "merge", "first_pass", "routing_sweep", "select_epsilon",
                "evaluate_mass", "evaluate_baseline"}
-LOCAL_RULES = {"download_dataset", "prepare_dataset", "prepare_train_split", "fetch_pretrained", "fetch_finetuned"}
+LOCAL_RULES = {"download_dataset", "download_own_task", "prepare_dataset", "prepare_train_split", "fetch_pretrained",
+               "fetch_finetuned"}
 
 
 def test_slurm_profile_sizes_every_rule():

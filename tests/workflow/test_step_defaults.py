@@ -40,8 +40,10 @@ def passed_by_every_rule(tmp_path_factory) -> dict[str, set[str]]:
     for split in ("train", "test"):
         (own / "folder" / split / "oak").mkdir(parents=True)
     (own / "MNIST.safetensors").write_bytes(b"")
-    declared = {"tasks": {"Trees": {"folder": str(own / "folder")}}, "benchmarks": {"mine": ["Trees", "MNIST"]},
-                "run": {"backbones": ["ViT-B-32"], "benchmarks": ["mine"]}, "svd": {"rank_fraction": 0.5},
+    declared = {"tasks": {"Trees": {"folder": str(own / "folder")},
+                          "Birds": {"hub": {"repo": "org/birds", "revision": "0" * 40}}},
+                "benchmarks": {"mine": ["Trees", "Birds", "MNIST"]},
+                "run": {"backbones": ["ViT-B-32"], "benchmarks": ["mine"]}, "svd": {"rank_fraction": 0.34},
                 "finetuned": {"files": {"ViT-B-32": {"MNIST": str(own / "MNIST.safetensors")}}}}
     presets = [(p, yaml.safe_load((ROOT / f"workflow/presets/{p}.yaml").read_text())) for p in ("demo", "final")]
     flags: dict[str, set[str]] = {}

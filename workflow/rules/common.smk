@@ -304,10 +304,12 @@ _LOCK = _SOURCES["lock_file"]
 _ENDPOINT = _opt("--endpoint", _SOURCES["hf_endpoint"])
 
 
-# Your own tasks (config key `tasks`): prepared from your files (rule prepare_own_task), never downloaded,
-# fine-tuned here unless finetuned.files gives their encoder, heads built from text.
+# Your own tasks (config key `tasks`): prepared from your files (rule prepare_own_task) or from a hub dataset of
+# yours (downloaded by rule download_own_task), fine-tuned here unless finetuned.files gives their encoder, heads
+# built from text.
 OWN_TASKS = sorted(config.get("tasks") or {})
 OWN_TASK = "|".join(OWN_TASKS) or "(?!)"
+OWN_HUB_TASK = "|".join(t for t in OWN_TASKS if config["tasks"][t].get("hub")) or "(?!)"
 
 
 def except_own(pattern):
@@ -316,18 +318,39 @@ def except_own(pattern):
     return rf"(?!(?:{'|'.join(OWN_TASKS)})\b){pattern}" if OWN_TASKS else pattern
 
 
+def own_raw(task):
+    """Where a declared hub task's parquet files are downloaded (beside the catalog's)."""
+    return f"resources/raw/{task}"
+
+
 def own_task_files(w):
-    """What a declared task is read from: its folder, or its two CSV files."""
+    """What a declared task is read from: its folder, its two CSV files, or its downloaded dataset's manifest."""
     block = config["tasks"][w.task]
     if block.get("folder"):
         return [os.path.expanduser(block["folder"])]
+    if block.get("hub"):
+        return [f"{own_raw(w.task)}/manifest.json"]
     return [os.path.expanduser(block["csv"][split]) for split in ("train", "test")]
+
+
+def own_hub_options(w):
+    """A declared hub dataset as the steps' options (mass_pipeline.steps._cli.add_hub_dataset_args; Snakemake's
+    validation filled in the schema's defaults)."""
+    hub = config["tasks"][w.task]["hub"]
+    options = [f"--hub {hub['repo']} --revision {hub['revision']}",
+               f"--train-split {quoted([hub['splits']['train']])} --test-split {quoted([hub['splits']['test']])}",
+               f"--image-column {quoted([hub['image_column']])} --label-column {quoted([hub['label_column']])}",
+               _opt("--data-dir", hub.get("data_dir"))]
+    return " ".join(o for o in options if o)
 
 
 def own_task_options(w):
     """The declaration as the step's options (mass_pipeline.steps._cli.own_task_parser; unset keys: the step's defaults)."""
     block = config["tasks"][w.task]
-    options = [f"--{'folder' if block.get('folder') else 'csv'} {quoted(own_task_files(w))}"]
+    if block.get("hub"):
+        options = [own_hub_options(w), f"--raw {own_raw(w.task)}"]
+    else:
+        options = [f"--{'folder' if block.get('folder') else 'csv'} {quoted(own_task_files(w))}"]
     options += [f"--{key} {quoted(block[key])}" for key in ("classnames", "templates") if block.get(key)]
     options += [_opt("--val-size", block.get("val_size")), _opt("--max-images", _SOURCES.get("max_images")),
                 f"--out {data_root()} --image-size {_SOURCES.get('image_size', 224)}"]

@@ -198,9 +198,36 @@ rule check_head:
         "--compare-with {input.built} --report {output.report} > {log} 2>&1"
 
 
-# Your own tasks (config key `tasks`, mass_pipeline.data.own_tasks): an image folder or CSV files on disk, stored
-# as the catalog's tasks are (val/test and info.json; train only for those fine-tuned here). Local rules:
-# the files may sit where only the submitting machine sees them.
+# Your own tasks (config key `tasks`, mass_pipeline.data.own_tasks): an image folder or CSV files on disk, or a hub
+# dataset at a pinned commit (downloaded as the catalog's are), stored as the catalog's tasks are (val/test and
+# info.json; train only for those fine-tuned here). Local rules: the files may sit where only the submitting
+# machine sees them, and downloads run on the login node.
+rule download_own_task:
+    output:
+        manifest="resources/raw/{task}/manifest.json",
+    wildcard_constraints:
+        task=OWN_HUB_TASK,
+    params:
+        dataset=own_hub_options,
+        out=lambda w: own_raw(w.task),
+        lock=_LOCK,
+        endpoint=_ENDPOINT,
+    log:
+        "results/logs/sources/download_own_task/{task}.log",
+    benchmark:
+        "results/benchmarks/download_own_task/{task}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=360,
+    localrule: True
+    conda:
+        "../../envs/mass.yaml"
+    shell:
+        "python -m mass_pipeline.steps.download_own_task --task {wildcards.task} {params.dataset} --out {params.out} "
+        "--lock {params.lock} {params.endpoint} > {log} 2>&1"
+
+
 rule prepare_own_task:
     input:
         own_task_files,

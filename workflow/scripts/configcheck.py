@@ -105,6 +105,17 @@ def unknown_keys(config: Any, schema: Mapping, sub: Mapping | None = None, path:
     return errors
 
 
+# What to give where a declared hub dataset's repository or commit is missing or malformed (the schema's own
+# messages name the key but quote a regular expression)
+_HUB_FIXES = {
+    "hub": "{0}: a hub dataset is declared by its repository (<owner>/<name>) and the commit to download (its "
+           "40-hex sha, so that every run gets the same files)",
+    "repo": "{1!r} is not a dataset repository; give it as <owner>/<name>, e.g. tanganke/dtd",
+    "revision": "{1!r} is not a commit: give the full 40-hex sha of the commit to download (the repository's "
+                "history on the hub lists them), so that every run gets the same files",
+}
+
+
 def schema_errors(config: Mapping, schema: Mapping) -> list[str]:
     """Type, enum and range errors of the JSON schema, one line each, named by key."""
     from jsonschema import Draft202012Validator
@@ -119,6 +130,9 @@ def schema_errors(config: Mapping, schema: Mapping) -> list[str]:
             message = "must include 'proj' (MASS itself)"
         elif err.validator == "oneOf" and path == "routing.eta":
             message = f"{err.instance!r} is neither 'auto' nor a number in [0, 1]"
+        elif re.fullmatch(r"tasks\.[^.]+\.hub(\.repo|\.revision)?", path) and err.validator in ("pattern", "required"):
+            message = _HUB_FIXES[path.rsplit(".", 1)[-1] if err.validator == "pattern" else "hub"].format(err.message,
+                                                                                                       err.instance)
         elif len(message) > 200:
             message = message[:200] + "..."
         errors.append(f"{path or '(top level)'}: {message}")
@@ -318,7 +332,8 @@ def source_errors(config: Mapping) -> list[str]:
         if missing:
             errors.append(f"finetuned.refinetune: the {layout} source has no encoder for {missing} (fusionbench's "
                           "EMNIST is EMNIST letters, not the paper's digits); add them to finetuned.refinetune to "
-                          "fine-tune them here, or leave them out of the run's benchmarks")
+                          "fine-tune them here, or leave them out of the run's benchmarks (FusionBench's own task "
+                          "set, EMNISTLetters in EMNIST's place: --configfile workflow/presets/fusionbench.yaml)")
     unknown = [t for t in (config.get("provenance") or {}).get("accept", []) if t not in run_tasks]
     if unknown:
         errors.append(f"provenance.accept: {unknown} are not tasks of the selected benchmarks "

@@ -1,4 +1,4 @@
-"""The paper's 20 image-classification tasks: where each one comes from and how it is split.
+"""The paper's 20 image-classification tasks, and EMNIST letters: where each one comes from and how it is split.
 
 Dataset facts live here, next to the code that relies on them, rather than in config.yaml:
 which hub parquet copy is used, what its splits and columns are called, how the validation
@@ -25,6 +25,12 @@ alphabetically; ``tanganke/kmnist`` names KMNIST's classes in hiragana): prepara
 source's labels onto the published order by name (:func:`label_permutation`), using the class
 names the source stores (parquet ``ClassLabel`` metadata, else ``source_classnames`` here) and the
 ``aliases`` of ``prompts.json``.
+
+Beyond the paper. ``EMNISTLetters`` (``tanganke/emnist_letters``) is in no benchmark of the paper: it is
+the EMNIST task of FusionBench's 20-task set, whose ``emnist_letters`` encoders are letters, not the
+paper's digits, so running FusionBench's own set needs it (docs/data.md, "FusionBench's fine-tuned
+encoders"). Its class names and template are FusionBench's, and its images are stored as the hub copy
+holds them, the orientation FusionBench fine-tuned on (no re-orientation, unlike EMNIST).
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ BENCHMARKS: dict[int, tuple[str, ...]] = {
 }
 BENCHMARKS[14] = BENCHMARKS[8] + ("STL10", "OxfordIIITPet", "Flowers102", "CIFAR100", "PCAM", "FER2013")
 BENCHMARKS[20] = BENCHMARKS[14] + ("CIFAR10", "Food101", "FashionMNIST", "RenderedSST2", "EMNIST", "KMNIST")
-TASKS = BENCHMARKS[20]
+# tasks the catalog knows beyond the paper's 20 (see "Beyond the paper" above)
+EXTRA_TASKS = ("EMNISTLetters",)
+TASKS = BENCHMARKS[20] + EXTRA_TASKS
 
 VAL_SEED = 0
 VAL_MAX = 5000
@@ -60,7 +68,7 @@ class DatasetSource:
 
     task: str
     repo: str
-    published_val: int  # val / test sizes behind the published checkpoints (reference table)
+    published_val: int | None  # val / test sizes behind the published checkpoints (reference table); None: unpublished
     published_test: int
     ref: str = "main"  # branch resolved when no revision is pinned
     revision: str | None = None  # None: resolve ``ref`` on first download and pin it in the lock file
@@ -85,25 +93,38 @@ class DatasetSource:
         return None if self.hub_rows is None else min(self.hub_rows[0] // 10, VAL_MAX)
 
     def split_files(self, files: Iterable[str]) -> dict[str, list[str]]:
-        """Parquet files of the train and test splits among a repository listing, in shard order.
+        """Parquet files of the train and test splits among a repository listing (:func:`split_files`)."""
+        fix = "fix the source in mass_pipeline/data/catalog.py"
+        return split_files(self.repo, files, {"train": self.train_split, "test": self.test_split}, self.data_dir,
+                           f"task {self.task}", {"train": fix, "test": fix,
+                                                 "data_dir": f"set data_dir for {self.task} in "
+                                                             "mass_pipeline/data/catalog.py"})
 
-        A file belongs to split S if it is named ``S-*.parquet`` / ``S.parquet`` (uploads made with
-        ``datasets``) or lies in a folder named S (the hub's parquet-conversion branch).
-        """
-        parquet = [f for f in files if f.endswith(".parquet")
-                   and (self.data_dir is None or f.startswith(self.data_dir.rstrip("/") + "/"))]
-        out = {}
-        for role, split in (("train", self.train_split), ("test", self.test_split)):
-            chosen = sorted(f for f in parquet if _in_split(f, split))
-            if not chosen:
-                raise ArtifactError(f"{self.repo} has no parquet files for split {split!r} of task {self.task} "
-                                    f"(parquet files: {sorted(parquet)[:8]}); fix the source in mass/data/catalog.py")
-            folders = sorted({posixpath.dirname(f) for f in chosen})
-            if len(folders) > 1:
-                raise ArtifactError(f"split {split!r} of {self.repo} is ambiguous across folders {folders}; set "
-                                    f"data_dir for {self.task} in mass/data/catalog.py")
-            out[role] = chosen
-        return out
+
+def split_files(repo: str, files: Iterable[str], splits: Mapping[str, str], data_dir: str | None, subject: str,
+                fixes: Mapping[str, str]) -> dict[str, list[str]]:
+    """Parquet files of each split (role -> the repository's split name) among a repository listing, in shard
+    order; the catalog's sources and the declared hub tasks find them alike.
+
+    A file belongs to split S if it is named ``S-*.parquet`` / ``S.parquet`` (uploads made with ``datasets``)
+    or lies in a folder named S (the hub's parquet-conversion branch), under ``data_dir`` when given. An error
+    names ``subject`` (the task) and says what to change: ``fixes`` per role, and under ``data_dir`` for a split
+    found in several folders.
+    """
+    parquet = [f for f in files if f.endswith(".parquet")
+               and (data_dir is None or f.startswith(data_dir.rstrip("/") + "/"))]
+    out = {}
+    for role, split in splits.items():
+        chosen = sorted(f for f in parquet if _in_split(f, split))
+        if not chosen:
+            raise ArtifactError(f"{subject}: {repo} has no parquet files for split {split!r} (parquet files: "
+                                f"{sorted(parquet)[:8]}); {fixes[role]}")
+        folders = sorted({posixpath.dirname(f) for f in chosen})
+        if len(folders) > 1:
+            raise ArtifactError(f"{subject}: split {split!r} of {repo} is ambiguous across folders {folders}; "
+                                f"{fixes['data_dir']}")
+        out[role] = chosen
+    return out
 
 
 def _in_split(path: str, split: str) -> bool:
@@ -155,6 +176,10 @@ SOURCES: dict[str, DatasetSource] = {s.task: s for s in (
                          "taken to keep the raw EMNIST (= torchvision) orientation, transposed relative to MNIST; "
                          "prepare verifies that on the digit-1 images before storing anything.",)),
     DatasetSource("KMNIST", "tanganke/kmnist", 5000, 10000, hub_rows=(60000, 10000)),
+    DatasetSource("EMNISTLetters", "tanganke/emnist_letters", None, 20800, hub_rows=(124800, 20800),
+                  notes=("EMNISTLetters: FusionBench's emnist_letters (26 classes A-Z), not the paper's EMNIST digits. "
+                         "FusionBench's dataset configs load the hub copy's train and test splits; it publishes no "
+                         "validation split, so val is the <X>Val carve of train.",)),
 )}
 assert set(SOURCES) == set(TASKS)
 

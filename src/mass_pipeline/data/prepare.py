@@ -192,13 +192,15 @@ def write_images(files: Sequence[Path], column: str, destinations: Sequence[tupl
     return seen
 
 
-def _positions(indices: np.ndarray, total: int) -> np.ndarray:
+def row_positions(indices: np.ndarray, total: int) -> np.ndarray:
+    """Where each of ``total`` source rows goes in the array of ``indices`` (-1: not there), for
+    :func:`write_images`."""
     position = np.full(total, -1, dtype=np.int64)
     position[indices] = np.arange(len(indices))
     return position
 
 
-def _scratch(folder: Path, split: str, count: int, size: int) -> np.ndarray:
+def scratch_array(folder: Path, split: str, count: int, size: int) -> np.ndarray:
     """A disk-backed uint8 array for a split (PCAM's train split alone is ~39 GB at 224 px).
 
     Its disk space is reserved at once (``posix_fallocate``): a sparse memory map on a disk that
@@ -318,10 +320,10 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
     checked = src.orientation is None
     image_sizes: set[tuple[int, int]] = set()
     for split_files, parts, split_labels in (p for p in plan if p[1]):
-        arrays = {name: _scratch(folder, name, len(idx), image_size) for name, idx in parts}
+        arrays = {name: scratch_array(folder, name, len(idx), image_size) for name, idx in parts}
         try:
             image_sizes |= write_images(split_files, src.image_column,
-                         [(arrays[name], _positions(idx, len(split_labels))) for name, idx in parts],
+                         [(arrays[name], row_positions(idx, len(split_labels))) for name, idx in parts],
                          image_size, src.orientation, emnist_orientation, threads,
                          desc=f"{task} {'+'.join(name for name, _ in parts)}")
             if not checked:
@@ -345,7 +347,7 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
                      f"recorded {src.hub_rows[0]} / {src.hub_rows[1]} for {src.repo} (expected val {src.expected_val})")
     published = {"val": src.published_val, "test": src.published_test}
     for split, count in sizes.items():
-        if count != published[split]:
+        if published[split] is not None and count != published[split]:
             notes.append(f"{split} has {count} images; the published checkpoints used {published[split]}")
     info = TaskInfo(task, classnames, templates, notes=notes,
                     split_sizes={"train": len(train_idx), **sizes},

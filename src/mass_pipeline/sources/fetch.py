@@ -1,10 +1,13 @@
 """Fetch the pipeline's external inputs and store them in its own safe formats.
 
 Each fetch downloads through :mod:`mass_pipeline.sources.download` (resumable, verified, lock-pinned); the
-steps ``download_dataset``, ``fetch_pretrained``, ``fetch_finetuned`` and ``check_head`` call them:
+steps ``download_dataset``, ``download_own_task``, ``fetch_pretrained``, ``fetch_finetuned`` and ``check_head`` call
+them:
 
 * :func:`fetch_dataset`: a task's hub parquet files (train and test splits, see :mod:`mass_pipeline.data.catalog`)
-  into ``--out``, plus ``manifest.json`` (written last) for :mod:`mass_pipeline.data.prepare`.
+  into ``--out``, plus ``manifest.json`` (written last) for :mod:`mass_pipeline.data.prepare`;
+  :func:`fetch_declared_dataset` the same for a task declared from a hub dataset
+  (:mod:`mass_pipeline.data.own_tasks`), both through :func:`fetch_parquet_splits`.
 * :func:`fetch_pretrained`: OpenAI CLIP as open_clip builds it -> full CLIP state dict (safetensors). A
   file already on disk is used as is: ``from_file``, or the open_clip / Hugging Face cache.
 * :func:`fetch_finetuned`: a published fine-tuned image encoder (where each source keeps it:
@@ -35,9 +38,9 @@ import posixpath
 import re
 import types
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.parquet as pq
 import torch
@@ -49,6 +52,9 @@ from mass_pipeline.data import catalog
 from mass_pipeline.sources import layouts
 from mass_pipeline.sources.download import HubRepo, LockFile, download, download_hub_file, is_commit, resolve_revision
 from mass_pipeline.sources.layouts import CheckpointLayout, HubFile
+
+if TYPE_CHECKING:  # its images' decoding (PIL, torchvision) is not needed to download
+    from mass_pipeline.data.own_tasks import OwnTask
 
 # --------------------------------------------------------------------------- safe unpickling
 
@@ -212,31 +218,67 @@ def _collect(module: Placeholder, prefix: str, out: dict[str, torch.Tensor], pat
 def fetch_dataset(task: str, out: str | os.PathLike, lock: LockFile, repo: str | None = None,
                   revision: str | None = None, endpoint: str | None = None, **download_kwargs: Any) -> dict:
     """Download a task's train/test parquet files into ``out`` and write ``out/manifest.json``."""
-    out = Path(out)
     src = catalog.source(task, repo, revision)
     requested = src.revision or src.ref
-    snapshot = resolve_revision(HubRepo(src.repo, "dataset"), requested, lock, endpoint=endpoint,
+    commit, splits = fetch_parquet_splits(HubRepo(src.repo, "dataset"), requested, Path(out), lock, src.split_files,
+                                          parquet_check((src.image_column, src.label_column)), endpoint,
+                                          **download_kwargs)
+    return write_manifest(out, task, src.repo, requested, commit, splits)
+
+
+def fetch_declared_dataset(task: OwnTask, out: str | os.PathLike, lock: LockFile, endpoint: str | None = None,
+                           **download_kwargs: Any) -> dict:
+    """Download a declared task's hub dataset (``tasks.<name>.hub``) as :func:`fetch_dataset` downloads the
+    catalog's, and write ``out/manifest.json``.
+
+    The download's format check only opens each file: a file without the configured columns is still the
+    hub's file at that commit (its sha256 is the hub's), so it is kept and pinned, and the check after it
+    (:meth:`mass_pipeline.data.own_tasks.HubDataset.check_columns`) names the key to fix; a rerun with the
+    key fixed then downloads nothing again.
+    """
+    out, hub = Path(out), task.hub
+    commit, splits = fetch_parquet_splits(HubRepo(hub.repo, "dataset"), hub.revision, out, lock,
+                                          lambda files: hub.split_files(task.name, files), parquet_check(()),
+                                          endpoint, **download_kwargs)
+    for name in (n for names in splits.values() for n in names):
+        hub.check_columns(task.name, out / name)
+    return write_manifest(out, task.name, hub.repo, hub.revision, commit, splits)
+
+
+def fetch_parquet_splits(repo: HubRepo, revision: str | None, out: Path, lock: LockFile,
+                         select: Callable[[Iterable[str]], dict[str, list[str]]], check: Callable[[Path], None],
+                         endpoint: str | None = None, **download_kwargs: Any) -> tuple[str, dict[str, list[str]]]:
+    """Pin ``revision`` of a hub dataset (the parquet files of its listing kept in the lock), download the files
+    ``select`` picks for each split into ``out``, each verified and format-checked (``check``); return the
+    commit and the files per split. What the catalog's tasks and the declared hub tasks share."""
+    snapshot = resolve_revision(repo, revision, lock, endpoint=endpoint,
                                 keep_listing=lambda name: name.endswith(".parquet"))
-    splits = src.split_files(snapshot.files)
-    check = parquet_check((src.image_column, src.label_column))
+    splits = select(snapshot.files)
     for names in splits.values():
         for name in names:
             download_hub_file(snapshot, name, out / name, lock, endpoint=endpoint, check=check, **download_kwargs)
-    manifest = {"task": task, "repo": src.repo, "revision": requested, "commit": snapshot.commit, "splits": splits}
-    write_json(out / "manifest.json", manifest)
+    return snapshot.commit, splits
+
+
+def write_manifest(out: str | os.PathLike, task: str, repo: str, revision: str, commit: str,
+                   splits: Mapping[str, list[str]]) -> dict:
+    """``out/manifest.json``, written last: what preparation reads the downloaded files by."""
+    manifest = {"task": task, "repo": repo, "revision": revision, "commit": commit, "splits": dict(splits)}
+    write_json(Path(out) / "manifest.json", manifest)
     return manifest
 
 
 def parquet_check(columns: tuple[str, ...]) -> Callable[[Path], None]:
     """Format check of a dataset file: it opens as parquet (a transfer cut short has no footer),
-    has ``columns``, and its smallest of them (the labels) decodes."""
+    has ``columns``, and the last of them (the labels) decodes; no ``columns``: it opens."""
     def check(path: Path) -> None:
         parquet = pq.ParquetFile(path)
         names = parquet.schema_arrow.names
         missing = [c for c in columns if c not in names]
         if missing:
             raise ArtifactError(f"parquet file without column(s) {missing} (columns: {names})")
-        parquet.read(columns=[columns[-1]])
+        if columns:
+            parquet.read(columns=[columns[-1]])
     return check
 
 

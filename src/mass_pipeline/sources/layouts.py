@@ -17,7 +17,8 @@
   :mod:`mass.hf_vision`). No heads and no base encoder are fetched: heads are built from text, and theta_pre
   is the backbone's OpenAI weights, which FusionBench's base ``openai/clip-vit-<model>`` holds in
   transformers' layout. Its EMNIST model is EMNIST *letters* (26 classes), not the paper's EMNIST digits:
-  that task has no FusionBench encoder here and is fine-tuned (tests/fixtures/sources/fusionbench.json).
+  it is the encoder of the catalog's EMNISTLetters, while the paper's EMNIST has no FusionBench encoder
+  and is fine-tuned (tests/fixtures/sources/fusionbench.json).
 
 ``repo`` is the configured ``sources.finetuned_repo``: the repository itself (tall_masks) or the
 owner of the per-task repositories (crisostomi). ``model_dir`` is the backbone's spelling in the
@@ -102,7 +103,7 @@ LAYOUTS: dict[str, CheckpointLayout] = {c.name: c for c in (
     CheckpointLayout("crisostomi", "{repo}/{model}-{task}", "pytorch_model.bin",
                      "{repo}/{model}-base", "pytorch_model.bin", None, listed=("", "pytorch_model.bin")),
     # spellings: tanganke/fusion_bench config/modelpool/CLIPVisionModelPool/clip-vit-*_TALL20_model_only.yaml
-    # (tests/fixtures/sources/fusionbench.json); EMNIST left out (FusionBench's is EMNIST letters)
+    # (tests/fixtures/sources/fusionbench.json); EMNIST (digits) left out: FusionBench's is EMNISTLetters
     CheckpointLayout("fusionbench", "{repo}/clip-vit-{model}_{task}", "model.safetensors", "", None, None,
                      listed=("", "model.safetensors"),
                      model_names={"ViT-B-32": "base-patch32", "ViT-B-16": "base-patch16", "ViT-L-14": "large-patch14"},
@@ -111,7 +112,8 @@ LAYOUTS: dict[str, CheckpointLayout] = {c.name: c for c in (
                                  "Flowers102": "oxford_flowers102", "PCAM": "pcam", "FER2013": "fer2013",
                                  "OxfordIIITPet": "oxford-iiit-pet", "STL10": "stl10", "CIFAR100": "cifar100",
                                  "CIFAR10": "cifar10", "Food101": "food101", "FashionMNIST": "fashion_mnist",
-                                 "KMNIST": "kmnist", "RenderedSST2": "rendered-sst2"},
+                                 "KMNIST": "kmnist", "RenderedSST2": "rendered-sst2",
+                                 "EMNISTLetters": "emnist_letters"},
                      needs_projection=True),
 )}
 

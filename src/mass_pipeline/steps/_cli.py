@@ -182,6 +182,9 @@ def own_task_parser(doc: str | None) -> argparse.ArgumentParser:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--folder", help="<folder>/train/<class>/* and <folder>/test/<class>/*")
     where.add_argument("--csv", nargs=2, metavar=("TRAIN", "TEST"), help="CSV files with the columns path,label")
+    where.add_argument("--hub", help="hub dataset repository, downloaded to --raw by download_own_task")
+    add_hub_dataset_args(parser)
+    parser.add_argument("--raw", default=None, help="with --hub: the folder of manifest.json and the parquet files")
     parser.add_argument("--classnames", nargs="+", default=None, help="class names in label order (default: read)")
     parser.add_argument("--templates", nargs="+", default=None,
                         help="prompt templates, {c} = class name "
@@ -195,10 +198,36 @@ def own_task_parser(doc: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+# the options of a declared hub dataset (tasks.<name>.hub) besides --hub itself, and their keys there
+_HUB_OPTIONS = {"revision": "revision", "train_split": "splits.train", "test_split": "splits.test",
+                "image_column": "image_column", "label_column": "label_column"}
+
+
+def add_hub_dataset_args(parser: argparse.ArgumentParser) -> None:
+    """Options of a declared task's hub dataset (``tasks.<name>.hub``), each required with ``--hub``; the rules
+    pass them all, with the schema's defaults filled in."""
+    for dest, key in _HUB_OPTIONS.items():
+        parser.add_argument(f"--{dest.replace('_', '-')}", default=None, help=f"with --hub: tasks.<name>.hub.{key}")
+    parser.add_argument("--data-dir", default=None, help="with --hub: the repository folder of the parquet files")
+
+
+def hub_block(args: argparse.Namespace) -> dict | None:
+    """The ``tasks.<name>.hub`` block a command line with :func:`add_hub_dataset_args` describes (None without
+    ``--hub``)."""
+    if not args.hub:
+        return None
+    missing = [f"--{dest.replace('_', '-')}" for dest in _HUB_OPTIONS if getattr(args, dest) is None]
+    if missing:
+        raise SystemExit(f"--hub {args.hub} needs {' '.join(missing)}")
+    return {"repo": args.hub, "revision": args.revision, "splits": {"train": args.train_split, "test": args.test_split},
+            "image_column": args.image_column, "label_column": args.label_column, "data_dir": args.data_dir}
+
+
 def own_task_of(args: argparse.Namespace):
     """The declared task an :func:`own_task_parser` command line describes."""
     from mass_pipeline.data.own_tasks import OwnTask
 
     block = {"folder": args.folder, "csv": dict(zip(("train", "test"), args.csv, strict=True)) if args.csv else None,
-             "classnames": args.classnames, "templates": args.templates, "val_size": args.val_size}
+             "hub": hub_block(args), "classnames": args.classnames, "templates": args.templates,
+             "val_size": args.val_size}
     return OwnTask.from_config(args.task, block)

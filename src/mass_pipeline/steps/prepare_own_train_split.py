@@ -13,7 +13,8 @@ from mass_pipeline.steps._cli import own_task_of, own_task_parser
 
 def main(argv: list[str] | None = None) -> None:
     args = own_task_parser(__doc__).parse_args(argv)
-    info = prepare_own(own_task_of(args), args.out, args.image_size, ["train"], args.max_images, args.threads)
+    info = prepare_own(own_task_of(args), args.out, args.image_size, ["train"], args.max_images, args.threads,
+                      args.raw)
     print(f"{args.task}: train {info.split_sizes['train']} images written to {args.out}/{args.task}")
 
 
