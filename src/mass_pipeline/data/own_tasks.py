@@ -25,9 +25,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from mass_pipeline.data.prepare import (
     clip_pixels,
     read_labels,
     row_positions,
-    scratch_array,
+    scratch_arrays,
     source_label_names,
     write_images,
 )
@@ -313,22 +312,13 @@ def prepare_own(task: OwnTask, out: str | Path, image_size: int = 224, splits: S
     return info
 
 
-@contextmanager
-def _split_array(task: OwnTask, out: str | Path, split: str, count: int, image_size: int) -> Iterator[np.ndarray]:
-    """A disk-backed array for one split's images, as the catalog's preparation fills (a declared split may be
-    larger than memory; its disk space is reserved first); removed once the split is stored or has failed."""
-    folder = Path(out) / task.name
-    try:
-        yield scratch_array(folder, split, count, image_size)
-    finally:
-        (folder / f".{split}_images.scratch.npy").unlink(missing_ok=True)
-
-
 def _store_file_split(task: OwnTask, out: str | Path, split: str, paths: Sequence[Path], labels: np.ndarray,
                       image_size: int, threads: int) -> set[tuple[int, int]]:
-    """One split of image files, decoded in ``threads`` threads into a disk-backed array; the source images'
-    sizes."""
-    with _split_array(task, out, split, len(paths), image_size) as array:
+    """One split of image files, decoded in ``threads`` threads into a disk-backed array (as the catalog's splits:
+    a declared split may be larger than memory); the source images' sizes."""
+    with scratch_arrays(Path(out) / task.name, {split: len(paths)}, image_size) as arrays:
+        array = arrays[split]
+
         def store(row: int, path: Path) -> tuple[int, int]:
             array[row], size = read_image(task.name, path, image_size)
             return size
@@ -343,7 +333,8 @@ def _store_parquet_split(task: OwnTask, out: str | Path, split: str, files: Sequ
                          idx: np.ndarray, image_size: int, threads: int) -> set[tuple[int, int]]:
     """The rows ``idx`` of a split's parquet files, decoded as the catalog's are
     (:func:`mass_pipeline.data.prepare.write_images`); the source images' sizes."""
-    with _split_array(task, out, split, len(idx), image_size) as array:
+    with scratch_arrays(Path(out) / task.name, {split: len(idx)}, image_size) as arrays:
+        array = arrays[split]
         sizes = write_images(files, task.hub.image_column, [(array, row_positions(idx, len(labels)))], image_size,
                              None, "torchvision", threads, desc=f"{task.name} {split}")
         save_split(out, task.name, split, array, labels[idx])

@@ -23,8 +23,9 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -200,13 +201,27 @@ def row_positions(indices: np.ndarray, total: int) -> np.ndarray:
     return position
 
 
-def scratch_array(folder: Path, split: str, count: int, size: int) -> np.ndarray:
-    """A disk-backed uint8 array for a split (PCAM's train split alone is ~39 GB at 224 px).
+@contextmanager
+def scratch_arrays(folder: Path, counts: Mapping[str, int], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Disk-backed uint8 arrays, one per split named in ``counts`` with its image count (PCAM's train split
+    alone is ~39 GB at 224 px), for the catalog's and the declared tasks' preparation; removed on leaving,
+    whether the splits were stored from them or something failed.
 
-    Its disk space is reserved at once (``posix_fallocate``): a sparse memory map on a disk that
+    Their disk space is reserved at once (``posix_fallocate``): a sparse memory map on a disk that
     fills up would kill the process with SIGBUS part-way, with no message."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f".{split}_images.scratch.npy"
+    paths = {name: folder / f".{name}_images.scratch.npy" for name in counts}
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        for name, count in counts.items():
+            arrays[name] = _reserved_memmap(paths[name], count, size)
+        yield arrays
+    finally:
+        for path in paths.values():
+            path.unlink(missing_ok=True)
+
+
+def _reserved_memmap(path: Path, count: int, size: int) -> np.ndarray:
     try:
         array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, size, size, 3))
         with open(path, "r+b") as fh:
@@ -320,8 +335,7 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
     checked = src.orientation is None
     image_sizes: set[tuple[int, int]] = set()
     for split_files, parts, split_labels in (p for p in plan if p[1]):
-        arrays = {name: scratch_array(folder, name, len(idx), image_size) for name, idx in parts}
-        try:
+        with scratch_arrays(folder, {name: len(idx) for name, idx in parts}, image_size) as arrays:
             image_sizes |= write_images(split_files, src.image_column,
                          [(arrays[name], row_positions(idx, len(split_labels))) for name, idx in parts],
                          image_size, src.orientation, emnist_orientation, threads,
@@ -337,9 +351,6 @@ def prepare(task: str, raw: str | os.PathLike, out: str | os.PathLike, image_siz
                     raise no_space_error(err, folder / f"{name}_images.npy", arrays[name].nbytes) from None
                 print(f"wrote {folder / f'{name}_images.npy'} and {name}_labels.npy ({len(idx)} images, "
                       f"{image_size} px)", file=sys.stderr, flush=True)
-        finally:
-            for name in arrays:
-                (folder / f".{name}_images.scratch.npy").unlink(missing_ok=True)
 
     sizes = {"val": len(val_idx), "test": len(test_idx)}
     if src.hub_rows is not None and (len(labels["train"]), len(labels["test"])) != src.hub_rows:
